@@ -1,0 +1,49 @@
+"""What every frontgate daemon does the same way: logging, config errors at start, the event loop."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from frontgate.config import ConfigError
+
+EXIT_CONFIG_ERROR = 2
+
+
+def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
+    """Log lines to stderr as `name[pid]: LEVEL message`; supervisord files and rotates them."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {name}[%(process)d]: %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    return logging.getLogger(name)
+
+
+def parse_args(name: str, description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=name, description=description)
+    p.add_argument("--config", type=Path, default=Path(f"configs/{name}.toml"),
+                   help=f"TOML config file (default: configs/{name}.toml)")
+    return p.parse_args()
+
+
+def load_or_exit(loader: Callable[[Path], Any], path: Path) -> Any:
+    """Load a config at start; on error print the one-line reason and exit with status 2."""
+    try:
+        return loader(path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Run the daemon's main coroutine on uvloop (falls back to asyncio's loop if uvloop is absent)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

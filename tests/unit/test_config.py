@@ -1,0 +1,194 @@
+"""Config validation: every error names the file, the key path and the problem, in one line."""
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from frontgate.config import (Address, ConfigError, load_checker_config, load_router_config,
+                              load_terminator_config)
+
+ROUTER = """
+[router]
+state_file = "state/health.json"
+trusted_sources = ["127.0.0.1/32"]
+[listen.public]
+address = "127.0.0.1:8080"
+[listen.tls]
+address = "127.0.0.1:8443"
+proxy_protocol = true
+scheme = "https"
+[timeouts]
+connect = 2
+[[redirect]]
+listener = "public"
+source_not_in = ["trusted"]
+to_scheme = "https"
+code = 301
+[[app]]
+name = "maps"
+hosts = ["Maps.Localhost."]
+servers = ["127.0.0.1:3000", { address = "[::1]:3001", weight = 3 }]
+[[app]]
+name = "coltrane"
+hosts = ["*.coltrane.localhost"]
+path_prefix = "/api"
+retries = 0
+servers = ["127.0.0.1:8000"]
+"""
+
+CHECKER = """
+[checker]
+router_config = "mux-router.toml"
+[defaults]
+type = "http"
+expect_status = [200, 299]
+[app.maps]
+type = "tcp"
+interval = 0.5
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_router_config_parses_into_dataclasses(tmp_path):
+    cfg = load_router_config(write(tmp_path, "mux-router.toml", ROUTER))
+    assert cfg.state_file == tmp_path / "state" / "health.json"   # relative to the TOML's directory
+    assert [l.name for l in cfg.listeners] == ["public", "tls"]
+    assert cfg.listeners[1].proxy_protocol and cfg.listeners[1].scheme == "https"
+    assert cfg.timeouts.connect == 2 and cfg.timeouts.http_request == 10
+    rule = cfg.redirects[0]
+    assert rule.listeners == ("public",) and rule.source_not_in == (ipaddress.ip_network("127.0.0.1/32"),)
+    maps, coltrane = cfg.apps
+    assert maps.hosts == ("maps.localhost",)
+    assert maps.servers[1].address == Address(host="::1", port=3001) and maps.servers[1].weight == 3
+    assert maps.server_key(maps.servers[1]) == "maps/[::1]:3001"
+    assert coltrane.path_prefix == "/api" and coltrane.retries == 0
+
+
+def test_checker_reads_servers_from_router_config(tmp_path):
+    write(tmp_path, "mux-router.toml", ROUTER)
+    cfg = load_checker_config(write(tmp_path, "health-checker.toml", CHECKER))
+    assert [a.name for a in cfg.router.apps] == ["maps", "coltrane"]
+    assert cfg.state_file == cfg.router.state_file
+    assert cfg.spec_for("maps").type == "tcp" and cfg.spec_for("maps").interval == 0.5
+    assert cfg.spec_for("maps").expect_status == (200, 299)          # inherited from [defaults]
+    assert cfg.spec_for("coltrane").type == "http"
+
+
+def test_terminator_config(tmp_path):
+    (tmp_path / "a.pem").write_text("x")
+    (tmp_path / "b.pem").write_text("x")
+    cfg = load_terminator_config(write(tmp_path, "t.toml", """
+[terminator]
+listen = "0.0.0.0:443"
+forward_to = "unix:/run/router.sock"
+[[certificate]]
+cert = "a.pem"
+[[certificate]]
+cert = "b.pem"
+default = true
+"""))
+    assert cfg.forward_to.is_unix and str(cfg.forward_to) == "unix:/run/router.sock"
+    assert cfg.default_certificate.cert == tmp_path / "b.pem"
+    assert cfg.handshake_timeout == 10
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:80", "[::1]:443", "localhost:8000", "unix:/tmp/x.sock"])
+def test_address_round_trip(text):
+    assert str(Address.parse(text)) == text
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("127.0.0.1", "expected 'host:port'"),
+    ("127.0.0.1:0", "out of range"),
+    ("127.0.0.1:70000", "out of range"),
+    ("::1:80", "need brackets"),
+    ("host:http", "not a number"),
+    ("unix:", "path is empty"),
+])
+def test_bad_addresses(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        Address.parse(text)
+
+
+# (a replacement applied to ROUTER, the key path expected in the error, a fragment of the problem)
+ROUTER_ERRORS = [
+    (("[timeouts]\n", "[timeouts]\nbogus = 1\n"), "timeouts.bogus", "unknown key"),
+    (("connect = 2", 'connect = "2"'), "timeouts.connect", "expected a number, got a string"),
+    (("connect = 2", "connect = 0"), "timeouts.connect", "positive number of seconds"),
+    (("127.0.0.1:8080", "127.0.0.1:80800"), "listen.public.address", "out of range"),
+    (('scheme = "https"', 'scheme = "ftp"'), "listen.tls.scheme", "not one of"),
+    (("proxy_protocol = true", 'proxy_protocol = "yes"'), "listen.tls.proxy_protocol", "true or false"),
+    (('"127.0.0.1/32"]', '"127.0.0.1/33"]'), "router.trusted_sources[0]", "not a CIDR"),
+    (("code = 301", "code = 200"), "redirect[0].code", "not a redirect code"),
+    (('listener = "public"', 'listener = "nope"'), "redirect[0].listener", "no listener named 'nope'"),
+    (('to_scheme = "https"', ""), "redirect[0]", "exactly one of"),
+    (('name = "coltrane"', 'name = "maps"'), "app[1].name", "duplicate app name"),
+    (('"*.coltrane.localhost"', '"bad host!"'), "app[1].hosts[0]", "not a host name"),
+    (('path_prefix = "/api"', 'path_prefix = "api"'), "app[1].path_prefix", "must start with '/'"),
+    (('retries = 0', 'retries = -1'), "app[1].retries", "out of range"),
+    (('servers = ["127.0.0.1:8000"]', "servers = []"), "app[1].servers", "at least one server"),
+    (('servers = ["127.0.0.1:8000"]', 'servers = ["127.0.0.1:8000", "127.0.0.1:8000"]'),
+     "app[1].servers[1]", "already used"),
+    (("weight = 3", "weight = 3, color = 1"), "app[0].servers[1].color", "unknown key"),
+    (("weight = 3", "weight = true"), "app[0].servers[1].weight", "expected an integer, got a boolean"),
+    (("[listen.tls]\n", "[listen.tls]\nport = 1\n"), "listen.tls.port", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("replace, key, problem", ROUTER_ERRORS, ids=[k for _, k, _ in ROUTER_ERRORS])
+def test_router_errors_name_file_key_and_problem(tmp_path, replace, key, problem):
+    old, new = replace
+    assert old in ROUTER
+    path = write(tmp_path, "mux-router.toml", ROUTER.replace(old, new, 1))
+    with pytest.raises(ConfigError) as exc:
+        load_router_config(path)
+    e = exc.value
+    assert (e.file, e.key) == (str(path.absolute()), key) and problem in e.problem
+    assert "\n" not in str(e) and str(e).startswith(f"{path.absolute()}: {key}: ")
+
+
+def test_syntax_error_names_line(tmp_path):
+    path = write(tmp_path, "mux-router.toml", "[router\nworkers = 1\n")
+    with pytest.raises(ConfigError, match=r"TOML syntax error: .*line 1"):
+        load_router_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_router_config(tmp_path / "nope.toml")
+
+
+def test_missing_certificate_file(tmp_path):
+    path = write(tmp_path, "t.toml", '[terminator]\nlisten = "0.0.0.0:443"\nforward_to = "127.0.0.1:1"\n'
+                                     '[[certificate]]\ncert = "missing.pem"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_terminator_config(path)
+    assert exc.value.key == "certificate[0].cert" and "not found" in exc.value.problem
+    # The dev-certificate script reads the same file before the certificate exists.
+    assert load_terminator_config(path, require_files=False).certificates[0].cert == tmp_path / "missing.pem"
+
+
+def test_checker_errors(tmp_path):
+    write(tmp_path, "mux-router.toml", ROUTER)
+    for text, key, problem in [
+        (CHECKER.replace("[app.maps]", "[app.nope]"), "app.nope", "no app named 'nope'"),
+        (CHECKER.replace("[200, 299]", "[299]"), "defaults.expect_status", "[low, high]"),
+        (CHECKER.replace('type = "tcp"', 'type = "icmp"'), "app.maps.type", "not one of"),
+        (CHECKER.replace('"mux-router.toml"', '"other.toml"'), "checker.router_config", "file not found"),
+    ]:
+        path = write(tmp_path, "health-checker.toml", text)
+        with pytest.raises(ConfigError) as exc:
+            load_checker_config(path)
+        assert exc.value.key == key and problem in exc.value.problem, str(exc.value)
+
+
+def test_shipped_configs_are_valid():
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    router = load_router_config(configs / "mux-router.toml")
+    assert {a.name for a in router.apps} == {"maps", "coltrane"}
+    load_terminator_config(configs / "tls-terminator.toml", require_files=False)
