@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CTL    := $(BIN)/supervisorctl -c supervisord.conf
 
 .PHONY: venv deploy stop status check test test-full clean
 
@@ -14,6 +15,23 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+# Check before touching anything: a config that fails `frontgate check` never reaches supervisord,
+# and the running pipeline keeps serving. scripts/deploy.sh restarts only what changed.
+deploy: $(STAMP)
+	mkdir -p logs run state certs
+	$(BIN)/python scripts/make_dev_cert.py configs/tls-terminator.toml
+	$(BIN)/frontgate check
+	scripts/deploy.sh
+
+stop:
+	scripts/deploy.sh stop
+
+status:
+	$(CTL) status
+
+check: $(STAMP)
+	$(BIN)/frontgate check
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -1,0 +1,259 @@
+"""The health state file: written by health-checker, followed by mux-router.
+
+Format 1 (JSON, one object):
+
+    {"format": 1, "generation": 42, "written_at": 1795423162.7, "checker_pid": 1234,
+     "servers": {"maps/127.0.0.1:3000": {"state": "up", "since": 1795423100.1,
+                 "last_check": {"ok": true, "took_ms": 2.1, "detail": "HTTP 200"}}}}
+
+The file is always replaced whole (temp file, fsync, rename), so a reader sees the old or the new
+content, never a mix. A reader still validates everything: a file written by hand or by a broken
+checker must not take servers out of rotation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+FORMAT = 1
+STATES = ("up", "down")
+MAX_FILE_SIZE = 16 * 1024 * 1024   # far above any real file; a bound so a stray huge file is not slurped
+
+log = logging.getLogger("frontgate.health_state")
+
+
+class HealthStateError(ValueError):
+    """The state file's content is not a valid format-1 health state."""
+
+
+@dataclass(frozen=True)
+class ServerState:
+    state: str                     # "up" | "down"
+    since: float                   # wall-clock time of the last transition
+    last_check: Mapping[str, Any]  # {"ok": bool, "took_ms": float, "detail": str}
+
+
+@dataclass(frozen=True)
+class HealthState:
+    generation: int
+    written_at: float
+    checker_pid: int
+    servers: Mapping[str, ServerState] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- encoding (pure)
+
+def dumps(state: HealthState) -> bytes:
+    doc = {
+        "format": FORMAT,
+        "generation": state.generation,
+        "written_at": state.written_at,
+        "checker_pid": state.checker_pid,
+        "servers": {key: {"state": s.state, "since": s.since, "last_check": dict(s.last_check)}
+                    for key, s in sorted(state.servers.items())},
+    }
+    return (json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
+def loads(data: bytes | str) -> HealthState:
+    """Parse and validate; every problem is a HealthStateError naming the offending field."""
+    if len(data) > MAX_FILE_SIZE:
+        raise HealthStateError(f"more than {MAX_FILE_SIZE} bytes")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:   # JSONDecodeError is a ValueError
+        raise HealthStateError(f"not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise HealthStateError("not a JSON object")
+    if doc.get("format") != FORMAT:
+        raise HealthStateError(f"format: expected {FORMAT}, got {doc.get('format')!r}")
+    generation = _int(doc, "generation", "generation")
+    written_at = _time(doc, "written_at", "written_at")
+    checker_pid = _int(doc, "checker_pid", "checker_pid")
+    servers_doc = doc.get("servers")
+    if not isinstance(servers_doc, dict):
+        raise HealthStateError("servers: expected an object")
+    servers = {}
+    for key, s in servers_doc.items():
+        where = f"servers[{key!r}]"
+        if not isinstance(s, dict):
+            raise HealthStateError(f"{where}: expected an object")
+        if s.get("state") not in STATES:
+            raise HealthStateError(f"{where}.state: expected 'up' or 'down', got {s.get('state')!r}")
+        last = s.get("last_check")
+        if not isinstance(last, dict):
+            raise HealthStateError(f"{where}.last_check: expected an object")
+        if not isinstance(last.get("ok"), bool):
+            raise HealthStateError(f"{where}.last_check.ok: expected true or false")
+        took_ms = _number(last, "took_ms", f"{where}.last_check.took_ms")
+        if not isinstance(last.get("detail"), str):
+            raise HealthStateError(f"{where}.last_check.detail: expected a string")
+        servers[key] = ServerState(state=s["state"], since=_time(s, "since", f"{where}.since"),
+                                   last_check={"ok": last["ok"], "took_ms": took_ms, "detail": last["detail"]})
+    return HealthState(generation=generation, written_at=written_at, checker_pid=checker_pid, servers=servers)
+
+
+def _number(doc: dict, name: str, where: str) -> float:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise HealthStateError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _time(doc: dict, name: str, where: str) -> float:
+    value = _number(doc, name, where)
+    if value < 0:
+        raise HealthStateError(f"{where}: negative time {value!r}")
+    return value
+
+
+def _int(doc: dict, name: str, where: str) -> int:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise HealthStateError(f"{where}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- file I/O
+
+def write_atomic(path: Path, state: HealthState) -> None:
+    """Replace `path` with `state` so that readers see the old file or the new one, whole, even
+    across a crash: write a temp file in the same directory (rename is atomic only within one
+    filesystem), fsync it, rename it over the old one, fsync the directory (makes the rename
+    itself durable)."""
+    path = Path(path)
+    data = dumps(state)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)      # mkstemp makes 0600; the router may run as another user
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read(path: Path) -> HealthState:
+    """Read and validate the state file. OSError (e.g. FileNotFoundError) when it cannot be read,
+    HealthStateError when its content is bad."""
+    return loads(_read_bytes(Path(path))[0])
+
+
+def _read_bytes(path: Path) -> tuple[bytes, tuple[int, int, int]]:
+    # fstat the open file, not the path: the signature then belongs to exactly the bytes read,
+    # even if the checker replaces the file between our stat and our read.
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        return f.read(MAX_FILE_SIZE + 1), _signature(st)
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+# --------------------------------------------------------------------------- the router's view
+
+class StateFollower:
+    """The router's cheap view of the state file: `refresh()` stats the file (one syscall) and
+    re-reads it only when it changed; `is_down()` is a dict lookup.
+
+    Fail open: a server counts as down only if a fresh, valid file says so. A missing file, a
+    stale one (the checker stopped writing) or a server absent from it means "not down"; the
+    router's own connect errors cover the gap. A bad file is logged and the last good content kept.
+    """
+
+    def __init__(self, path: Path, stale_after: float, clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.stale_after = stale_after
+        self._clock = clock
+        self._signature: tuple[int, int, int] | None = None
+        self._state: HealthState | None = None
+        self._stale_logged = False
+        self._problem: str | None = None     # the last problem logged, so each is logged once
+
+    @property
+    def state(self) -> HealthState | None:
+        """The last good state read, or None."""
+        return self._state
+
+    def refresh(self) -> None:
+        try:
+            signature = _signature(os.stat(self.path))
+        except FileNotFoundError:
+            self._report("does not exist: treating all servers as up")
+            self._signature, self._state = None, None
+            return
+        except OSError as e:
+            self._report(f"cannot stat ({e.strerror}), keeping the last good state")
+            return
+        if signature != self._signature:
+            self._reload()
+        self._log_staleness()
+
+    def _reload(self) -> None:
+        try:
+            data, signature = _read_bytes(self.path)
+        except FileNotFoundError:
+            return         # removed since the stat: the next refresh sees what is there
+        except OSError as e:
+            self._report(f"cannot read ({e.strerror}), keeping the last good state")
+            return
+        # Remember the signature even when the content is bad, so that the same bad file is not
+        # re-read and re-logged on every poll; the checker's next write replaces it.
+        self._signature = signature
+        try:
+            self._state = loads(data)
+        except HealthStateError as e:
+            self._report(f"is invalid ({e}), keeping the last good state", force=True)
+            return
+        if self._problem is not None:
+            log.info("health state %s read again (generation %d)", self.path, self._state.generation)
+            self._problem = None
+
+    def _report(self, problem: str, force: bool = False) -> None:
+        if force or problem != self._problem:
+            log.warning("health state %s %s", self.path, problem)
+        self._problem = problem
+
+    def is_stale(self) -> bool:
+        if self._state is None:
+            return True
+        age = self._clock() - self._state.written_at
+        # A file from the far future (clock stepped back) is no more trustworthy than an old one.
+        return not -self.stale_after <= age <= self.stale_after
+
+    def _log_staleness(self) -> None:
+        if self._state is None:
+            return
+        stale = self.is_stale()
+        if stale and not self._stale_logged:
+            age = self._clock() - self._state.written_at
+            log.warning("health state %s is stale (written %.1fs ago, limit %gs; checker pid %d): "
+                        "treating all servers as up", self.path, age, self.stale_after, self._state.checker_pid)
+        elif not stale and self._stale_logged:
+            log.info("health state %s is fresh again (generation %d)", self.path, self._state.generation)
+        self._stale_logged = stale
+
+    def is_down(self, key: str) -> bool:
+        if self._state is None or self.is_stale():
+            return False
+        server = self._state.servers.get(key)
+        return server is not None and server.state == "down"
