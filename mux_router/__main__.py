@@ -1,0 +1,34 @@
+"""`mux-router --config configs/mux-router.toml`: the HTTP router daemon."""
+from __future__ import annotations
+
+import sys
+
+from frontgate.config import load_router_config
+from frontgate.daemon import load_or_exit, parse_args, run, setup_logging
+from mux_router.server import Router
+
+NAME = "mux-router"
+
+
+def main() -> None:
+    args = parse_args(NAME, "HTTP/1.1 router: Host/path routing, redirects, balancing, WebSocket tunnels")
+    log = setup_logging(NAME)
+    config = load_or_exit(load_router_config, args.config)
+    # One access-log line per request on stdout; line buffering so that each is whole and prompt.
+    sys.stdout.reconfigure(line_buffering=True)
+
+    async def serve() -> None:
+        router = Router(config)
+        try:
+            await router.start()
+        except OSError as e:
+            log.error("cannot listen: %s", e)
+            raise SystemExit(1) from None
+        await router.serve()
+        log.info("stopped")
+
+    run(serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,534 @@
+"""HTTP/1.1 message framing, sans-IO: request heads, response heads, chunked bodies.
+
+Nothing here touches a socket: parsers take bytes and return values or raise HttpError. They are
+strict per RFC 9112 because the router forwards what it parsed to a backend that will parse it
+again; wherever two parsers could disagree about where a message ends (duplicate Content-Length,
+Content-Length with Transfer-Encoding, obs-fold, bare CR/LF, whitespace before a colon ...) a
+request could be smuggled past the router, so such messages are rejected, never "repaired".
+
+Every parser is incremental (feed bytes as they arrive) and gives the same result whatever way
+the bytes are split; `parse_request_head` / `parse_response_head` are the one-shot forms.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+MAX_REQUEST_LINE = 8 * 1024       # longer: 414
+MAX_HEAD = 32 * 1024              # request line + fields; longer: 431
+MAX_FIELDS = 100                  # more header fields: 431
+MAX_EMPTY_LINES = 8               # CRLFs tolerated before a request line (RFC 9112 2.2)
+MAX_CHUNK_LINE = 4 * 1024         # chunk-size line with its extensions
+MAX_CHUNK_SIZE_DIGITS = 16        # 2**64: a bigger chunk is an attack, not a file
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+class HttpError(Exception):
+    """A message the router must refuse: `status` is the response to send (400, 414, 431, 501, 505
+    for requests; 502 for a bad response from a backend)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HttpError) and (self.status, self.reason) == (other.status, other.reason)
+
+    def __hash__(self) -> int:
+        return hash((self.status, self.reason))
+
+
+# --------------------------------------------------------------------------- grammar (RFC 9110 5.6)
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_RE = re.compile(_TOKEN)
+# field-value: VCHAR, SP, HTAB, obs-text. Anything else (NUL, CR, LF, other controls, DEL) is refused.
+_BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_OWS = b" \t"
+_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
+_HTTP_VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_STATUS_LINE_RE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
+_SUPPORTED_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+# Host = uri-host [ ":" port ]; uri-host is an IP literal in brackets or a reg-name / IPv4.
+_HOST_RE = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]*))?")
+_ABSOLUTE_RE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
+_DIGITS_RE = re.compile(rb"[0-9]{1,18}")
+_QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_LINE_RE = re.compile(
+    rb"([0-9A-Fa-f]{1,%d})((?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*)"
+    % (MAX_CHUNK_SIZE_DIGITS, _TOKEN, _TOKEN, _QUOTED_STRING))
+
+
+def comma_tokens(values: Iterable[bytes]) -> list[bytes]:
+    """The lower-cased elements of comma-separated header values, empty elements dropped
+    (RFC 9110 5.6.1)."""
+    out = []
+    for value in values:
+        for part in value.split(b","):
+            part = part.strip(_OWS)
+            if part:
+                out.append(part.lower())
+    return out
+
+
+def split_host(value: str) -> tuple[str, str | None]:
+    """'Example.COM:8080' -> ('example.com', '8080'); '[::1]:80' -> ('[::1]', '80').
+    Lower-cased, trailing dot dropped: the form host patterns are compared with."""
+    if value.startswith("["):
+        host, _, rest = value.partition("]")
+        host += "]"
+        port = rest[1:] if rest.startswith(":") else None
+    else:
+        host, sep, port_text = value.partition(":")
+        port = port_text if sep else None
+    return host.lower().rstrip("."), port
+
+
+# --------------------------------------------------------------------------- messages
+
+@dataclass(frozen=True)
+class RequestHead:
+    method: str
+    target: str                 # as sent: origin-form, absolute-form, or "*"
+    version: str                # "HTTP/1.1" | "HTTP/1.0"
+    headers: Headers            # (name, value) in original order, OWS trimmed
+    raw: bytes                  # the head as received, request line to the empty line
+    host: str | None            # lower-cased, port and trailing dot stripped; None without Host
+    host_as_sent: str | None    # the Host header (or absolute-form authority) verbatim
+    path: str                   # target without query, for routing
+    origin_target: str          # path and query: what a redirect keeps
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool            # what the client asked for (version default, Connection header)
+    is_websocket_upgrade: bool
+    connection_tokens: frozenset[bytes] = field(default=frozenset())   # lower-cased
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def request_line(self) -> str:
+        return f"{self.method} {self.target} {self.version}"
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        name = name.lower()
+        return [v for n, v in self.headers if n.lower() == name]
+
+
+NO_BODY, LENGTH, CHUNKED, CLOSE = "none", "length", "chunked", "close"
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    version: str
+    status: int
+    reason: str
+    headers: Headers
+    raw: bytes
+    body: str                   # NO_BODY | LENGTH | CHUNKED | CLOSE (read until the server closes)
+    content_length: int | None  # for LENGTH
+    keep_alive: bool            # the server will keep the connection open after this response
+    connection_tokens: frozenset[bytes] = field(default=frozenset())
+
+    @property
+    def informational(self) -> bool:
+        return 100 <= self.status < 200
+
+
+# --------------------------------------------------------------------------- head scanning
+
+class _HeadParser:
+    """Shared incremental scanner: optional leading empty lines, a start line, field lines, the
+    empty line. Each complete line is validated once, as soon as it arrives, so a malformed
+    request is refused without waiting for (or buffering) the rest of it."""
+
+    error_status = 400              # what a malformed head earns
+    line_too_long_status = 400
+    head_too_large_status = 431
+    skip_empty_lines = 0
+
+    def __init__(self, max_line: int = MAX_REQUEST_LINE, max_head: int = MAX_HEAD,
+                 max_fields: int = MAX_FIELDS):
+        self.max_line, self.max_head, self.max_fields = max_line, max_head, max_fields
+        self._buf = bytearray()
+        self._pos = 0               # start of the next line to examine
+        self._scan_from = 0         # where to resume looking for LF in an incomplete line
+        self._start: int | None = None   # start of the start line (after skipped empty lines)
+        self._start_line: bytes | None = None
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._end: int | None = None
+        self._result = None
+
+    def feed(self, data: bytes | bytearray | memoryview = b""):
+        """Add bytes; the parsed head once complete (then `leftover` holds what follows), else None."""
+        if self._result is not None:
+            raise RuntimeError("head already complete")
+        self._buf += data
+        buf = self._buf
+        while True:
+            if self._start is None:
+                skipped = self._pos // 2
+                if buf.startswith(b"\r\n", self._pos) and skipped < self.skip_empty_lines:
+                    self._pos += 2
+                    continue
+                if len(buf) - self._pos < 2 and buf[self._pos:] in (b"", b"\r") and skipped < self.skip_empty_lines:
+                    return None
+                self._start = self._scan_from = self._pos
+            lf = buf.find(b"\n", max(self._pos, self._scan_from))
+            if lf < 0:
+                self._scan_from = len(buf)
+                self._check_incomplete()
+                return None
+            self._scan_from = lf + 1
+            # Sizes are checked before syntax, and counted up to the LF, so that a line is judged
+            # the same whether it arrived whole or byte by byte.
+            if self._start_line is None:
+                if lf - self._start > self.max_line + 1:
+                    raise self._line_too_long()
+            elif lf + 1 - self._start > self.max_head:
+                raise HttpError(self.head_too_large_status, "request header fields too large")
+            if lf == self._pos or buf[lf - 1] != 0x0D:
+                raise HttpError(self.error_status, "bare LF (lines must end with CRLF)")
+            line = bytes(buf[self._pos:lf - 1])
+            if self._start_line is None:
+                self._start_line = line
+                self._first_line(line)
+            elif not line:
+                self._end = lf + 1
+                self._result = self._finish(bytes(buf[self._start:self._end]))
+                return self._result
+            else:
+                self._fields.append(parse_field_line(line, self.error_status))
+                if len(self._fields) > self.max_fields:
+                    raise HttpError(self.head_too_large_status, "too many header fields")
+            self._pos = lf + 1
+
+    def _check_incomplete(self) -> None:
+        pending = len(self._buf) - self._start
+        if self._start_line is None:
+            # +1: the last byte may be the CR of a CRLF that ends a line of exactly max_line.
+            if pending > self.max_line + 1:
+                raise self._line_too_long()
+        elif pending >= self.max_head:
+            # The head still lacks at least its final LF, so it would exceed max_head.
+            raise HttpError(self.head_too_large_status, "request header fields too large")
+
+    def _line_too_long(self) -> HttpError:
+        return HttpError(self.line_too_long_status, "start line too long")
+
+    @property
+    def consumed(self) -> int:
+        """Bytes of the input that made up the head (including skipped empty lines)."""
+        if self._end is None:
+            raise RuntimeError("head not complete")
+        return self._end
+
+    @property
+    def leftover(self) -> bytes:
+        """What was fed after the head: the body's first bytes, or a pipelined request."""
+        return bytes(self._buf[self.consumed:])
+
+    def _first_line(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def _finish(self, raw: bytes):
+        raise NotImplementedError
+
+
+def parse_field_line(line: bytes, error_status: int = 400) -> tuple[bytes, bytes]:
+    """`name: value` -> (name, value with OWS trimmed). RFC 9112 5: no obs-fold, no whitespace
+    between name and colon, the name a token, the value free of control characters."""
+    if line[:1] in (b" ", b"\t"):
+        raise HttpError(error_status, "obsolete line folding")
+    name, colon, value = line.partition(b":")
+    if not colon:
+        raise HttpError(error_status, "header line without a colon")
+    if not _TOKEN_RE.fullmatch(name):
+        if name[-1:] in (b" ", b"\t"):
+            raise HttpError(error_status, "whitespace before a colon")
+        raise HttpError(error_status, "invalid header name")
+    value = value.strip(_OWS)
+    if _BAD_VALUE_CHAR.search(value):
+        raise HttpError(error_status, f"control character in {name.decode()} value")
+    return name, value
+
+
+def _content_length(values: list[bytes], status: int) -> int | None:
+    """Several Content-Length fields (or a list) are allowed only when all are the same number."""
+    if not values:
+        return None
+    numbers = set()
+    for value in values:
+        for part in value.split(b","):
+            part = part.strip(_OWS)
+            if not _DIGITS_RE.fullmatch(part):
+                raise HttpError(status, "invalid Content-Length")
+            numbers.add(int(part))
+    if len(numbers) != 1:
+        raise HttpError(status, "differing Content-Length values")
+    return numbers.pop()
+
+
+def _fields_by_name(fields: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    out: dict[bytes, list[bytes]] = {}
+    for name, value in fields:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+def _keep_alive(version: bytes, connection: frozenset[bytes]) -> bool:
+    if b"close" in connection:
+        return False
+    return version == b"HTTP/1.1" or b"keep-alive" in connection
+
+
+# --------------------------------------------------------------------------- requests
+
+class RequestHeadParser(_HeadParser):
+    error_status = 400
+    line_too_long_status = 414
+    skip_empty_lines = MAX_EMPTY_LINES
+
+    def _first_line(self, line: bytes) -> None:
+        m = _REQUEST_LINE_RE.fullmatch(line)
+        if not m:
+            # Tell an unsupported version apart from a malformed line.
+            parts = line.split(b" ")
+            if len(parts) == 3 and _TOKEN_RE.fullmatch(parts[0]) and _HTTP_VERSION_RE.fullmatch(parts[2]):
+                raise HttpError(400, "invalid request target")
+            raise HttpError(400, "malformed request line")
+        method, target, version = m.groups()
+        if version not in _SUPPORTED_VERSIONS:
+            raise HttpError(505, f"{version.decode()} is not supported")
+        if method == b"CONNECT":
+            raise HttpError(501, "CONNECT is not supported")
+        if not (target.startswith(b"/") or _ABSOLUTE_RE.fullmatch(target)
+                or (target == b"*" and method == b"OPTIONS")):
+            raise HttpError(400, "invalid request target")
+
+    def _finish(self, raw: bytes) -> RequestHead:
+        method, target, version = self._start_line.split(b" ")
+        fields = self._fields
+        by_name = _fields_by_name(fields)
+        hosts = by_name.get(b"host", [])
+        if len(hosts) > 1:
+            raise HttpError(400, "several Host headers")
+        if not hosts and version == b"HTTP/1.1":
+            raise HttpError(400, "missing Host header")
+        host_as_sent = hosts[0] if hosts else None
+        if host_as_sent is not None and not _HOST_RE.fullmatch(host_as_sent):
+            raise HttpError(400, "invalid Host header")
+
+        path_and_query = target
+        absolute = _ABSOLUTE_RE.fullmatch(target)
+        if absolute:
+            authority, path_and_query = absolute.groups()
+            # RFC 9112 3.2.2 says the target's authority wins over Host; refusing a mismatch keeps
+            # the router and the backend from picking different hosts.
+            if host_as_sent is not None and authority.lower() != host_as_sent.lower():
+                raise HttpError(400, "Host header differs from the request target")
+            if not _HOST_RE.fullmatch(authority) or not authority:
+                raise HttpError(400, "invalid authority in request target")
+            host_as_sent = authority
+            path_and_query = path_and_query or b"/"
+        path = path_and_query.partition(b"?")[0]
+
+        transfer_encoding = by_name.get(b"transfer-encoding", [])
+        content_lengths = by_name.get(b"content-length", [])
+        chunked = False
+        if transfer_encoding:
+            if version == b"HTTP/1.0":
+                raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if content_lengths:
+                raise HttpError(400, "both Content-Length and Transfer-Encoding")
+            codings = comma_tokens(transfer_encoding)
+            if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                raise HttpError(400, "Transfer-Encoding must end with a single chunked")
+            if len(codings) > 1:
+                # Well formed, but the router forwards bodies as they are and backends rarely
+                # decode other transfer codings.
+                raise HttpError(501, "transfer codings other than chunked are not supported")
+            chunked = True
+        content_length = _content_length(content_lengths, 400)
+
+        connection = frozenset(comma_tokens(by_name.get(b"connection", [])))
+        upgrade = comma_tokens(by_name.get(b"upgrade", []))
+        websocket = (method == b"GET" and version == b"HTTP/1.1" and b"upgrade" in connection
+                     and any(u.split(b"/")[0] == b"websocket" for u in upgrade))
+        host = split_host(host_as_sent.decode("latin-1"))[0] if host_as_sent is not None else None
+        return RequestHead(
+            method=method.decode(), target=target.decode(), version=version.decode(),
+            headers=tuple(fields), raw=raw, host=host,
+            host_as_sent=host_as_sent.decode("latin-1") if host_as_sent is not None else None,
+            path=path.decode(), origin_target=path_and_query.decode(),
+            content_length=content_length, chunked=chunked,
+            keep_alive=_keep_alive(version, connection), is_websocket_upgrade=websocket,
+            connection_tokens=connection)
+
+
+def parse_request_head(buf: bytes | bytearray | memoryview, **limits) -> tuple[RequestHead, int] | None:
+    """None: need more bytes. (head, consumed) once the head is complete. HttpError when invalid."""
+    parser = RequestHeadParser(**limits)
+    head = parser.feed(buf)
+    return None if head is None else (head, parser.consumed)
+
+
+# --------------------------------------------------------------------------- responses
+
+class ResponseHeadParser(_HeadParser):
+    """A backend's response head; anything malformed is a 502 for the client."""
+    error_status = 502
+    line_too_long_status = 502
+    head_too_large_status = 502
+
+    def __init__(self, request_method: str, **limits):
+        super().__init__(**limits)
+        self.request_method = request_method
+
+    def _first_line(self, line: bytes) -> None:
+        m = _STATUS_LINE_RE.fullmatch(line)
+        if not m:
+            raise HttpError(502, "malformed status line")
+        if m.group(1) not in _SUPPORTED_VERSIONS:
+            raise HttpError(502, f"backend answered with {m.group(1).decode()}")
+        if int(m.group(2)) < 100:
+            raise HttpError(502, "invalid status code")
+
+    def _finish(self, raw: bytes) -> ResponseHead:
+        m = _STATUS_LINE_RE.fullmatch(self._start_line)
+        version, status, reason = m.group(1), int(m.group(2)), m.group(3) or b""
+        by_name = _fields_by_name(self._fields)
+        connection = frozenset(comma_tokens(by_name.get(b"connection", [])))
+        keep_alive = _keep_alive(version, connection)
+        transfer_encoding = comma_tokens(by_name.get(b"transfer-encoding", []))
+        content_lengths = by_name.get(b"content-length", [])
+        content_length = None
+        # RFC 9112 6.3, in order.
+        if self.request_method == "HEAD" or 100 <= status < 200 or status in (204, 304):
+            body = NO_BODY
+        elif by_name.get(b"transfer-encoding"):
+            if content_lengths:
+                raise HttpError(502, "both Content-Length and Transfer-Encoding in response")
+            if transfer_encoding and transfer_encoding[-1] == b"chunked" and transfer_encoding.count(b"chunked") == 1:
+                body = CHUNKED
+            else:
+                body, keep_alive = CLOSE, False
+        else:
+            content_length = _content_length(content_lengths, 502)
+            if content_length is not None:
+                body = LENGTH
+            else:
+                body, keep_alive = CLOSE, False
+        return ResponseHead(version=version.decode(), status=status, reason=reason.decode("latin-1"),
+                            headers=tuple(self._fields), raw=raw, body=body, content_length=content_length,
+                            keep_alive=keep_alive, connection_tokens=connection)
+
+
+def parse_response_head(buf: bytes | bytearray | memoryview, request_method: str = "GET",
+                        **limits) -> tuple[ResponseHead, int] | None:
+    parser = ResponseHeadParser(request_method, **limits)
+    head = parser.feed(buf)
+    return None if head is None else (head, parser.consumed)
+
+
+# --------------------------------------------------------------------------- chunked bodies
+
+@dataclass(frozen=True)
+class ChunkData:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Trailers:
+    headers: Headers
+
+
+_SIZE, _DATA, _DATA_CRLF, _TRAILER, _DONE = range(5)
+
+
+class ChunkedDecoder:
+    """Follows a chunked body (RFC 9112 7.1) byte by byte so that a proxy can forward the bytes as
+    they are and still know exactly where the message ends.
+
+    `feed(data)` returns (events, consumed): ChunkData / Trailers events, and how many bytes of
+    `data` belong to this body. consumed < len(data) only once `done`: the rest is the next
+    message. Invalid framing raises HttpError(error_status).
+    """
+
+    def __init__(self, error_status: int = 400, max_line: int = MAX_CHUNK_LINE,
+                 max_trailers: int = MAX_HEAD, max_trailer_fields: int = MAX_FIELDS):
+        self.error_status = error_status
+        self.max_line, self.max_trailers, self.max_trailer_fields = max_line, max_trailers, max_trailer_fields
+        self._state = _SIZE
+        self._line = bytearray()        # the current incomplete line (size, CRLF, or trailer)
+        self._remaining = 0             # data bytes left in the current chunk
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._trailer_bytes = 0
+        self.body_bytes = 0             # decoded data so far
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def feed(self, data: bytes | bytearray | memoryview) -> tuple[list[ChunkData | Trailers], int]:
+        data = bytes(data)
+        events: list[ChunkData | Trailers] = []
+        i, n = 0, len(data)
+        while i < n and self._state != _DONE:
+            if self._state == _DATA:
+                take = min(self._remaining, n - i)
+                events.append(ChunkData(data[i:i + take]))
+                self.body_bytes += take
+                self._remaining -= take
+                i += take
+                if self._remaining == 0:
+                    self._state = _DATA_CRLF
+                continue
+            # The other states read lines: collect up to the LF.
+            lf = data.find(b"\n", i)
+            end = n if lf < 0 else lf + 1
+            self._line += data[i:end]
+            i = end
+            if self._state == _DATA_CRLF:
+                if not b"\r\n".startswith(self._line):
+                    raise HttpError(self.error_status, "chunk data not followed by CRLF")
+                if lf >= 0:
+                    self._line.clear()
+                    self._state = _SIZE
+                continue
+            what = "chunk size line" if self._state == _SIZE else "trailer section"
+            limit = self.max_line if self._state == _SIZE else self.max_trailers - self._trailer_bytes
+            # As for heads: the size counted up to the LF, so any split gives the same verdict.
+            if len(self._line) - (lf >= 0) > limit + 1:
+                raise HttpError(self.error_status, f"{what} too long")
+            if lf < 0:
+                continue
+            line = bytes(self._line)
+            self._line.clear()
+            if line[-2:-1] != b"\r":
+                raise HttpError(self.error_status, f"bare LF in {what}")
+            line = line[:-2]
+            if self._state == _SIZE:
+                m = _CHUNK_LINE_RE.fullmatch(line)
+                if not m:
+                    raise HttpError(self.error_status, "invalid chunk size line")
+                size = int(m.group(1), 16)
+                if size:
+                    self._remaining, self._state = size, _DATA
+                else:
+                    self._state = _TRAILER
+            else:
+                self._trailer_bytes += len(line) + 2
+                if not line:
+                    if self._trailers:
+                        events.append(Trailers(tuple(self._trailers)))
+                    self._state = _DONE
+                else:
+                    self._trailers.append(parse_field_line(line, self.error_status))
+                    if len(self._trailers) > self.max_trailer_fields:
+                        raise HttpError(self.error_status, "too many trailer fields")
+        return events, i

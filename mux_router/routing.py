@@ -1,0 +1,80 @@
+"""Which app serves a request, and which requests are redirected instead. Pure functions over
+the config dataclasses; the server gives them what it parsed."""
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Sequence
+
+from frontgate.config import App, Network, RedirectRule
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """A socket or PROXY header address as an ip_address; IPv4-mapped IPv6 (a dual-stack socket's
+    view of an IPv4 client) becomes the IPv4 address so that IPv4 CIDRs match it. None for
+    anything that is not an IP address (a unix socket peer)."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def ip_in(ip: IPAddress | None, networks: Iterable[Network]) -> bool:
+    # `in` across address families is simply False, which is what we want.
+    return ip is not None and any(ip in net for net in networks)
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """`pattern` is an exact name or `*.suffix` (any name ending in `.suffix`, any depth, but not
+    `suffix` itself). Both sides lower-case, no port: as config and the parser produce them."""
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        return host.endswith(suffix) and len(host) > len(suffix)
+    return host == pattern
+
+
+def any_host_matches(patterns: Iterable[str], host: str | None) -> bool:
+    return host is not None and any(host_matches(p, host) for p in patterns)
+
+
+def select_app(apps: Sequence[App], host: str | None, path: str) -> App | None:
+    """The first app in file order whose hosts match and whose path_prefix starts the path."""
+    if host is None:
+        return None
+    host = host.lower()
+    for app in apps:
+        if path.startswith(app.path_prefix) and any_host_matches(app.hosts, host):
+            return app
+    return None
+
+
+def find_redirect(rules: Sequence[RedirectRule], *, listener: str, client_ip: IPAddress | None,
+                  host: str | None, host_as_sent: str | None, target: str) -> tuple[int, str] | None:
+    """(code, Location) from the first rule whose conditions all hold, else None.
+
+    `host` is the normalized host (for patterns), `host_as_sent` the Host header verbatim (what a
+    `to_scheme` redirect keeps, as HAProxy does), `target` the path and query (kept by `to_scheme`
+    and `prefix`, as HAProxy's `redirect prefix`).
+    """
+    for rule in rules:
+        if rule.listeners and listener not in rule.listeners:
+            continue
+        if rule.source_in and not ip_in(client_ip, rule.source_in):
+            continue
+        if rule.source_not_in and ip_in(client_ip, rule.source_not_in):
+            continue
+        if rule.hosts and not any_host_matches(rule.hosts, host):
+            continue
+        if rule.to_scheme is not None:
+            if not host_as_sent:
+                continue        # nowhere to send the client: let routing answer
+            return rule.code, f"{rule.to_scheme}://{host_as_sent}{target}"
+        if rule.prefix is not None:
+            # "https://example.com/" and "/" as prefixes must not double the slash.
+            return rule.code, rule.prefix.rstrip("/") + target
+        return rule.code, rule.location
+    return None

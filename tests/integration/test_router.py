@@ -1,0 +1,648 @@
+"""mux-router as a real subprocess on ephemeral ports, in front of small in-test backends that run
+on an asyncio loop in a thread: HTTP backends that answer with their name and echo what they got
+(and record every byte), and a websockets echo server."""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import serve as ws_serve
+
+from frontgate import health_state, proxy_protocol
+from tests.helpers import daemon_output, free_port, start_daemon, stop_daemon, wait_until
+
+TIMEOUT = 10
+
+
+# --------------------------------------------------------------------------- backends
+
+class LoopThread:
+    """An asyncio loop in a daemon thread; the tests are synchronous and call into it."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = TIMEOUT):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(TIMEOUT)
+
+
+class Backend:
+    """HTTP/1.1 backend: answers every request with JSON naming itself and echoing the request
+    line, headers and (de-chunked) body. Everything received is kept in `raw`."""
+
+    def __init__(self, name: str, delay: float = 0.0):
+        self.name = name
+        self.port = free_port()
+        self.delay = delay
+        self.raw = bytearray()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", self.port)
+
+    async def kill(self):
+        self.server.close()
+        for w in list(self.writers):
+            w.transport.abort()
+        await self.server.wait_closed()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError as e:
+                    self.raw += e.partial
+                    return
+                self.raw += head
+                lines = head.decode("latin-1").split("\r\n")[:-2]
+                headers = [line.split(": ", 1) for line in lines[1:]]
+                lower = {n.lower(): v for n, v in headers}
+                body = b""
+                if "content-length" in lower:
+                    body = await reader.readexactly(int(lower["content-length"]))
+                    self.raw += body
+                elif lower.get("transfer-encoding") == "chunked":
+                    while True:
+                        size_line = await reader.readuntil(b"\r\n")
+                        self.raw += size_line
+                        size = int(size_line.split(b";")[0], 16)
+                        if size == 0:
+                            while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+                                self.raw += line
+                                headers.append(["trailer:" + line.decode().split(":")[0], ""])
+                            self.raw += line
+                            break
+                        data = await reader.readexactly(size + 2)
+                        self.raw += data
+                        body += data[:-2]
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                out = json.dumps({"name": self.name, "request_line": lines[0], "headers": headers,
+                                  "body": body.decode("latin-1")}).encode()
+                close = "close" in lower.get("connection", "").lower()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
+                             % (len(out), b"Connection: close\r\n" if close else b"", out))
+                await writer.drain()
+                if close:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+
+class ScriptedBackend(Backend):
+    """Answers with canned bytes chosen by the request path, then closes: response framing the
+    JSON backend never produces, and broken responses."""
+
+    SCRIPTS = {
+        "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                    b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+        "/until-close": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread me until the end",
+        "/continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        "/garbage": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+        "/not-http": b"SSH-2.0-OpenSSH_9.6\r\n",
+        "/silent": b"",
+        "/head": b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+    }
+
+    async def handle(self, reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.raw += head
+            path = head.split(b" ")[1].decode()
+            writer.write(self.SCRIPTS[path])
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def ws_echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+
+# --------------------------------------------------------------------------- raw HTTP client
+
+class RawClient:
+    """One TCP connection; sends bytes and reads Content-Length responses."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0))
+        self.buf = b""
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise EOFError(f"connection closed; got {self.buf!r}")
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {n.lower(): v for n, v in (line.split(": ", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", 0))
+        while len(self.buf) < length:
+            if not self._fill():
+                raise EOFError("connection closed in the body")
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, headers, body
+
+    def request(self, host: str, target: str = "/", extra: str = "", method: str = "GET"):
+        self.send(f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+        return self.response()
+
+    def closed(self) -> bool:
+        """True once the peer closed (EOF or reset) with nothing more to read."""
+        try:
+            return not self._fill()
+        except ConnectionResetError:
+            return True
+
+    def close(self):
+        self.sock.close()
+
+
+def get(port: int, host: str, target: str = "/", extra: str = "", source: str = "127.0.0.1"):
+    client = RawClient(port, source)
+    try:
+        status, headers, body = client.request(host, target, extra + "Connection: close\r\n")
+    finally:
+        client.close()
+    return status, headers, (json.loads(body) if headers.get("content-type") == "application/json" else body)
+
+
+def header_values(echo: dict, name: str) -> list[str]:
+    return [v for n, v in echo["headers"] if n.lower() == name.lower()]
+
+
+# --------------------------------------------------------------------------- the router under test
+
+ROUTER_TOML = """
+[router]
+state_file = "state/health.json"
+state_stale_after = 60
+trusted_sources = ["127.0.0.1/32"]
+[listen.public]
+address = "127.0.0.1:{public}"
+[listen.from_terminator]
+address = "127.0.0.1:{proxied}"
+proxy_protocol = true
+scheme = "https"
+[timeouts]
+http_request = 1
+connect = 2
+server = 5
+[[redirect]]
+listener = "public"
+source_not_in = ["trusted"]
+to_scheme = "https"
+code = 301
+[[app]]
+name = "maps-api"
+hosts = ["maps.localhost"]
+path_prefix = "/api/"
+servers = ["{api}"]
+[[app]]
+name = "maps"
+hosts = ["maps.localhost"]
+servers = ["{maps1}", "{maps2}"]
+[[app]]
+name = "coltrane"
+hosts = ["coltrane.localhost", "*.coltrane.localhost"]
+servers = ["{coltrane}"]
+[[app]]
+name = "flaky0"
+hosts = ["flaky0.localhost"]
+retries = 0
+servers = ["{victim}", "{survivor}"]
+[[app]]
+name = "flaky"
+hosts = ["flaky.localhost"]
+servers = ["{victim}", "{survivor}"]
+[[app]]
+name = "health"
+hosts = ["health.localhost"]
+servers = ["{h1}", "{h2}"]
+[[app]]
+name = "scripted"
+hosts = ["scripted.localhost"]
+servers = ["{scripted}"]
+[[app]]
+name = "ws"
+hosts = ["ws.localhost"]
+servers = ["127.0.0.1:{ws}"]
+"""
+
+
+class Env:
+    def __init__(self, tmp: Path):
+        self.dir = tmp
+        self.loop = LoopThread()
+        self.backends = {name: Backend(name) for name in
+                         ("api", "maps1", "maps2", "coltrane", "victim", "survivor", "h1", "h2")}
+        self.backends["scripted"] = ScriptedBackend("scripted")
+        self.ws_port = free_port()
+        self.public, self.proxied = free_port(), free_port()
+        self.state_file = tmp / "state" / "health.json"
+        self.state_file.parent.mkdir()
+        self.config = tmp / "mux-router.toml"
+        self.proc = None
+        self.ws_server = None
+
+    def start(self):
+        for b in self.backends.values():
+            self.loop.run(b.start())
+        self.ws_server = self.loop.run(self._start_ws())
+        self.config.write_text(ROUTER_TOML.format(public=self.public, proxied=self.proxied, ws=self.ws_port,
+                                                  **{n: b.address for n, b in self.backends.items()}))
+        self.proc = start_daemon(["mux-router", "--config", str(self.config)], wait_for=("127.0.0.1", self.public))
+        wait_until(lambda: _accepts(self.proxied), what="PROXY listener up")
+
+    async def _start_ws(self):
+        return await ws_serve(ws_echo, "127.0.0.1", self.ws_port)   # needs the running loop
+
+    def stop(self) -> str:
+        out = stop_daemon(self.proc) if self.proc else ""
+        if self.ws_server is not None:
+            self.loop.loop.call_soon_threadsafe(self.ws_server.close)
+        for b in self.backends.values():
+            if b.server is not None:
+                self.loop.run(b.kill())
+        self.loop.stop()
+        return out
+
+    def total_received(self) -> int:
+        return sum(len(b.raw) for b in self.backends.values())
+
+    def write_state(self, states: dict[str, str]):
+        now = time.time()
+        servers = {f"health/{self.backends[name].address}": health_state.ServerState(
+            state=state, since=now, last_check={"ok": state == "up", "took_ms": 1.0, "detail": "test"})
+            for name, state in states.items()}
+        health_state.write_atomic(self.state_file, health_state.HealthState(
+            generation=int(now * 1000), written_at=now, checker_pid=1, servers=servers))
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = Env(tmp_path_factory.mktemp("router"))
+    try:
+        e.start()
+        yield e
+    finally:
+        out = e.stop()
+    assert "Traceback" not in out, out
+
+
+# --------------------------------------------------------------------------- routing
+
+def test_routes_by_exact_host_wildcard_and_path_prefix(env):
+    assert get(env.public, "maps.localhost", "/api/v1?x=1")[2]["name"] == "api"
+    assert get(env.public, "maps.localhost", "/apiary")[2]["name"] in ("maps1", "maps2")
+    assert get(env.public, "coltrane.localhost")[2]["name"] == "coltrane"
+    assert get(env.public, "a.b.coltrane.localhost")[2]["name"] == "coltrane"
+    assert get(env.public, "COLTRANE.localhost:8080")[2]["name"] == "coltrane"
+    status, _, echo = get(env.public, "maps.localhost", "/api/v1?x=1")
+    assert status == 200 and echo["request_line"] == "GET /api/v1?x=1 HTTP/1.1"
+
+
+def test_unknown_host_and_path_is_404(env):
+    for host in ("nobody.localhost", "coltrane.localhost.evil", "xcoltrane.localhost"):
+        status, headers, body = get(env.public, host)
+        assert status == 404 and body.startswith(b"404 Not Found"), (host, body)
+        assert int(headers["content-length"]) == len(body)
+
+
+def test_malformed_requests_are_400_and_never_forwarded(env):
+    before = env.total_received()
+    bad = [
+        b"GET / HTTP/1.1\r\nHost: maps.localhost\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\nx",
+        b"GET / HTTP/1.1\r\nHost: maps.localhost\r\nHost: coltrane.localhost\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : maps.localhost\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: maps.localhost\r\nX: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: maps.localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\nHost: maps.localhost\r\n\r\n",
+        # A PROXY v2 header where none is expected is just a bad request.
+        proxy_protocol.encode(proxy_protocol.ProxyHeader(family="TCP4", src=("1.2.3.4", 1), dst=("5.6.7.8", 2)))
+        + b"GET / HTTP/1.1\r\nHost: maps.localhost\r\n\r\n",
+    ]
+    for raw in bad:
+        client = RawClient(env.public)
+        client.send(raw)
+        status, headers, _ = client.response()
+        assert status == 400 and headers["connection"] == "close", raw
+        assert client.closed()
+        client.close()
+    client = RawClient(env.public)
+    client.send(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n")
+    assert client.response()[0] == 414
+    client.close()
+    client = RawClient(env.public)
+    client.send(b"GET / HTTP/2.0\r\nHost: maps.localhost\r\n\r\n")
+    assert client.response()[0] == 505
+    client.close()
+    assert env.total_received() == before
+
+
+def test_slow_request_head_is_408(env):
+    client = RawClient(env.public)
+    client.send(b"GET / HTTP/1.1\r\nHost: maps")
+    started = time.monotonic()
+    status, headers, _ = client.response()
+    assert status == 408 and headers["connection"] == "close"
+    assert 0.8 < time.monotonic() - started < 5
+    client.close()
+
+
+def test_redirects_untrusted_source_and_routes_trusted(env):
+    status, headers, _ = get(env.public, "maps.localhost", "/a?b=1", source="127.0.0.2")
+    assert status == 301 and headers["location"] == "https://maps.localhost/a?b=1"
+    status, _, echo = get(env.public, "maps.localhost", "/a?b=1", source="127.0.0.1")
+    assert status == 200 and echo["name"] in ("maps1", "maps2")
+
+
+# --------------------------------------------------------------------------- forwarding headers
+
+def test_forwarded_headers_on_the_public_listener(env):
+    # From a trusted source, an X-Forwarded-For is extended; the proto is always the listener's.
+    _, _, echo = get(env.public, "coltrane.localhost", extra="X-Forwarded-For: 10.9.8.7\r\nX-Forwarded-Proto: https\r\n")
+    assert header_values(echo, "X-Forwarded-For") == ["10.9.8.7, 127.0.0.1"]
+    assert header_values(echo, "X-Forwarded-Proto") == ["http"]
+    assert header_values(echo, "Connection") == ["close"]
+
+
+def test_proxy_v2_listener_takes_client_address_and_scheme_from_the_header(env):
+    header = proxy_protocol.encode(proxy_protocol.ProxyHeader(
+        command="PROXY", family="TCP4", src=("203.0.113.7", 40000), dst=("127.0.0.1", 443),
+        authority="coltrane.localhost", tls_version="TLSv1.3"))
+    client = RawClient(env.proxied)
+    # The forged X-Forwarded-For comes from an untrusted client (203.0.113.7): replaced.
+    client.send(header + b"GET /x HTTP/1.1\r\nHost: coltrane.localhost\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+    status, _, body = client.response()
+    echo = json.loads(body)
+    assert status == 200 and echo["name"] == "coltrane"
+    assert header_values(echo, "X-Forwarded-For") == ["203.0.113.7"]
+    assert header_values(echo, "X-Forwarded-Proto") == ["https"]
+    # Keep-alive after the PROXY header: the next request on the same connection is routed too.
+    status, _, body = client.request("maps.localhost", "/api/")
+    assert status == 200 and json.loads(body)["name"] == "api"
+    client.close()
+    # The redirect rule is for the public listener only: this client is not redirected.
+    out = daemon_output(env.proc)
+    assert "203.0.113.7:40000 from_terminator coltrane/127.0.0.1:" in out
+
+
+def test_proxy_v2_listener_refuses_untrusted_sources_and_requests_without_header(env):
+    before = env.total_received()
+    header = proxy_protocol.encode(proxy_protocol.ProxyHeader(
+        command="PROXY", family="TCP4", src=("198.51.100.1", 1), dst=("127.0.0.1", 443)))
+    client = RawClient(env.proxied, source="127.0.0.2")
+    try:
+        client.send(header + b"GET / HTTP/1.1\r\nHost: coltrane.localhost\r\n\r\n")
+    except ConnectionError:
+        pass
+    assert client.closed() and client.buf == b""
+    client.close()
+    client = RawClient(env.proxied)
+    client.send(b"GET / HTTP/1.1\r\nHost: coltrane.localhost\r\n\r\n")
+    assert client.response()[0] == 400
+    client.close()
+    assert env.total_received() == before
+
+
+# --------------------------------------------------------------------------- balancing, failures, health
+
+def test_roundrobin_across_two_servers(env):
+    names = [get(env.public, "maps.localhost", "/")[2]["name"] for _ in range(10)]
+    assert names.count("maps1") == 5 and names.count("maps2") == 5
+    assert all(a != b for a, b in zip(names, names[1:])), names
+
+
+def test_killed_server_502_without_retries_and_retried_elsewhere_with_them(env):
+    assert {get(env.public, "flaky.localhost")[2]["name"] for _ in range(2)} == {"victim", "survivor"}
+    env.loop.run(env.backends["victim"].kill())
+    statuses = [get(env.public, "flaky0.localhost")[0] for _ in range(4)]
+    assert sorted(statuses) == [200, 200, 502, 502], statuses
+    results = [get(env.public, "flaky.localhost") for _ in range(4)]
+    assert [(s, e["name"]) for s, _, e in results] == [(200, "survivor")] * 4
+
+
+def test_servers_marked_down_get_no_traffic_and_all_down_is_503(env):
+    assert {get(env.public, "health.localhost")[2]["name"] for _ in range(2)} == {"h1", "h2"}
+    env.write_state({"h1": "down", "h2": "up"})
+    time.sleep(1.2)     # the router polls the state file every 0.5 s
+    assert [get(env.public, "health.localhost")[2]["name"] for _ in range(6)] == ["h2"] * 6
+    env.write_state({"h1": "down", "h2": "down"})
+    time.sleep(1.2)
+    status, headers, body = get(env.public, "health.localhost")
+    assert status == 503 and body.startswith(b"503 Service Unavailable")
+    env.write_state({"h1": "up", "h2": "up"})
+    time.sleep(1.2)
+    assert {get(env.public, "health.localhost")[2]["name"] for _ in range(4)} == {"h1", "h2"}
+
+
+# --------------------------------------------------------------------------- bodies, keep-alive, websocket
+
+def test_chunked_request_body_is_forwarded(env):
+    backend = env.backends["coltrane"]
+    chunked = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Checksum: 42\r\n\r\n"
+    client = RawClient(env.public)
+    client.send(b"POST /upload HTTP/1.1\r\nHost: coltrane.localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+    mark = len(backend.raw)
+    for i in range(0, len(chunked), 7):     # in pieces, as a slow client would
+        client.send(chunked[i:i + 7])
+        time.sleep(0.01)
+    status, _, body = client.response()
+    echo = json.loads(body)
+    assert status == 200 and echo["body"] == "hello, world"
+    assert header_values(echo, "Transfer-Encoding") == ["chunked"] and "trailer:X-Checksum" in [n for n, _ in echo["headers"]]
+    assert bytes(backend.raw[mark:]).endswith(chunked)
+    # The connection stays usable: the body's end was found exactly.
+    assert json.loads(client.request("coltrane.localhost")[2])["name"] == "coltrane"
+    client.close()
+
+
+def test_content_length_body_and_large_body_stream(env):
+    payload = b"x" * 3_000_000
+    client = RawClient(env.public)
+    client.send(b"PUT /big HTTP/1.1\r\nHost: coltrane.localhost\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+    status, _, body = client.response()
+    assert status == 200 and len(json.loads(body)["body"]) == len(payload)
+    client.close()
+
+
+def test_keep_alive_two_requests_to_two_apps_on_one_connection(env):
+    client = RawClient(env.public)
+    s1, h1, b1 = client.request("maps.localhost", "/api/one")
+    s2, h2, b2 = client.request("coltrane.localhost", "/two")
+    assert (s1, json.loads(b1)["name"]) == (200, "api") and (s2, json.loads(b2)["name"]) == (200, "coltrane")
+    assert "connection" not in h1 and "connection" not in h2
+    # Pipelined, and a 404 in between does not break the connection either.
+    client.send(b"GET /p1 HTTP/1.1\r\nHost: coltrane.localhost\r\n\r\n"
+                b"GET / HTTP/1.1\r\nHost: nobody.localhost\r\n\r\n"
+                b"GET /p3 HTTP/1.1\r\nHost: maps.localhost\r\nConnection: close\r\n\r\n")
+    first, second, third = client.response(), client.response(), client.response()
+    assert json.loads(first[2])["request_line"] == "GET /p1 HTTP/1.1"
+    assert second[0] == 404
+    assert third[0] == 200 and third[1]["connection"] == "close"
+    assert client.closed()
+    client.close()
+
+
+def test_websocket_upgrade_is_tunnelled(env):
+    async def talk():
+        sock = socket.create_connection(("127.0.0.1", env.public))
+        async with ws_connect(f"ws://ws.localhost:{env.public}/echo", sock=sock, open_timeout=TIMEOUT) as ws:
+            replies = []
+            for message in ["hello", "x" * 200_000, b"\x00\x01binary"]:
+                await ws.send(message)
+                replies.append(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            return replies
+    assert asyncio.run(talk()) == ["hello", "x" * 200_000, b"\x00\x01binary"]
+
+
+def test_access_log_line_per_request(env):
+    get(env.public, "coltrane.localhost", "/logged?q=1")
+    line = wait_until(lambda: [l for l in daemon_output(env.proc).splitlines() if '"GET /logged?q=1 HTTP/1.1"' in l],
+                      what="access log line")[-1]
+    assert line.startswith("127.0.0.1:") and f" public coltrane/{env.backends['coltrane'].address} 200 " in line
+    assert "ms \"GET" in line
+
+
+def test_response_framing_is_followed(env):
+    client = RawClient(env.public)
+    # Chunked: passed on as it is; the backend's "Connection: close" is its own business.
+    client.send(b"GET /chunked HTTP/1.1\r\nHost: scripted.localhost\r\n\r\n")
+    wait_until(lambda: client._fill() and b"0\r\nX-T: 1\r\n\r\n" in client.buf, what="chunked response")
+    head, _, body = client.buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in head
+    assert b"Connection" not in head
+    assert body == b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
+    client.buf = b""
+    # ... and the client's connection carries on: 100 Continue is passed, then the final response.
+    client.send(b"POST /continue HTTP/1.1\r\nHost: scripted.localhost\r\nExpect: 100-continue\r\n"
+                b"Content-Length: 0\r\n\r\n")
+    while b"ok" not in client.buf:
+        assert client._fill()
+    assert client.buf == b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    client.buf = b""
+    # HEAD: no body whatever Content-Length says.
+    client.send(b"HEAD /head HTTP/1.1\r\nHost: scripted.localhost\r\n\r\n")
+    while b"\r\n\r\n" not in client.buf:
+        assert client._fill()
+    assert client.buf == b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+    client.buf = b""
+    # Close-delimited: the client is told, gets everything, then the connection ends.
+    client.send(b"GET /until-close HTTP/1.1\r\nHost: scripted.localhost\r\n\r\n")
+    while not client.closed():
+        pass
+    assert client.buf.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in client.buf
+    assert client.buf.endswith(b"\r\n\r\nread me until the end")
+    client.close()
+
+
+@pytest.mark.parametrize("path", ["/garbage", "/not-http", "/silent"])
+def test_broken_backend_responses_are_502(env, path):
+    status, _, body = get(env.public, "scripted.localhost", path)
+    assert status == 502 and body.startswith(b"502 Bad Gateway")
+
+
+# --------------------------------------------------------------------------- reload and shutdown
+
+SMALL_TOML = """
+[router]
+state_file = "health.json"
+[listen.public]
+address = "127.0.0.1:{port}"
+[[app]]
+name = "{name}"
+hosts = ["{host}"]
+servers = ["{backend}"]
+"""
+
+
+@pytest.fixture
+def small_router(tmp_path):
+    loop = LoopThread()
+    backend = Backend("slow", delay=1.0)
+    loop.run(backend.start())
+    port = free_port()
+    config = tmp_path / "mux-router.toml"
+    config.write_text(SMALL_TOML.format(port=port, name="one", host="one.localhost", backend=backend.address))
+    proc = start_daemon(["mux-router", "--config", str(config)], wait_for=("127.0.0.1", port))
+    try:
+        yield proc, port, config, backend
+    finally:
+        stop_daemon(proc)
+        loop.run(backend.kill())
+        loop.stop()
+
+
+def test_sighup_reloads_and_keeps_the_old_config_on_error(small_router):
+    proc, port, config, backend = small_router
+    assert get(port, "one.localhost")[0] == 200
+    config.write_text(SMALL_TOML.format(port=port, name="two", host="two.localhost", backend=backend.address))
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded" in daemon_output(proc), what="reload logged")
+    assert get(port, "two.localhost")[0] == 200 and get(port, "one.localhost")[0] == 404
+    config.write_text(config.read_text() + "\nbogus = 1\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed, keeping the running config" in daemon_output(proc), what="error logged")
+    assert get(port, "two.localhost")[0] == 200
+    assert proc.poll() is None
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(small_router):
+    proc, port, config, backend = small_router
+    client = RawClient(port)
+    client.send(b"GET /slow HTTP/1.1\r\nHost: one.localhost\r\n\r\n")
+    wait_until(lambda: b"GET /slow" in backend.raw, what="request reached the backend")   # it sleeps 1 s on it
+    idle = RawClient(port)                         # an idle keep-alive connection is simply closed
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    status, headers, body = client.response()
+    assert status == 200 and json.loads(body)["name"] == "slow"
+    assert proc.wait(TIMEOUT) == 0
+    assert idle.closed()
+    assert not _accepts(port)
+    client.close()
+    idle.close()

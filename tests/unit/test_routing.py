@@ -1,0 +1,92 @@
+"""mux_router.routing: app selection by host and path prefix, redirect rules."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from frontgate.config import Address, App, RedirectRule, Server
+from mux_router.routing import any_host_matches, find_redirect, host_matches, ip_in, parse_ip, select_app
+
+
+def app(name, hosts, prefix="/"):
+    return App(name=name, hosts=tuple(hosts), path_prefix=prefix,
+               servers=(Server(Address.parse("127.0.0.1:1")),))
+
+
+APPS = (
+    app("maps-api", ["maps.localhost"], "/api/"),
+    app("maps", ["maps.localhost"]),
+    app("coltrane", ["coltrane.localhost", "*.coltrane.localhost"]),
+    app("admin", ["*.localhost"], "/admin"),
+)
+
+
+@pytest.mark.parametrize("host,path,expected", [
+    ("maps.localhost", "/", "maps"),
+    ("maps.localhost", "/api/v1", "maps-api"),          # first match in file order
+    ("maps.localhost", "/api", "maps"),                 # "/api/" is not a prefix of "/api"
+    ("MAPS.localhost", "/", "maps"),                    # case-insensitive
+    ("coltrane.localhost", "/x", "coltrane"),
+    ("a.coltrane.localhost", "/", "coltrane"),          # wildcard
+    ("a.b.coltrane.localhost", "/", "coltrane"),        # any depth
+    ("xcoltrane.localhost", "/", None),                 # not a label boundary
+    ("other.localhost", "/admin/users", "admin"),
+    ("other.localhost", "/", None),
+    ("localhost", "/admin", None),                      # "*.localhost" needs a label before
+    ("nobody.example", "/", None),
+    (None, "/", None),                                  # no Host (HTTP/1.0)
+])
+def test_select_app(host, path, expected):
+    chosen = select_app(APPS, host, path)
+    assert (chosen.name if chosen else None) == expected
+
+
+def test_host_matches():
+    assert host_matches("a.b", "a.b") and not host_matches("a.b", "x.a.b")
+    assert host_matches("*.a.b", "x.a.b") and not host_matches("*.a.b", "a.b") and not host_matches("*.a.b", ".a.b")
+    assert not any_host_matches(["a"], None)
+
+
+def test_parse_ip_and_ip_in():
+    assert parse_ip("::ffff:127.0.0.2") == ipaddress.ip_address("127.0.0.2")
+    assert parse_ip("fe80::1%eth0") == ipaddress.ip_address("fe80::1")
+    assert parse_ip("") is None and parse_ip("unix") is None
+    nets = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+    assert ip_in(parse_ip("127.0.0.1"), nets) and ip_in(parse_ip("::1"), nets)
+    assert not ip_in(parse_ip("127.0.0.2"), nets) and not ip_in(None, nets)
+
+
+TRUSTED = (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+def redirect(rules, listener="public", ip="127.0.0.2", host="maps.localhost", host_as_sent=None,
+             target="/a?b=1"):
+    return find_redirect(rules, listener=listener, client_ip=parse_ip(ip), host=host,
+                         host_as_sent=host if host_as_sent is None else host_as_sent, target=target)
+
+
+def test_to_scheme_redirect_for_untrusted_sources_only():
+    rules = (RedirectRule(code=301, listeners=("public",), source_not_in=TRUSTED, to_scheme="https"),)
+    assert redirect(rules) == (301, "https://maps.localhost/a?b=1")
+    assert redirect(rules, ip="127.0.0.1") is None
+    assert redirect(rules, listener="from_terminator") is None
+    # The Host header is kept as sent (case, port), as HAProxy's `redirect scheme` does.
+    assert redirect(rules, host="maps.localhost", host_as_sent="Maps.localhost:8080") == \
+        (301, "https://Maps.localhost:8080/a?b=1")
+    # Without a Host there is nowhere to redirect to: the rule does not apply.
+    assert redirect(rules, host=None, host_as_sent="") is None
+
+
+def test_prefix_location_and_conditions():
+    rules = (
+        RedirectRule(code=302, hosts=("*.old.example",), prefix="https://new.example/"),
+        RedirectRule(code=308, source_in=(ipaddress.ip_network("10.0.0.0/8"),), location="https://fixed.example/x"),
+        RedirectRule(code=307, hosts=("root.example",), prefix="/"),
+    )
+    assert redirect(rules, host="a.old.example", target="/p?q") == (302, "https://new.example/p?q")
+    assert redirect(rules, host="old.example") is None
+    assert redirect(rules, ip="10.1.2.3", host="x") == (308, "https://fixed.example/x")
+    assert redirect(rules, host="root.example", target="/p") == (307, "/p")
+    # First matching rule wins.
+    assert redirect(rules, ip="10.1.2.3", host="a.old.example")[0] == 302
