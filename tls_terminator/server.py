@@ -1,0 +1,606 @@
+"""tls-terminator's I/O: accept TLS, hand the plaintext to the router behind a PROXY v2 header.
+
+One asyncio.Protocol per client connection, with pyOpenSSL in memory-BIO mode: the transport's
+bytes go into OpenSSL with one `bio_write`, the plaintext comes out with `recv` until OpenSSL
+wants more, and whatever OpenSSL has to send (handshake, records, alerts) leaves with one
+`transport.write` per flush. So the cost per chunk is a few large calls, not one per record.
+
+A connection's life: handshake (bounded by handshake_timeout; the SNI callback picks the
+certificate) -> connect to forward_to and send the PROXY header -> relay both ways with
+backpressure -> half-close: the client's close_notify or EOF becomes an EOF to the router; the
+router's EOF becomes a close_notify to the client, and then the connection is closed. An
+established connection with no traffic either way for idle_timeout is closed.
+
+At max_connections the listener stops accepting: new clients wait in the kernel's listen backlog
+(and are refused by the kernel once that is full) until a connection ends. Nothing is accepted
+only to be dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+
+from OpenSSL import SSL
+
+from frontgate import proxy_protocol
+from frontgate.config import Address, ConfigError, TerminatorConfig, load_terminator_config
+from tls_terminator.certs import CertStore
+
+log = logging.getLogger("tls-terminator")
+
+RECV_SIZE = 65536          # per SSL_read; a record holds at most 16 KiB, so one read never truncates
+CONNECT_TIMEOUT = 5.0      # the router is local: if it does not answer by then, it is not there
+SHUTDOWN_GRACE = 10.0      # SIGTERM: how long open connections may take to finish
+ACCEPT_BATCH = 64          # accepted per wake-up: a burst of new clients cannot starve open connections
+BACKLOG = 1024             # the kernel's queue of unaccepted clients (where they wait at max_connections)
+
+
+class RateLimitedWarning:
+    """One log line per `interval` for an event that can happen per connection (router down),
+    counting the ones it held back."""
+
+    def __init__(self, interval: float = 10.0):
+        self.interval = interval
+        self.last: float | None = None
+        self.suppressed = 0
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more like this since the last report)" if self.suppressed else ""
+        log.warning(message + more)
+        self.last, self.suppressed = now, 0
+
+
+# --------------------------------------------------------------------------- per connection
+
+class ClientConnection(asyncio.Protocol):
+    """The client's TLS connection, and the owner of its plaintext connection to the router."""
+
+    def __init__(self, terminator: "Terminator"):
+        self.terminator = terminator
+        self.loop = terminator.loop
+        # Snapshots: a reload (SIGHUP) changes what new connections get, never an open one.
+        self.cfg = terminator.cfg
+        self.tls = SSL.Connection(terminator.store.initial_context, None)
+        self.tls.set_accept_state()
+        self.transport: asyncio.Transport | None = None
+        self.upstream: RouterSide | None = None
+        self.early: bytearray | None = bytearray()   # plaintext that arrives before the router connection
+        self.established = False                     # handshake done
+        self.client_done = False                     # close_notify or EOF from the client
+        self.closed = False
+        self.paused_for: set[str] = set()            # why the client's reading is paused
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
+        self.connect_task: asyncio.Task | None = None
+
+    # ---- asyncio callbacks (client side)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.closed:      # SIGTERM came between accept() and here
+            transport.abort()
+            return
+        self.last_activity = self.loop.time()
+        self.timer = self.loop.call_later(self.cfg.handshake_timeout, self._handshake_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.client_done:
+            return
+        self.last_activity = self.loop.time()
+        try:
+            self.tls.bio_write(data)
+            if not self.established and not self._advance_handshake():
+                return
+            self._decrypt()
+        except SSL.Error as e:
+            self._tls_failed(e)
+
+    def eof_received(self) -> bool:
+        if not self.established:
+            self.close(abort=True)
+            return False
+        # No close_notify (a truncation, which we cannot tell from a lazy client): the client is
+        # done sending either way. Keep our side open, the router's answer may still be coming.
+        self._client_finished()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+        if self.upstream is not None:
+            # Nobody is left to read the router's answer.
+            self.upstream.close(abort=exc is not None)
+        self.terminator.connection_ended(self)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the router sends: stop reading from the router.
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # ---- TLS
+
+    def _advance_handshake(self) -> bool:
+        try:
+            self.tls.do_handshake()
+        except SSL.WantReadError:
+            self._flush()
+            return False
+        self.established = True
+        self._flush()
+        self._cancel_timer()
+        self.timer = self.loop.call_later(self.cfg.idle_timeout, self._idle_check)
+        # Nothing more from the client until the router can take it; what was already decrypted
+        # waits in `early` (at most one read's worth).
+        self.pause_client_reading("connecting")
+        self.connect_task = self.loop.create_task(self._connect_upstream())
+        return True
+
+    def _decrypt(self) -> None:
+        chunks = []
+        close_notify = False
+        while True:
+            try:
+                chunks.append(self.tls.recv(RECV_SIZE))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                close_notify = True
+                break
+        self._flush()     # e.g. a KeyUpdate answer
+        if chunks:
+            self._to_router(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if close_notify:
+            self._client_finished()
+
+    def _flush(self, hint: int = 0) -> None:
+        """Send what OpenSSL has queued for the client, in one write. `hint`: plaintext bytes just
+        encrypted, so that one bio_read usually gets everything (records add up to 22 bytes per 16 KiB)."""
+        size = hint + (hint >> 14) * 64 + 16384
+        out = []
+        while True:
+            try:
+                out.append(self.tls.bio_read(size))
+            except SSL.WantReadError:
+                break
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _tls_failed(self, e: SSL.Error) -> None:
+        # A client that cannot or will not speak our TLS (old versions, no common cipher, garbage):
+        # not an operator's concern, one client's problem.
+        log.debug("TLS error with %s: %s", self._peer(), e)
+        if self.upstream is not None:
+            # The client's stream is broken mid-way: the router must not take it for a clean end.
+            self.upstream.close(abort=True)
+        try:
+            self._flush()      # the alert, so the client knows why
+        except SSL.Error:
+            pass
+        self.close()
+
+    # ---- the router side
+
+    async def _connect_upstream(self) -> None:
+        target = self.cfg.forward_to
+        try:
+            if target.is_unix:
+                coro = self.loop.create_unix_connection(lambda: RouterSide(self), target.path)
+            else:
+                coro = self.loop.create_connection(lambda: RouterSide(self), target.host, target.port)
+            await asyncio.wait_for(coro, CONNECT_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.TimeoutError) as e:
+            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
+            self.terminator.router_unreachable(f"cannot reach the router at {target}: {reason}; "
+                                               "closing the client connection")
+            self._close_with_notify()
+        finally:
+            self.connect_task = None
+
+    def upstream_connected(self, upstream: "RouterSide") -> None:
+        if self.closed:
+            upstream.close()
+            return
+        self.upstream = upstream
+        header = proxy_protocol.encode(self._proxy_header())
+        early, self.early = self.early or b"", None
+        upstream.write(header + early)
+        if self.client_done:
+            upstream.write_eof()
+        self.resume_client_reading("connecting")
+
+    def _to_router(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(data)
+        elif self.early is not None:
+            self.early += data
+
+    def _client_finished(self) -> None:
+        if self.client_done:
+            return
+        self.client_done = True
+        if self.upstream is not None:
+            self.upstream.write_eof()
+        # else: upstream_connected sends the EOF after the early data.
+
+    def to_client(self, data: bytes) -> None:
+        """Plaintext from the router."""
+        if self.closed:
+            return
+        self.last_activity = self.loop.time()
+        try:
+            self.tls.sendall(data)
+        except SSL.Error as e:
+            self._tls_failed(e)
+            return
+        self._flush(len(data))
+
+    def upstream_finished(self) -> None:
+        """The router sent EOF: end the TLS stream properly, then close."""
+        self._close_with_notify()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.upstream = None
+        if self.closed:
+            return
+        if exc is not None:
+            # The router's stream broke off: no close_notify, so the client sees a truncation
+            # rather than a clean end of a response that is not complete.
+            log.debug("router connection for %s lost: %s", self._peer(), exc)
+            self.close(abort=True)
+        else:
+            self._close_with_notify()
+
+    def pause_client_reading(self, reason: str) -> None:
+        if not self.paused_for and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.paused_for.add(reason)
+
+    def resume_client_reading(self, reason: str) -> None:
+        self.paused_for.discard(reason)
+        if (not self.paused_for and not self.client_done and self.transport is not None
+                and not self.transport.is_closing()):
+            self.transport.resume_reading()
+
+    # ---- timers and closing
+
+    def _handshake_timed_out(self) -> None:
+        self.timer = None
+        log.debug("handshake timeout for %s", self._peer())
+        self.close(abort=True)
+
+    def _idle_check(self) -> None:
+        self.timer = None
+        idle_for = self.loop.time() - self.last_activity
+        if idle_for >= self.cfg.idle_timeout:
+            log.debug("closing idle connection from %s", self._peer())
+            self._close_with_notify()
+        else:
+            self.timer = self.loop.call_later(self.cfg.idle_timeout - idle_for, self._idle_check)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _close_with_notify(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.tls.shutdown()
+            self._flush()
+        except SSL.Error:
+            pass
+        self.close()
+
+    def close(self, abort: bool = False) -> None:
+        """Close both sides; a plain close still delivers what is queued for the client."""
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close(abort=abort)
+
+    def shutdown_now(self) -> None:
+        """SIGTERM: a connection still in its handshake has nothing in flight; drop it."""
+        if not self.established:
+            self.close(abort=True)
+
+    # ---- the PROXY header
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a unix socket client"
+
+    def _proxy_header(self) -> proxy_protocol.ProxyHeader:
+        family, src, dst = client_addresses(self.transport.get_extra_info("peername"),
+                                            self.transport.get_extra_info("sockname"))
+        server_name = self.tls.get_servername()
+        alpn = self.tls.get_alpn_proto_negotiated()
+        return proxy_protocol.ProxyHeader(
+            command="PROXY", family=family, src=src, dst=dst,
+            authority=_ascii_or_none(server_name),
+            alpn=_ascii_or_none(alpn),
+            tls_version=self.tls.get_protocol_version_name(),
+            tls_cipher=self.tls.get_cipher_name(),
+        )
+
+
+def _ascii_or_none(value: bytes | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def client_addresses(peer, sock) -> tuple[str, tuple[str, int] | None, tuple[str, int] | None]:
+    """(family, src, dst) for the PROXY header from a transport's peername and sockname.
+    IPv4 clients of a dual-stack [::] listener show up as ::ffff:a.b.c.d; they are sent as TCP4."""
+    if not (isinstance(peer, tuple) and isinstance(sock, tuple)):
+        return "UNSPEC", None, None          # unix socket listener: no client address to tell
+    src = ipaddress.ip_address(peer[0].split("%", 1)[0])
+    dst = ipaddress.ip_address(sock[0].split("%", 1)[0])
+    if src.version == 6 and src.ipv4_mapped and dst.version == 6 and dst.ipv4_mapped:
+        src, dst = src.ipv4_mapped, dst.ipv4_mapped
+    family = "TCP4" if src.version == 4 else "TCP6"
+    return family, (str(src), peer[1]), (str(dst), sock[1])
+
+
+class RouterSide(asyncio.Protocol):
+    """The plaintext connection to the router; everything it hears goes to its ClientConnection."""
+
+    def __init__(self, client: ClientConnection):
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.upstream_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.client.to_client(data)
+
+    def eof_received(self) -> bool:
+        self.client.upstream_finished()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.client.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The router reads slower than the client sends: stop reading from the client.
+        self.client.pause_client_reading("router busy")
+
+    def resume_writing(self) -> None:
+        self.client.resume_client_reading("router busy")
+
+    # ---- used by the ClientConnection
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def write_eof(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self, abort: bool = False) -> None:
+        if self.transport is None:
+            return
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+
+# --------------------------------------------------------------------------- the daemon
+
+def open_listener(address: Address) -> socket.socket:
+    """A non-blocking listening socket. SO_REUSEPORT: several workers (supervisord numprocs) share
+    the port, and a restarted worker binds while the others keep serving."""
+    if address.is_unix:
+        path = address.path
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)          # a stale socket from a previous run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = path
+    else:
+        family, _, _, _, target = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
+                                                     flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(target)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Terminator:
+    def __init__(self, cfg: TerminatorConfig, store: CertStore):
+        self.cfg = cfg
+        self.store = store
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self.listener: socket.socket | None = None
+        self.accepting = False
+        self.stopping = False
+        self.drained = asyncio.Event()
+        self.router_unreachable = RateLimitedWarning()
+        self.accept_trouble = RateLimitedWarning()
+        self.at_limit = RateLimitedWarning(60.0)
+        self.tasks: set[asyncio.Task] = set()
+
+    # ---- accepting
+
+    def start(self) -> None:
+        self.listener = open_listener(self.cfg.listen)
+        self._resume_accepting()
+
+    def _resume_accepting(self) -> None:
+        if self.accepting or self.stopping or self.listener is None:
+            return
+        self.loop.add_reader(self.listener.fileno(), self._accept)
+        self.accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self.accepting and self.listener is not None:
+            self.loop.remove_reader(self.listener.fileno())
+        self.accepting = False
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if len(self.connections) >= self.cfg.max_connections:
+                self.at_limit(f"max_connections ({self.cfg.max_connections}) reached: "
+                              "not accepting until a connection ends")
+                self._pause_accepting()
+                return
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue      # the client gave up while in the backlog
+                # Out of file descriptors or memory: the listener stays readable, so waiting is
+                # the only way not to spin.
+                self.accept_trouble(f"accept failed: {e.strerror}; pausing for a second")
+                self._pause_accepting()
+                self.loop.call_later(1.0, self._resume_accepting)
+                return
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = ClientConnection(self)
+            self.connections.add(conn)
+            task = self.loop.create_task(self._attach(sock, conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _attach(self, sock: socket.socket, conn: ClientConnection) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: conn, sock)
+        except OSError as e:
+            log.debug("could not set up an accepted connection: %s", e)
+            sock.close()
+            self.connection_ended(conn)
+
+    def connection_ended(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if self.stopping:
+            if not self.connections:
+                self.drained.set()
+        elif not self.accepting and len(self.connections) < self.cfg.max_connections:
+            self._resume_accepting()
+
+    # ---- signals
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config and the certificates; on any error keep what is running."""
+        try:
+            cfg = load_terminator_config(self.cfg.path)
+            store = CertStore.from_config(cfg)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            return
+        if cfg.listen != self.cfg.listen:
+            log.warning("listen changed to %s: that takes a restart; still listening on %s",
+                        cfg.listen, self.cfg.listen)
+        self.cfg, self.store = cfg, store
+        log.info("reloaded %s: %s, forwarding to %s", cfg.path, store.describe(), cfg.forward_to)
+        for line in store.warnings():
+            log.warning("%s", line)
+        if not self.accepting and len(self.connections) < cfg.max_connections:
+            self._resume_accepting()
+
+    async def stop(self) -> None:
+        """SIGTERM: stop accepting, give open connections SHUTDOWN_GRACE to finish, drop the rest."""
+        self.stopping = True
+        self._pause_accepting()
+        if self.listener is not None:
+            self.listener.close()
+            if self.cfg.listen.is_unix:
+                try:
+                    os.unlink(self.cfg.listen.path)
+                except OSError:
+                    pass
+        for conn in list(self.connections):
+            conn.shutdown_now()
+        if self.connections:
+            log.info("stopping: waiting up to %gs for %d open connections", SHUTDOWN_GRACE, len(self.connections))
+            try:
+                await asyncio.wait_for(self.drained.wait(), SHUTDOWN_GRACE)
+            except asyncio.TimeoutError:
+                log.warning("stopping: closing %d connections still open after %gs",
+                            len(self.connections), SHUTDOWN_GRACE)
+                for conn in list(self.connections):
+                    conn.close(abort=True)
+        log.info("stopped")
+
+
+async def serve(cfg: TerminatorConfig, store: CertStore) -> None:
+    terminator = Terminator(cfg, store)
+    try:
+        terminator.start()
+    except OSError as e:
+        log.error("cannot listen on %s: %s", cfg.listen, e.strerror or e)
+        raise SystemExit(1) from None
+    loop = terminator.loop
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, terminator.reload)
+    log.info("listening on %s, forwarding to %s; %s", cfg.listen, cfg.forward_to, store.describe())
+    for line in store.warnings():
+        log.warning("%s", line)
+    await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
+    await terminator.stop()
