@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CTL    := $(BIN)/supervisorctl -c supervisord.conf
 
-.PHONY: venv deploy stop status check test test-full clean
+.PHONY: venv deploy stop status check reload restart-router restart-terminator restart-checker test test-full clean
 
 # The venv is rebuilt whenever pyproject.toml (the pinned dependencies) changes.
 $(STAMP): pyproject.toml
@@ -27,8 +26,25 @@ deploy: $(STAMP)
 stop:
 	scripts/deploy.sh stop
 
+# Processes (pid, uptime, RSS, CPU, fds, connections), server health, certificate expiry.
 status:
-	$(CTL) status
+	$(BIN)/frontgate status
+
+# Validate all three configs (nothing happens if one is invalid), then SIGHUP the stages whose
+# config changed since the last deploy/reload: each re-reads it in place, no connection is dropped.
+reload: $(STAMP)
+	$(BIN)/frontgate reload
+
+# Rolling restarts: one process at a time, each RUNNING and listening before the next goes, so
+# with workers >= 2 the port never closes.
+restart-router: $(STAMP)
+	$(BIN)/frontgate restart mux-router
+
+restart-terminator: $(STAMP)
+	$(BIN)/frontgate restart tls-terminator
+
+restart-checker: $(STAMP)
+	$(BIN)/frontgate restart health-checker
 
 check: $(STAMP)
 	$(BIN)/frontgate check

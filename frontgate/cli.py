@@ -1,18 +1,31 @@
 """`frontgate`: the operator's command line.
 
-    frontgate check [--configs DIR]    validate the three TOML files (and the certificates they name)
+    frontgate check [--configs DIR]      validate the three TOML files (and the certificates they name)
+    frontgate reload                     check, then SIGHUP the stages whose config changed since the
+                                         last deploy/reload (nothing is signalled if any config is invalid)
+    frontgate restart STAGE              rolling restart: the stage's processes one at a time
+    frontgate status [--json]            processes, server health, certificate expiry
+    frontgate supervisord-conf           write supervisord.conf from supervisord.conf.in and the TOMLs
+    frontgate deployed changed|record    the config fingerprints (used by scripts/deploy.sh)
+
+Run from the checkout (the Makefile does): the defaults are configs/, supervisord.conf, run/deployed.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 from frontgate.config import (ConfigError, load_checker_config, load_router_config,
                               load_terminator_config)
 from frontgate.daemon import EXIT_CONFIG_ERROR
+from frontgate.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, rolling_restart,
+                              render_supervisord_conf, wait_listening, workers, write_supervisord_conf)
 
-STAGES = ("tls-terminator", "mux-router", "health-checker")
+EXIT_FAILED = 1
+RELOAD_CONFIRM_SECONDS = 5.0      # how long `reload` waits for each process to log the outcome
 
 
 def check_configs(configs: Path) -> list[str]:
@@ -34,22 +47,176 @@ def check_configs(configs: Path) -> list[str]:
     return errors
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    errors = check_configs(args.configs)
+def _report_config_errors(configs: Path) -> bool:
+    errors = check_configs(configs)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
-    if errors:
+    return not errors
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if not _report_config_errors(args.configs):
         return EXIT_CONFIG_ERROR
     print(f"ok: {', '.join(f'{s}.toml' for s in STAGES)} in {args.configs} are valid")
+    return 0
+
+
+# --------------------------------------------------------------------------- reload
+
+def _reload_outcome(sup: Supervisor, procs: list[Process], offsets: dict[str, int]) -> dict[str, str]:
+    """Each daemon logs `reloaded ...` or `reload failed ...` after a SIGHUP; wait (bounded) for
+    that line from every process, so the operator learns about a refused reload now, not later."""
+    outcome: dict[str, str] = {}
+    deadline = time.monotonic() + RELOAD_CONFIRM_SECONDS
+    while len(outcome) < len(procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        for p in procs:
+            if p.namespec in outcome:
+                continue
+            for line in sup.log_since(p, offsets[p.namespec]).splitlines():
+                if " reload failed" in line:
+                    outcome[p.namespec] = "failed: " + line.split(" reload failed", 1)[1].lstrip(", ")
+                elif " reloaded " in line:
+                    outcome[p.namespec] = "ok"
+    return outcome
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    if not _report_config_errors(args.configs):
+        print("nothing reloaded: fix the configs first", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    deployed = Deployed(args.deployed)
+    changed = deployed.changed(args.configs)
+    try:
+        sup = Supervisor(args.supervisord_conf)
+        signalled: dict[str, tuple[list[Process], dict[str, int]]] = {}
+        for stage in STAGES:
+            if stage not in changed:
+                print(f"{stage}: unchanged")
+                continue
+            procs = [p for p in sup.processes(stage) if p.state == "RUNNING"]
+            offsets = {p.namespec: sup.log_offset(p) for p in procs}
+            sup.signal(stage, "HUP")
+            signalled[stage] = (procs, offsets)
+    except SupervisorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    status = 0
+    for stage, (procs, offsets) in signalled.items():
+        outcome = _reload_outcome(sup, procs, offsets)
+        failed = {name: o for name, o in outcome.items() if o != "ok"}
+        silent = [p.namespec for p in procs if p.namespec not in outcome]
+        if failed or silent:
+            status = EXIT_FAILED
+            for name, o in failed.items():
+                print(f"error: {name}: reload {o}", file=sys.stderr)
+            for name in silent:
+                print(f"error: {name}: no 'reloaded' in its log within {RELOAD_CONFIRM_SECONDS:g}s", file=sys.stderr)
+            continue    # not recorded: the next reload tries again
+        deployed.record(stage, args.configs)
+        print(f"{stage}: config changed, reloaded (SIGHUP to {len(procs)} process{'es' if len(procs) > 1 else ''})")
+    template = args.supervisord_conf.with_name(args.supervisord_conf.name + ".in")
+    if template.exists() and args.supervisord_conf.exists():
+        wanted = render_supervisord_conf(template.read_text(), template.name, workers(args.configs))
+        if wanted != args.supervisord_conf.read_text():
+            print("note: `workers` (or supervisord.conf.in) changed; a reload cannot add or remove processes: "
+                  "`make deploy` applies it (supervisord restarts that stage)")
+    return status
+
+
+# --------------------------------------------------------------------------- restart, status, conf
+
+def _listeners(stage: str, configs: Path) -> int:
+    """TCP listening sockets a freshly started process of `stage` must have before it serves."""
+    if stage == "mux-router":
+        return sum(not l.address.is_unix for l in load_router_config(configs / "mux-router.toml").listeners)
+    if stage == "tls-terminator":
+        return 0 if load_terminator_config(configs / "tls-terminator.toml", require_files=False).listen.is_unix else 1
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    try:
+        listeners = _listeners(args.stage, args.configs)
+        sup = Supervisor(args.supervisord_conf)
+        rolling_restart(sup, args.stage, ready=lambda p: wait_listening(p.pid, listeners))
+    except (SupervisorError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from frontgate.status import format_status, gather, healthy
+    facts = gather(args.configs, args.supervisord_conf)
+    print(json.dumps(facts, indent=2) if args.json else format_status(facts))
+    return 0 if healthy(facts) else EXIT_FAILED
+
+
+def cmd_supervisord_conf(args: argparse.Namespace) -> int:
+    try:
+        changed, counts = write_supervisord_conf(args.template, args.supervisord_conf, args.configs)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    how = ", ".join(f"{name} {n} worker{'s' if n > 1 else ''}" for name, n in counts.items())
+    print(f"{args.supervisord_conf}: {'written' if changed else 'unchanged'} ({how})")
+    return 0
+
+
+def cmd_deployed(args: argparse.Namespace) -> int:
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        print(f"error: unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})", file=sys.stderr)
+        return EXIT_FAILED
+    deployed = Deployed(args.deployed)
+    if args.action == "changed":
+        for stage in deployed.changed(args.configs, tuple(args.stages) or STAGES):
+            print(stage)
+    else:
+        for stage in args.stages or STAGES:
+            deployed.record(stage, args.configs)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="frontgate", description="frontgate operations")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="validate the three configs; exit 2 on any error")
-    c.add_argument("--configs", type=Path, default=Path("configs"), help="config directory (default: configs)")
-    c.set_defaults(func=cmd_check)
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--configs", type=Path, default=Path("configs"), help="config directory (default: configs)")
+        c.set_defaults(func=func)
+        return c
+
+    def supervised(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--supervisord-conf", type=Path, default=Path("supervisord.conf"),
+                       help="supervisord config (default: supervisord.conf)")
+
+    def deployed_dir(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--deployed", type=Path, default=Path("run/deployed"),
+                       help="fingerprints of the deployed configs (default: run/deployed)")
+
+    command("check", cmd_check, "validate the three configs; exit 2 on any error")
+    c = command("reload", cmd_reload, "validate all configs, then SIGHUP the stages whose config changed")
+    supervised(c)
+    deployed_dir(c)
+    c = command("restart", cmd_restart, "restart a stage's processes one at a time (rolling)")
+    c.add_argument("stage", choices=STAGES)
+    supervised(c)
+    c = command("status", cmd_status, "processes, server health and certificate expiry; exit 1 if a process "
+                                      "is not RUNNING")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    supervised(c)
+    c = command("supervisord-conf", cmd_supervisord_conf, "write supervisord.conf from its template and the "
+                                                          "workers in the TOML files (only if it changes)")
+    supervised(c)
+    c.add_argument("--template", type=Path, default=Path("supervisord.conf.in"),
+                   help="template (default: supervisord.conf.in)")
+    c = command("deployed", cmd_deployed, "config fingerprints: print the changed stages, or record the current ones")
+    c.add_argument("action", choices=("changed", "record"))
+    c.add_argument("stages", nargs="*", metavar="STAGE", help=f"default: all ({', '.join(STAGES)})")
+    deployed_dir(c)
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -8,6 +8,7 @@ so a config means the same thing whatever directory a daemon is started from.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,16 +81,48 @@ class Listener:
 @dataclass(frozen=True)
 class Timeouts:
     http_request: float = 10.0   # the whole request head must arrive within this
-    client: float = 60.0         # idle client connection between requests
+    client: float = 60.0         # client inactivity in the middle of a request (body, sending)
     connect: float = 5.0         # TCP connect to a backend server
     server: float = 60.0         # waiting for the backend's response head / data
     tunnel: float = 3600.0       # idle WebSocket tunnel
+    keep_alive: float = 10.0     # idle keep-alive connection: client between requests, backend in the pool
+    queue: float = 5.0           # waiting for a free server slot (maxconn) before a 503
 
 
 @dataclass(frozen=True)
 class Server:
     address: Address
     weight: int = 1
+    maxconn: int = 0             # requests in flight at once; 0 = no limit
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str                    # lower-case
+    regex: re.Pattern            # searched in each value of the header
+
+
+@dataclass(frozen=True)
+class Acl:
+    path_prefix: str = "/"
+    allow: tuple[Network, ...] = ()     # non-empty: only these sources
+    deny: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeaderRules:
+    set: tuple[tuple[str, str], ...] = ()     # replace every field of that name
+    add: tuple[tuple[str, str], ...] = ()     # append a field
+    delete: tuple[str, ...] = ()              # lower-case names
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.delete)
+
+
+@dataclass(frozen=True)
+class ErrorPage:
+    body: bytes
+    content_type: str
 
 
 @dataclass(frozen=True)
@@ -98,8 +131,19 @@ class App:
     hosts: tuple[str, ...]
     servers: tuple[Server, ...]
     path_prefix: str = "/"
-    balance: str = "roundrobin"
+    balance: str = "roundrobin"  # roundrobin | leastconn | source | uri
     retries: int = 2             # further servers tried when a connect fails
+    host_regex: re.Pattern | None = None   # full match against the lower-cased host
+    path_regex: re.Pattern | None = None   # searched in the path
+    header: HeaderMatch | None = None
+    default: bool = False        # serves what no other app matches
+    redispatch: bool = True      # a retry goes to another server (else the same one again)
+    passive_fall: int = 3        # refused connects in a row that mark a server down locally; 0 = never
+    max_body: int = 0            # request body bytes; larger: 413. 0 = no limit
+    acls: tuple[Acl, ...] = ()
+    request_headers: HeaderRules = HeaderRules()
+    response_headers: HeaderRules = HeaderRules()
+    error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)
 
     def server_key(self, server: Server) -> str:
         """The key of this server in the health state file."""
@@ -129,6 +173,11 @@ class RouterConfig:
     timeouts: Timeouts
     redirects: tuple[RedirectRule, ...]
     apps: tuple[App, ...]
+    access_log_format: str = "httplog"     # httplog | json
+    forwarded_for: str = "append"          # append (to a trusted source's list) | replace
+    forwarded: bool = False                # also send RFC 7239 Forwarded
+    retry_after: int = 5                   # Retry-After seconds on a 503
+    error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)   # when no app is chosen
 
 
 # --------------------------------------------------------------------------- tls-terminator.toml
@@ -138,6 +187,38 @@ class CertificateEntry:
     cert: Path
     key: Path | None = None      # None: the key is in the cert PEM
     default: bool = False
+
+
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")    # in order
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    """[tls]: protocol versions, ciphers, session resumption. None = the built-in default
+    (Mozilla "intermediate"), which tls_terminator.tls spells out."""
+    min_version: str = "TLSv1.2"
+    max_version: str = "TLSv1.3"
+    ciphers: str | None = None            # TLS 1.2 and below, OpenSSL cipher string
+    ciphersuites: str | None = None       # TLS 1.3, OpenSSL ciphersuites string
+    prefer_server_ciphers: bool = False
+    session_tickets: bool = True          # stateless tickets; false: server-side session cache only
+    session_timeout: int = 3600           # seconds a session (ticket or cache entry) can be resumed
+
+
+@dataclass(frozen=True)
+class ClientAuthRule:
+    """[[client_auth]]: ask for a client certificate when the SNI matches."""
+    sni: tuple[str, ...]                  # exact names or "*.suffix"
+    verify: str                           # "required" | "optional"
+    ca: Path                              # PEM bundle of the CAs that issue client certificates
+
+
+@dataclass(frozen=True)
+class PassthroughRoute:
+    """[[passthrough]]: relay the raw TLS stream, undecrypted, when the SNI matches."""
+    sni: tuple[str, ...]
+    backend: Address
+    proxy_protocol: bool = False          # send a PROXY v2 header (client address, SNI) first
 
 
 @dataclass(frozen=True)
@@ -150,21 +231,40 @@ class TerminatorConfig:
     idle_timeout: float
     max_connections: int
     certificates: tuple[CertificateEntry, ...]
+    certs_dir: Path | None = None
+    certs_poll_interval: float = 5.0      # 0: no polling (SIGHUP only)
+    allow_loose_key_permissions: bool = False
+    user: str | None = None               # privileges dropped to these after binding (as root)
+    group: str | None = None
+    chroot: Path | None = None
+    tls: TlsPolicy = TlsPolicy()
+    client_auth: tuple[ClientAuthRule, ...] = ()
+    passthrough: tuple[PassthroughRoute, ...] = ()
 
     @property
-    def default_certificate(self) -> CertificateEntry:
-        return next((c for c in self.certificates if c.default), self.certificates[0])
+    def default_certificate(self) -> CertificateEntry | None:
+        """None when every certificate comes from certs_dir (then the first file by name)."""
+        return next((c for c in self.certificates if c.default), self.certificates[0] if self.certificates else None)
 
 
 # --------------------------------------------------------------------------- health-checker.toml
 
+StatusRanges = tuple[tuple[int, int], ...]
+
+
 @dataclass(frozen=True)
 class CheckSpec:
-    type: str = "http"
-    path: str = "/"
-    host: str | None = None
-    expect_status: tuple[int, int] = (200, 399)
-    interval: float = 2.0
+    type: str = "http"                          # "tcp" | "http" | "tls"
+    method: str = "GET"                         # http
+    path: str = "/"                             # http
+    host: str | None = None                     # http Host header / tls SNI; None: the app's first exact host
+    expect_status: StatusRanges = ((200, 399),)  # http: inclusive ranges, any one matching is healthy
+    expect_body: str | None = None              # http: the body (first 64 KiB) must contain this
+    tls_verify: bool = False                    # tls: verify the chain and the name (off: any certificate)
+    interval: float = 2.0                       # between checks of a server that is steadily up
+    jitter: float = 0.1                         # each wait is the interval x (1 +- jitter): no lockstep
+    fastinter: float | None = None              # while transitioning (between up and down); None: interval
+    downinter: float | None = None              # while down; None: interval
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
@@ -177,13 +277,17 @@ class CheckerConfig:
     heartbeat: float
     defaults: CheckSpec
     per_app: Mapping[str, CheckSpec] = field(default_factory=dict)
+    per_server: Mapping[str, CheckSpec] = field(default_factory=dict)   # by state file key "app/host:port"
 
     @property
     def state_file(self) -> Path:
         # One truth: the router's config says where the state lives.
         return self.router.state_file
 
-    def spec_for(self, app_name: str) -> CheckSpec:
+    def spec_for(self, app_name: str, server_key: str | None = None) -> CheckSpec:
+        """The check for one server: its own override, else its app's, else [defaults]."""
+        if server_key is not None and server_key in self.per_server:
+            return self.per_server[server_key]
         return self.per_app.get(app_name, self.defaults)
 
 
@@ -375,7 +479,12 @@ def _build_router(root: _Table) -> RouterConfig:
     state_file = r.path("state_file", "state/health.json")
     stale = r.positive_seconds("state_stale_after", 15.0)
     trusted = _networks(r, "trusted_sources", ["127.0.0.1/32", "::1/128"], {})
+    access_log_format = r.str("access_log_format", "httplog", ("httplog", "json"))
+    forwarded_for = r.str("forwarded_for", "append", ("append", "replace"))
+    forwarded = r.bool("forwarded", False)
+    retry_after = r.int("retry_after", 5, 0, 86400)
     r.done()
+    router_error_pages = _error_pages(root.table("error_pages"))
 
     listen = root.table("listen", default_empty=False)
     listeners = []
@@ -428,14 +537,17 @@ def _build_router(root: _Table) -> RouterConfig:
         rt.done()
         redirects.append(rule)
 
+    aliases = {"trusted": trusted}
     apps = []
     for at in root.tables("app"):
         name = at.str("name")
         if not name or "/" in name:
             raise at.error("name", f"{name!r}: app names are non-empty and have no '/'")
-        hosts = tuple(_host_pattern(at, "hosts", i, h) for i, h in enumerate(at.str_list("hosts")))
-        if not hosts:
-            raise at.error("hosts", "at least one host name is needed")
+        hosts = tuple(_host_pattern(at, "hosts", i, h) for i, h in enumerate(at.str_list("hosts", [])))
+        host_regex = _regex(at, "host_regex")
+        default = at.bool("default", False)
+        if not hosts and host_regex is None and not default:
+            raise at.error("hosts", "at least one host name (or host_regex, or default = true) is needed")
         path_prefix = at.str("path_prefix", "/")
         if not path_prefix.startswith("/"):
             raise at.error("path_prefix", f"{path_prefix!r} must start with '/'")
@@ -445,23 +557,115 @@ def _build_router(root: _Table) -> RouterConfig:
             if isinstance(s, str):
                 s = {"address": s}
             st = _Table(s, at.file, key)
-            servers.append(Server(address=st.address("address"), weight=st.int("weight", 1, 0, 256)))
+            servers.append(Server(address=st.address("address"), weight=st.int("weight", 1, 0, 256),
+                                  maxconn=st.int("maxconn", 0, 0, 1_000_000)))
             st.done()
         if not servers:
             raise at.error("servers", "at least one server is needed")
         _no_duplicate_addresses(at.file, at.key("servers"), [(f"{at.key('servers')}[{i}]", s.address)
                                                               for i, s in enumerate(servers)])
+        header = None
+        if "header" in at.data:
+            ht = at.table("header")
+            header_name = ht.str("name")
+            if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", header_name):
+                raise ht.error("name", f"{header_name!r} is not a header name")
+            header = HeaderMatch(name=header_name.lower(), regex=_regex(ht, "regex", _MISSING))
+            ht.done()
+        acls = []
+        for act in at.tables("acl"):
+            acl = Acl(path_prefix=act.str("path_prefix", "/"), allow=_networks(act, "allow", [], aliases),
+                      deny=_networks(act, "deny", [], aliases))
+            if not acl.path_prefix.startswith("/"):
+                raise act.error("path_prefix", f"{acl.path_prefix!r} must start with '/'")
+            act.done()
+            acls.append(acl)
         app = App(name=name, hosts=hosts, path_prefix=path_prefix,
-                  balance=at.str("balance", "roundrobin", ("roundrobin",)),
-                  servers=tuple(servers), retries=at.int("retries", 2, 0, 16))
+                  balance=at.str("balance", "roundrobin", _BALANCERS),
+                  servers=tuple(servers), retries=at.int("retries", 2, 0, 16),
+                  host_regex=host_regex, path_regex=_regex(at, "path_regex"), header=header,
+                  default=default, redispatch=at.bool("redispatch", True),
+                  passive_fall=at.int("passive_fall", 3, 0, 1000),
+                  max_body=at.int("max_body", 0, 0, 2**62), acls=tuple(acls),
+                  request_headers=_header_rules(at.table("request_headers")),
+                  response_headers=_header_rules(at.table("response_headers")),
+                  error_pages=_error_pages(at.table("error_pages")))
         at.done()
         if any(a.name == name for a in apps):
             raise at.error("name", f"duplicate app name {name!r}")
+        if default and any(a.default for a in apps):
+            raise at.error("default", "only one app can have default = true")
         apps.append(app)
 
     return RouterConfig(path=root.file, workers=workers, state_file=state_file, state_stale_after=stale,
                         trusted_sources=trusted, listeners=tuple(listeners), timeouts=timeouts,
-                        redirects=tuple(redirects), apps=tuple(apps))
+                        redirects=tuple(redirects), apps=tuple(apps), access_log_format=access_log_format,
+                        forwarded_for=forwarded_for, forwarded=forwarded, retry_after=retry_after,
+                        error_pages=router_error_pages)
+
+
+_BALANCERS = ("roundrobin", "leastconn", "source", "uri")
+_FIELD_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FRAMING_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                             "upgrade", "te", "trailer", "proxy-connection"})
+_FIELD_VALUE_RE = re.compile(r"[\t \x21-\x7e]*")
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
+                  ".json": "application/json", ".txt": "text/plain; charset=utf-8"}
+MAX_ERROR_PAGE = 64 * 1024
+
+
+def _regex(t: _Table, name: str, default: Any = None) -> re.Pattern | None:
+    text = t.str(name, default)
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise t.error(name, f"{text!r} is not a valid regular expression: {e}") from None
+
+
+def _header_rules(t: _Table) -> HeaderRules:
+    """`{ set = { Name = "value" }, add = { Name = "value" }, delete = ["Name"] }`"""
+    def pairs(kind: str) -> tuple[tuple[str, str], ...]:
+        pt = t.table(kind)
+        out = []
+        for field_name in pt.data:
+            value = pt.str(field_name)
+            if not _FIELD_NAME_RE.fullmatch(field_name):
+                raise pt.error(field_name, "not a valid header name")
+            if field_name.lower() in _FRAMING_FIELDS:
+                raise pt.error(field_name, "framing and connection fields cannot be changed by header rules")
+            if not _FIELD_VALUE_RE.fullmatch(value):
+                raise pt.error(field_name, "header values are printable ASCII")
+            out.append((field_name, value))
+        pt.done()
+        return tuple(out)
+    rules = HeaderRules(set=pairs("set"), add=pairs("add"))
+    delete = t.str_list("delete", [])
+    for i, field_name in enumerate(delete):
+        if not _FIELD_NAME_RE.fullmatch(field_name) or field_name.lower() in _FRAMING_FIELDS:
+            raise ConfigError(t.file, f"{t.key('delete')}[{i}]",
+                              f"{field_name!r} is not a header name that header rules may delete")
+    t.done()
+    return HeaderRules(set=rules.set, add=rules.add, delete=tuple(n.lower() for n in delete))
+
+
+def _error_pages(t: _Table) -> dict[int, ErrorPage]:
+    """`{ 503 = "errors/503.html" }`: the file is read now, so a missing one is a config error."""
+    pages = {}
+    for code_text in t.data:
+        if not code_text.isdigit() or not 400 <= int(code_text) <= 599:
+            raise t.error(code_text, "error pages are keyed by a status code 400-599")
+        path = t.path(code_text)
+        try:
+            body = path.read_bytes()
+        except OSError as e:
+            raise t.error(code_text, f"cannot read {str(path)!r}: {e.strerror}") from None
+        if len(body) > MAX_ERROR_PAGE:
+            raise t.error(code_text, f"{str(path)!r} is larger than {MAX_ERROR_PAGE} bytes")
+        pages[int(code_text)] = ErrorPage(body, _CONTENT_TYPES.get(path.suffix.lower(), "text/plain; charset=utf-8"))
+    t.done()
+    return pages
 
 
 def _no_duplicate_addresses(file: Path, key: str, entries: list[tuple[str, Address]]) -> None:
@@ -487,7 +691,17 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
         handshake_timeout=t.positive_seconds("handshake_timeout", 10.0),
         idle_timeout=t.positive_seconds("idle_timeout", 3600.0),
         max_connections=t.int("max_connections", 10000, 1, 1_000_000),
+        certs_dir=t.path("certs_dir", None),
+        certs_poll_interval=t.number("certs_poll_interval", 5.0, 0, 86400),
+        allow_loose_key_permissions=t.bool("allow_loose_key_permissions", False),
+        user=t.str("user", None),
+        group=t.str("group", None),
+        chroot=t.path("chroot", None),
     )
+    if require_files and cfg_args["certs_dir"] is not None and not cfg_args["certs_dir"].is_dir():
+        raise t.error("certs_dir", f"{str(cfg_args['certs_dir'])!r} is not a directory")
+    if require_files:
+        _check_account(t, cfg_args["user"], cfg_args["group"])
     t.done()
     certs = []
     for ct in root.tables("certificate"):
@@ -498,11 +712,62 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
                 raise ct.error(k, f"file {str(p)!r} not found")
         ct.done()
         certs.append(entry)
-    if not certs:
-        raise ConfigError(root.file, "certificate", "at least one [[certificate]] is needed")
+    if not certs and cfg_args["certs_dir"] is None:
+        raise ConfigError(root.file, "certificate", "at least one [[certificate]] or terminator.certs_dir is needed")
     if sum(c.default for c in certs) > 1:
         raise ConfigError(root.file, "certificate", "only one certificate can have default = true")
-    return TerminatorConfig(path=root.file, certificates=tuple(certs), **cfg_args)
+
+    tt = root.table("tls")
+    tls = TlsPolicy(
+        min_version=tt.str("min_version", "TLSv1.2", TLS_VERSIONS),
+        max_version=tt.str("max_version", "TLSv1.3", TLS_VERSIONS),
+        ciphers=tt.str("ciphers", None),
+        ciphersuites=tt.str("ciphersuites", None),
+        prefer_server_ciphers=tt.bool("prefer_server_ciphers", False),
+        session_tickets=tt.bool("session_tickets", True),
+        session_timeout=tt.int("session_timeout", 3600, 1, 7 * 86400),
+    )
+    if TLS_VERSIONS.index(tls.min_version) > TLS_VERSIONS.index(tls.max_version):
+        raise tt.error("min_version", f"{tls.min_version} is above max_version {tls.max_version}")
+    tt.done()
+
+    client_auth = []
+    for at in root.tables("client_auth"):
+        rule = ClientAuthRule(sni=_sni_patterns(at), verify=at.str("verify", "required", ("required", "optional")),
+                              ca=at.path("ca"))
+        if require_files and not rule.ca.is_file():
+            raise at.error("ca", f"file {str(rule.ca)!r} not found")
+        at.done()
+        client_auth.append(rule)
+
+    passthrough = []
+    for pt in root.tables("passthrough"):
+        route = PassthroughRoute(sni=_sni_patterns(pt), backend=pt.address("backend"),
+                                 proxy_protocol=pt.bool("proxy_protocol", False))
+        pt.done()
+        passthrough.append(route)
+    return TerminatorConfig(path=root.file, certificates=tuple(certs), tls=tls, client_auth=tuple(client_auth),
+                            passthrough=tuple(passthrough), **cfg_args)
+
+
+def _sni_patterns(t: _Table) -> tuple[str, ...]:
+    names = t.str_or_list("sni")
+    if not names:
+        raise t.error("sni", "required: a server name, a '*.suffix' pattern, or a list of them")
+    return tuple(_host_pattern(t, "sni", i, n) for i, n in enumerate(names))
+
+
+def _check_account(t: _Table, user: str | None, group: str | None) -> None:
+    """The user and group to drop to must exist (looked up before any chroot)."""
+    import grp
+    import pwd
+    for key, name, lookup in (("user", user, pwd.getpwnam), ("group", group, grp.getgrnam)):
+        if name is None:
+            continue
+        try:
+            lookup(name)
+        except KeyError:
+            raise t.error(key, f"no {key} named {name!r} on this system") from None
 
 
 def load_terminator_config(path: str | Path, require_files: bool = True) -> TerminatorConfig:
@@ -512,24 +777,73 @@ def load_terminator_config(path: str | Path, require_files: bool = True) -> Term
 
 # --------------------------------------------------------------------------- health-checker.toml
 
-def _check_spec(t: _Table, base: CheckSpec) -> CheckSpec:
-    expect = t.list("expect_status", list(base.expect_status))
-    if (len(expect) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in expect)
-            or not 100 <= expect[0] <= expect[1] <= 599):
-        raise t.error("expect_status", f"expected [low, high] status codes within 100-599, got {expect!r}")
+_CHECK_TYPES = ("tcp", "http", "tls")
+_METHOD = re.compile(r"[A-Z]{1,20}")
+_STATUS_RANGE = re.compile(r"\s*([1-5][0-9][0-9])\s*(?:-\s*([1-5][0-9][0-9])\s*)?")
+
+
+def parse_status_ranges(value: Any) -> StatusRanges:
+    """`expect_status`: `200`, `[low, high]` (an inclusive range), or HAProxy's string form
+    `"200-299,304"` (codes and ranges, comma separated). ValueError on anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        ranges = [(value, value)]
+    elif (isinstance(value, list) and len(value) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
+        ranges = [(value[0], value[1])]
+    elif isinstance(value, str):
+        ranges = []
+        for part in value.split(","):
+            m = _STATUS_RANGE.fullmatch(part)
+            if not m:
+                raise ValueError(f"{part.strip()!r} in {value!r} is not a status code or 'low-high' range")
+            low = int(m.group(1))
+            ranges.append((low, int(m.group(2) or low)))
+    else:
+        raise ValueError(f"expected a status code, [low, high] or a string like \"200-299,304\", got {value!r}")
+    for low, high in ranges:
+        if not 100 <= low <= high <= 599:
+            raise ValueError(f"{low}-{high}: status codes within 100-599, low <= high")
+    return tuple(ranges)
+
+
+def _optional_seconds(t: _Table, name: str, default: float | None) -> float | None:
+    if name not in t.data:
+        t.used.add(name)
+        return default
+    return t.positive_seconds(name, 1.0)
+
+
+def _check_spec(t: _Table, base: CheckSpec, allow_servers: bool = False) -> CheckSpec:
+    t.used.add("expect_status")
+    try:
+        expect = parse_status_ranges(t.data["expect_status"]) if "expect_status" in t.data else base.expect_status
+    except ValueError as e:
+        raise t.error("expect_status", str(e)) from None
+    jitter = t.number("jitter", base.jitter, 0.0, 0.5)
     spec = CheckSpec(
-        type=t.str("type", base.type, ("tcp", "http")),
+        type=t.str("type", base.type, _CHECK_TYPES),
+        method=t.str("method", base.method),
         path=t.str("path", base.path),
         host=t.str("host", base.host),
-        expect_status=(expect[0], expect[1]),
+        expect_status=expect,
+        expect_body=t.str("expect_body", base.expect_body),
+        tls_verify=t.bool("tls_verify", base.tls_verify),
         interval=t.positive_seconds("interval", base.interval),
+        jitter=jitter,
+        fastinter=_optional_seconds(t, "fastinter", base.fastinter),
+        downinter=_optional_seconds(t, "downinter", base.downinter),
         timeout=t.positive_seconds("timeout", base.timeout),
         rise=t.int("rise", base.rise, 1, 100),
         fall=t.int("fall", base.fall, 1, 100),
     )
     if not spec.path.startswith("/"):
         raise t.error("path", f"{spec.path!r} must start with '/'")
-    t.done()
+    if not _METHOD.fullmatch(spec.method):
+        raise t.error("method", f"{spec.method!r} is not an HTTP method (upper case letters, e.g. GET, HEAD)")
+    if spec.expect_body is not None and (spec.method == "HEAD" or not spec.expect_body):
+        raise t.error("expect_body", "must be a non-empty string, and HEAD responses have no body")
+    if not allow_servers:
+        t.done()
     return spec
 
 
@@ -545,14 +859,31 @@ def _build_checker(root: _Table) -> CheckerConfig:
         raise ConfigError(root.file, "checker.router_config", f"cannot load: {e}") from None
     defaults = _check_spec(root.table("defaults"), CheckSpec())
     apps = root.table("app")
-    app_names = {a.name for a in router.apps}
-    per_app = {}
+    by_name = {a.name: a for a in router.apps}
+    per_app: dict[str, CheckSpec] = {}
+    per_server: dict[str, CheckSpec] = {}
     for name in apps.data:
-        if name not in app_names:
+        if name not in by_name:
             raise apps.error(name, f"no app named {name!r} in {router_path}")
-        per_app[name] = _check_spec(apps.table(name), defaults)
+        at = apps.table(name)
+        per_app[name] = _check_spec(at, defaults, allow_servers=True)
+        # [app.NAME.servers."host:port"]: overrides for one server, on top of the app's.
+        st = at.table("servers")
+        at.done()
+        servers = {s.address: s for s in by_name[name].servers}
+        for text in st.data:
+            try:
+                address = Address.parse(text)
+            except ValueError as e:
+                raise st.error(text, str(e)) from None
+            if address not in servers:
+                have = ", ".join(str(a) for a in servers)
+                raise st.error(text, f"app {name!r} has no server {text!r} (has: {have})")
+            per_server[by_name[name].server_key(servers[address])] = _check_spec(st.table(text), per_app[name])
+        st.done()
     apps.done()
-    return CheckerConfig(path=root.file, router=router, heartbeat=heartbeat, defaults=defaults, per_app=per_app)
+    return CheckerConfig(path=root.file, router=router, heartbeat=heartbeat, defaults=defaults,
+                         per_app=per_app, per_server=per_server)
 
 
 def load_checker_config(path: str | Path) -> CheckerConfig:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 FORMAT = 1
 STATES = ("up", "down")
+TEMP_SUFFIX = ".tmp"
 MAX_FILE_SIZE = 16 * 1024 * 1024   # far above any real file; a bound so a stray huge file is not slurped
 
 log = logging.getLogger("frontgate.health_state")
@@ -123,6 +124,12 @@ def _int(doc: dict, name: str, where: str) -> int:
 
 # --------------------------------------------------------------------------- file I/O
 
+def temp_prefix(path: Path) -> str:
+    """Temp files are `.health.json.XXXXXX.tmp` next to the state file: hidden, and easy to find
+    and remove when a writer was killed before its rename."""
+    return f".{Path(path).name}."
+
+
 def write_atomic(path: Path, state: HealthState) -> None:
     """Replace `path` with `state` so that readers see the old file or the new one, whole, even
     across a crash: write a temp file in the same directory (rename is atomic only within one
@@ -130,7 +137,7 @@ def write_atomic(path: Path, state: HealthState) -> None:
     itself durable)."""
     path = Path(path)
     data = dumps(state)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

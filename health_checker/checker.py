@@ -1,13 +1,15 @@
 """The checker: one probe loop per server, rise/fall counting, and the state file writer.
 
 Every server of every app in the router config gets its own task that probes it every `interval`
-seconds. Results go through the rise/fall counter; an up/down transition is logged with its
+seconds (`fastinter` while it is changing state, `downinter` while down, all with jitter: see
+schedule.py). Results go through the rise/fall counter; an up/down transition is logged with its
 reason and wakes the writer, which replaces the state file at once. Without changes the file is
 still rewritten every `heartbeat` seconds, so the router can tell a live checker from a dead one.
 """
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import os
 import signal
@@ -20,6 +22,7 @@ from frontgate.config import App, CheckerConfig, CheckSpec, ConfigError, Server,
 from frontgate.health_state import HealthState, ServerState
 from health_checker.probes import ProbeResult, check_host, probe
 from health_checker.rise_fall import RiseFall
+from health_checker.schedule import next_wait
 
 log = logging.getLogger("health-checker")
 
@@ -46,7 +49,7 @@ class Target:
 
 def targets_of(config: CheckerConfig) -> dict[str, tuple[App, Server, CheckSpec]]:
     """Every server of every app, by state file key: the router config is the one server list."""
-    return {app.server_key(server): (app, server, config.spec_for(app.name))
+    return {app.server_key(server): (app, server, config.spec_for(app.name, app.server_key(server)))
             for app in config.router.apps for server in app.servers}
 
 
@@ -69,6 +72,7 @@ class Checker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         self.generation = self._previous_generation()
+        _remove_leftover_temp_files(self.config.state_file)
         self._warn_about_heartbeat()
         self._apply(self.config)
         log.info("started: %d servers from %s, state file %s, heartbeat %gs",
@@ -135,8 +139,14 @@ class Checker:
                 self.targets[key] = target
                 added += 1
             else:
+                changed_check = spec != target.spec
                 target.app, target.server, target.spec = app, server, spec
                 target.health = target.health.with_limits(spec.rise, spec.fall)
+                if changed_check:
+                    # Check now with the new settings, rather than after a wait computed from the
+                    # old ones (a downinter of minutes would delay a fixed check that long).
+                    target.task.cancel()
+                    target.task = self._task(self._watch(target), f"check {key}")
         return added, len(removed)
 
     def _warn_about_heartbeat(self) -> None:
@@ -155,13 +165,13 @@ class Checker:
     # ---- probing
 
     async def _watch(self, target: Target) -> None:
-        """Probe `target` now and then every `interval` seconds (measured start to start)."""
+        """Probe `target` now and then again and again, each wait measured start to start."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
             result = await probe(target.server.address, target.spec, target.host())
             self.record(target, result)
-            next_at = max(next_at + target.spec.interval, loop.time())
+            next_at = max(next_at + next_wait(target.spec, target.health), loop.time())
             await asyncio.sleep(next_at - loop.time())
 
     def record(self, target: Target, result: ProbeResult) -> None:
@@ -227,6 +237,19 @@ class Checker:
         if self._write_error is not None:
             log.info("health state %s written again (generation %d)", path, state.generation)
             self._write_error = None
+
+
+def _remove_leftover_temp_files(path: Path) -> None:
+    """A checker killed between creating its temp file and renaming it leaves the temp file
+    behind (the state file itself is never torn). There is one checker per state file, so at start
+    every such file is a leftover."""
+    pattern = f"{glob.escape(health_state.temp_prefix(path))}*{health_state.TEMP_SUFFIX}"
+    for leftover in path.parent.glob(pattern):
+        try:
+            leftover.unlink()
+            log.info("removed %s, left behind by a checker that was killed while writing", leftover)
+        except OSError as e:
+            log.warning("cannot remove leftover %s: %s", leftover, e.strerror or e)
 
 
 def _write_file(path: Path, state: HealthState) -> None:

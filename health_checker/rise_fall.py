@@ -34,6 +34,12 @@ class RiseFall:
     def up(self) -> bool:
         return self.health >= self.rise
 
+    @property
+    def transitioning(self) -> bool:
+        """Between the two steady states: up with failures counted against it, or down with
+        successes counted towards rise. HAProxy checks faster then (`fastinter`)."""
+        return 0 < self.health < self.rise + self.fall - 1
+
     def record(self, ok: bool) -> "RiseFall":
         full = self.rise + self.fall - 1
         if ok:

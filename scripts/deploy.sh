@@ -2,9 +2,12 @@
 # Bring the pipeline up under supervisord, or apply what changed to the running one.
 #
 #   scripts/deploy.sh         (run by `make deploy`, after the configs passed `frontgate check`)
+#     Writes supervisord.conf from supervisord.conf.in (`frontgate supervisord-conf`: the number of
+#     processes per stage comes from `workers` in its TOML).
 #     supervisord not running: start it; it starts every program.
 #     supervisord running:     reread + update supervisord.conf, then restart only the stages whose
-#                              config changed since the last deploy (sha256 in run/deployed/), and
+#                              config changed since the last deploy (`frontgate deployed`: sha256 in
+#                              run/deployed/), one process at a time (`frontgate restart`), and
 #                              start any stage that is not running.
 #     Then wait until every program is RUNNING and print `supervisorctl status`.
 #   scripts/deploy.sh stop    (run by `make stop`) shut supervisord and everything under it down.
@@ -21,28 +24,24 @@ WAIT_SECONDS=${DEPLOY_WAIT_SECONDS:-30}
 ctl() { "$BIN/supervisorctl" -c "$CONF" "$@"; }
 supervisord_running() { ctl pid >/dev/null 2>&1; }
 
-# The files that make up a stage's config. The checker also depends on the router's file: that is
-# where its server list (and the state file path) comes from.
-config_files() {
-  case "$1" in
-    health-checker) echo configs/health-checker.toml configs/mux-router.toml ;;
-    *) echo "configs/$1.toml" ;;
-  esac
+# Which files make up a stage's config, and their fingerprints, live in one place: frontgate/deploy.py.
+fg() { "$BIN/frontgate" "$@"; }
+
+# A program's processes in `supervisorctl status`: "mux-router", or "mux-router:mux-router_00", ...
+# when it has several workers. Prints one state per process.
+states_of() { awk -v p="$1" '$1 == p || index($1, p ":") == 1 { print $2 }'; }
+
+# RUNNING when every process of the program is (`status` exits non-zero for all but RUNNING)
+program_state() {
+  { ctl status 2>/dev/null || true; } | states_of "$1" | sort -u | awk '{ s = s ? s "," $0 : $0 } END { print s }'
 }
 
-fingerprint() {
-  # shellcheck disable=SC2046  # word splitting of the file list is intended
-  cat $(config_files "$1") | sha256sum | cut -d' ' -f1
-}
-
-record() { fingerprint "$1" >"$DEPLOYED/$1.sha256"; }
-
-# RUNNING, STARTING, BACKOFF, FATAL, STOPPED, ... (`status` exits non-zero for all but RUNNING)
-program_state() { { ctl status "$1" 2>/dev/null || true; } | awk -v p="$1" '$1 == p { print $2 }'; }
-
-log_tail() {
-  local log="logs/${1#demo:}.log"
-  [[ -f $log ]] && { echo "--- last lines of $log:"; tail -n 20 "$log"; } >&2 || true
+log_tail() {     # logs/NAME.log, or logs/NAME_00.log, ... for a stage with several workers
+  local name=${1#demo:} log
+  for log in "logs/$name.log" "logs/$name"_[0-9]*.log; do
+    [[ -f $log ]] && { echo "--- last lines of $log:"; tail -n 20 "$log"; } >&2
+  done
+  return 0
 }
 
 wait_until_running() {
@@ -51,10 +50,10 @@ wait_until_running() {
     status=$(ctl status 2>/dev/null || true)       # one call per round: each one starts a Python
     pending=()
     for program in "${PROGRAMS[@]}"; do
-      state=$(awk -v p="$program" '$1 == p { print $2 }' <<<"$status")
+      state=$(states_of "$program" <<<"$status" | sort -u | awk '{ s = s ? s "," $0 : $0 } END { print s }')
       case "$state" in
         RUNNING) ;;
-        FATAL)
+        *FATAL*)
           echo "error: $program could not be started (FATAL)" >&2
           log_tail "$program"
           exit 1 ;;
@@ -73,30 +72,34 @@ wait_until_running() {
 
 deploy() {
   mkdir -p logs run state "$DEPLOYED"
+  fg supervisord-conf
   if ! supervisord_running; then
     "$BIN/supervisord" -c "$CONF"
+    fg deployed record "${STAGES[@]}"
     for stage in "${STAGES[@]}"; do
-      record "$stage"
       echo "$stage: started"
     done
   else
     ctl reread
     ctl update
+    local changed
+    changed=" $(fg deployed changed | tr '\n' ' ') "
     for stage in "${STAGES[@]}"; do
-      if [[ "$(fingerprint "$stage")" != "$(cat "$DEPLOYED/$stage.sha256" 2>/dev/null || true)" ]]; then
-        if ! ctl restart "$stage" >/dev/null; then
+      if [[ $changed == *" $stage "* ]]; then
+        # One process at a time: with workers >= 2 the stage's port never closes.
+        if ! fg restart "$stage" >/dev/null; then
           echo "error: $stage: config changed, restart failed" >&2
           log_tail "$stage"
           exit 1
         fi
         echo "$stage: config changed, restarted"
       elif [[ "$(program_state "$stage")" != RUNNING ]]; then
-        ctl start "$stage" >/dev/null || true     # wait_until_running reports a failure
+        ctl start "$stage:*" >/dev/null || true     # wait_until_running reports a failure
         echo "$stage: unchanged, was not running, started"
       else
         echo "$stage: unchanged"
       fi
-      record "$stage"
+      fg deployed record "$stage"
     done
   fi
   wait_until_running

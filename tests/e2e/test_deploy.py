@@ -129,6 +129,17 @@ def test_make_deploy_serves_the_demo_apps_and_survives_stage_restarts(deployed):
     assert pid_of(repo, "mux-router") != pids["mux-router"]
     wait_until(lambda: curl_https("karten.localhost")[0] == 200, timeout=5, what="the new host routed")
 
+    # `make reload` applies a route change in place: SIGHUP, no process restarted.
+    pids = {p: pid_of(repo, p) for p in STAGES}
+    router_toml.write_text(router_toml.read_text().replace('"karten.localhost"]', '"karten.localhost", "land.localhost"]'))
+    r = make(repo, "reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mux-router: config changed, reloaded" in r.stdout and "tls-terminator: unchanged" in r.stdout, r.stdout
+    assert curl_https("land.localhost")[0] == 200
+    assert {p: pid_of(repo, p) for p in STAGES} == pids
+    r = make(repo, "status")
+    assert r.returncode == 0 and "mux-router" in r.stdout and "maps/127.0.0.1:3000" in r.stdout, r.stdout + r.stderr
+
     # A broken config is refused: deploy fails with the one-line reason, the old pipeline keeps serving.
     router_toml.write_text(router_toml.read_text().replace("connect = 5", 'connect = "soon"'))
     pids = {p: pid_of(repo, p) for p in STAGES}

@@ -75,7 +75,7 @@ def test_checker_reads_servers_from_router_config(tmp_path):
     assert [a.name for a in cfg.router.apps] == ["maps", "coltrane"]
     assert cfg.state_file == cfg.router.state_file
     assert cfg.spec_for("maps").type == "tcp" and cfg.spec_for("maps").interval == 0.5
-    assert cfg.spec_for("maps").expect_status == (200, 299)          # inherited from [defaults]
+    assert cfg.spec_for("maps").expect_status == ((200, 299),)       # inherited from [defaults]
     assert cfg.spec_for("coltrane").type == "http"
 
 
@@ -137,6 +137,29 @@ ROUTER_ERRORS = [
     (("weight = 3", "weight = 3, color = 1"), "app[0].servers[1].color", "unknown key"),
     (("weight = 3", "weight = true"), "app[0].servers[1].weight", "expected an integer, got a boolean"),
     (("[listen.tls]\n", "[listen.tls]\nport = 1\n"), "listen.tls.port", "unknown key"),
+    (("connect = 2", "keep_alive = -1"), "timeouts.keep_alive", "positive number of seconds"),
+    (("connect = 2", "queue = 0"), "timeouts.queue", "positive number of seconds"),
+    (('trusted_sources = ["127.0.0.1/32"]', 'access_log_format = "clf"'), "router.access_log_format", "not one of"),
+    (('trusted_sources = ["127.0.0.1/32"]', 'forwarded_for = "keep"'), "router.forwarded_for", "not one of"),
+    (('trusted_sources = ["127.0.0.1/32"]', 'retry_after = -1'), "router.retry_after", "out of range"),
+    (("retries = 0", 'balance = "random"'), "app[1].balance", "not one of"),
+    (("retries = 0", 'host_regex = "(("'), "app[1].host_regex", "not a valid regular expression"),
+    (("retries = 0", 'path_regex = "[a"'), "app[1].path_regex", "not a valid regular expression"),
+    (("retries = 0", 'header = { regex = "x" }'), "app[1].header.name", "required key is missing"),
+    (("retries = 0", 'header = { name = "X Y", regex = "x" }'), "app[1].header.name", "not a header name"),
+    (('hosts = ["*.coltrane.localhost"]', "hosts = []"), "app[1].hosts", "or default = true"),
+    (("retries = 0", "max_body = -1"), "app[1].max_body", "out of range"),
+    (("weight = 3", "weight = 3, maxconn = -1"), "app[0].servers[1].maxconn", "out of range"),
+    (("retries = 0", 'acl = [{ allow = ["10.0.0.0/33"] }]'), "app[1].acl[0].allow[0]", "not a CIDR"),
+    (("retries = 0", 'acl = [{ path_prefix = "x" }]'), "app[1].acl[0].path_prefix", "must start with '/'"),
+    (("retries = 0", 'request_headers = { set = { "Content-Length" = "1" } }'),
+     "app[1].request_headers.set.Content-Length", "cannot be changed"),
+    (("retries = 0", 'response_headers = { delete = ["Transfer-Encoding"] }'),
+     "app[1].response_headers.delete[0]", "may delete"),
+    (("retries = 0", 'request_headers = { add = { "X-A" = "a\\nb" } }'),
+     "app[1].request_headers.add.X-A", "printable ASCII"),
+    (("retries = 0", 'error_pages = { 503 = "missing.html" }'), "app[1].error_pages.503", "cannot read"),
+    (("retries = 0", 'error_pages = { 200 = "missing.html" }'), "app[1].error_pages.200", "status code 400-599"),
 ]
 
 
@@ -192,3 +215,51 @@ def test_shipped_configs_are_valid():
     router = load_router_config(configs / "mux-router.toml")
     assert {a.name for a in router.apps} == {"maps", "coltrane"}
     load_terminator_config(configs / "tls-terminator.toml", require_files=False)
+
+
+def test_router_extended_keys(tmp_path):
+    (tmp_path / "503.html").write_text("<h1>later</h1>")
+    text = ROUTER.replace('trusted_sources = ["127.0.0.1/32"]', 'trusted_sources = ["127.0.0.1/32"]\n'
+                          'access_log_format = "json"\nforwarded_for = "replace"\nforwarded = true\nretry_after = 30')
+    text = text.replace("connect = 2", "connect = 2\nkeep_alive = 3\nqueue = 0.5")
+    text += """
+[error_pages]
+503 = "503.html"
+[[app]]
+name = "rich"
+host_regex = "tiles[0-9]+\\\\.maps\\\\.localhost"
+path_regex = "\\\\.png$"
+header = { name = "X-Env", regex = "^beta$" }
+default = true
+balance = "source"
+redispatch = false
+passive_fall = 5
+max_body = 1048576
+servers = [{ address = "127.0.0.1:9000", maxconn = 10 }]
+acl = [{ path_prefix = "/admin", allow = ["trusted"] }, { deny = ["192.0.2.0/24"] }]
+request_headers = { set = { X-App = "rich" }, add = { X-Tag = "a" }, delete = ["X-Debug"] }
+response_headers = { delete = ["Server"] }
+error_pages = { 503 = "503.html" }
+"""
+    cfg = load_router_config(write(tmp_path, "mux-router.toml", text))
+    assert (cfg.access_log_format, cfg.forwarded_for, cfg.forwarded, cfg.retry_after) == ("json", "replace", True, 30)
+    assert (cfg.timeouts.keep_alive, cfg.timeouts.queue) == (3, 0.5)
+    assert cfg.error_pages[503].body == b"<h1>later</h1>" and cfg.error_pages[503].content_type.startswith("text/html")
+    rich = cfg.apps[-1]
+    assert rich.hosts == () and rich.host_regex.fullmatch("tiles1.maps.localhost")
+    assert rich.path_regex.search("/a.png") and rich.header.name == "x-env" and rich.default
+    assert (rich.balance, rich.redispatch, rich.passive_fall, rich.max_body) == ("source", False, 5, 1048576)
+    assert rich.servers[0].maxconn == 10
+    assert rich.acls[0].allow == (ipaddress.ip_network("127.0.0.1/32"),) and rich.acls[1].path_prefix == "/"
+    assert rich.request_headers.set == (("X-App", "rich"),) and rich.request_headers.delete == ("x-debug",)
+    assert rich.response_headers.delete == ("server",) and 503 in rich.error_pages
+    maps = cfg.apps[0]
+    assert (maps.balance, maps.redispatch, maps.passive_fall, maps.max_body, maps.default) == ("roundrobin", True, 3, 0, False)
+
+
+def test_only_one_default_app(tmp_path):
+    text = ROUTER.replace("retries = 0", "retries = 0\ndefault = true").replace(
+        'hosts = ["Maps.Localhost."]', 'hosts = ["Maps.Localhost."]\ndefault = true')
+    with pytest.raises(ConfigError) as exc:
+        load_router_config(write(tmp_path, "mux-router.toml", text))
+    assert exc.value.key == "app[1].default" and "only one" in exc.value.problem

@@ -10,9 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from frontgate.config import Address, App, CheckSpec, Server
-from health_checker.probes import (build_request, check_host, describe_error, judge_status,
-                                   parse_status_line)
+from frontgate.config import parse_status_ranges
+from health_checker.probes import (body_framing, build_request, check_host, dechunk, describe_error,
+                                   judge_body, judge_status, parse_status_line)
 from health_checker.rise_fall import RiseFall
+from health_checker.schedule import base_interval, next_wait
 
 
 # --------------------------------------------------------------------------- rise / fall
@@ -152,12 +154,14 @@ def test_not_a_status_line(line):
 
 
 @pytest.mark.parametrize("status, expect, result", [
-    (200, (200, 399), (True, "HTTP 200")),
-    (399, (200, 399), (True, "HTTP 399")),
-    (500, (200, 399), (False, "HTTP 500 (expected 200-399)")),
-    (199, (200, 399), (False, "HTTP 199 (expected 200-399)")),
-    (204, (204, 204), (True, "HTTP 204")),
-    (200, (204, 204), (False, "HTTP 200 (expected 204)")),
+    (200, ((200, 399),), (True, "HTTP 200")),
+    (399, ((200, 399),), (True, "HTTP 399")),
+    (500, ((200, 399),), (False, "HTTP 500 (expected 200-399)")),
+    (199, ((200, 399),), (False, "HTTP 199 (expected 200-399)")),
+    (204, ((204, 204),), (True, "HTTP 204")),
+    (200, ((204, 204),), (False, "HTTP 200 (expected 204)")),
+    (304, ((200, 299), (304, 304)), (True, "HTTP 304")),
+    (302, ((200, 299), (304, 304)), (False, "HTTP 302 (expected 200-299,304)")),
 ])
 def test_judge_status(status, expect, result):
     assert judge_status(status, expect) == result
@@ -189,3 +193,72 @@ def test_check_host_is_the_configured_one_else_the_first_exact_app_host_else_the
 ])
 def test_describe_error(error, text):
     assert describe_error(error) == text
+
+
+# --------------------------------------------------------------------------- the richer checks
+
+def test_request_method():
+    assert build_request("/", "h", "HEAD").startswith(b"HEAD / HTTP/1.1\r\nHost: h\r\n")
+
+
+@pytest.mark.parametrize("value, ranges", [
+    (200, ((200, 200),)),
+    ([200, 399], ((200, 399),)),                      # [low, high]: an inclusive range
+    ("200-299,304", ((200, 299), (304, 304))),          # HAProxy's `status` form
+    (" 204 , 300 - 302 ", ((204, 204), (300, 302))),
+])
+def test_expect_status_forms(value, ranges):
+    assert parse_status_ranges(value) == ranges
+
+
+@pytest.mark.parametrize("value", [[299], [200, 204, 301], "2xx", "300-200", 99, "600", True, "200,", [200.0, 300]])
+def test_expect_status_errors(value):
+    with pytest.raises(ValueError):
+        parse_status_ranges(value)
+
+
+def test_body_framing_and_dechunk():
+    assert body_framing(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n") == ("length", 12)
+    assert body_framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n") == ("chunked", None)
+    assert body_framing(b"HTTP/1.1 200 OK\r\nConnection: close\r\n") == ("close", None)
+    assert dechunk(b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n") == b"abcdefg"
+    assert dechunk(b"3\r\nabc\r\n10\r\nde") == b"abcde"            # truncated: what arrived
+    assert dechunk(b"zz\r\nabc") == b""
+
+
+def test_judge_body():
+    assert judge_body(b"status: ok", "ok", False) == (True, "")
+    assert judge_body(b"status: bad", "ok", False) == (False, "body mismatch: 'ok' not in the body")
+    assert judge_body(b"x" * 10, "ok", True) == (False, "body mismatch: 'ok' not in the first 10 bytes of the body")
+
+
+def test_transitioning():
+    rf = RiseFall.initial(rise=2, fall=3).record(True)        # full health: steady up
+    assert rf.up and not rf.transitioning
+    assert rf.record(False).transitioning                     # up, one failure counted
+    down = rf.record(False).record(False).record(False)
+    assert not down.up and not down.transitioning             # steady down
+    assert down.record(True).transitioning                    # one success of rise=2
+    assert not RiseFall.initial(1, 1).transitioning
+
+
+def test_interval_while_up_transitioning_and_down():
+    spec = CheckSpec(interval=2, fastinter=0.5, downinter=10, jitter=0)
+    up = RiseFall.initial(2, 3).record(True)
+    down = up.record(False).record(False).record(False)
+    assert base_interval(spec, up) == 2
+    assert base_interval(spec, up.record(False)) == 0.5
+    assert base_interval(spec, down) == 10
+    assert base_interval(spec, down.record(True)) == 0.5
+    plain = CheckSpec(interval=2)                             # unset: the interval throughout
+    assert {base_interval(plain, rf) for rf in (up, up.record(False), down)} == {2}
+
+
+def test_jitter_spreads_the_interval():
+    spec = CheckSpec(interval=2, jitter=0.1)
+    up = RiseFall.initial(2, 3).record(True)
+    assert next_wait(spec, up, uniform=lambda a, b: a) == pytest.approx(1.8)
+    assert next_wait(spec, up, uniform=lambda a, b: b) == pytest.approx(2.2)
+    assert next_wait(CheckSpec(interval=2, jitter=0), up) == 2
+    waits = {next_wait(spec, up) for _ in range(50)}
+    assert len(waits) > 1 and all(1.8 <= w <= 2.2 for w in waits)

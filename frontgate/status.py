@@ -1,0 +1,200 @@
+"""`frontgate status`: the processes of each stage, each server's health, the certificates' expiry.
+
+Gathering (supervisord, psutil, the state file, the PEMs) is separate from formatting, so that
+`--json` and the table show the same facts; the formatting is pure and unit-tested.
+"""
+from __future__ import annotations
+
+import datetime
+import time
+from pathlib import Path
+from typing import Any
+
+from frontgate import health_state
+from frontgate.config import ConfigError, load_router_config, load_terminator_config
+from frontgate.deploy import STAGES, Process, Supervisor, SupervisorError
+
+CPU_SAMPLE = 0.2          # seconds over which CPU% is measured
+EXPIRY_WARNING_DAYS = 14
+
+
+# --------------------------------------------------------------------------- gathering
+
+def process_facts(processes: list[Process]) -> list[dict[str, Any]]:
+    """psutil's view of each running process: uptime, RSS, CPU% (sampled over CPU_SAMPLE), open
+    fds, TCP connections (listening and established)."""
+    import psutil
+    now = time.time()
+    handles: dict[int, Any] = {}
+    for p in processes:
+        if p.pid:
+            try:
+                handles[p.pid] = psutil.Process(p.pid)
+                handles[p.pid].cpu_percent(None)          # starts the sample
+            except psutil.Error:
+                pass
+    if handles:
+        time.sleep(CPU_SAMPLE)
+    out = []
+    for p in processes:
+        row: dict[str, Any] = {"stage": p.group, "process": p.name, "state": p.state, "pid": p.pid or None,
+                               "uptime_s": round(now - p.start, 1) if p.state == "RUNNING" and p.start else None}
+        proc = handles.get(p.pid)
+        if proc is not None:
+            try:
+                with proc.oneshot():
+                    conns = proc.net_connections(kind="inet")
+                    row.update(rss_bytes=proc.memory_info().rss, cpu_percent=round(proc.cpu_percent(None), 1),
+                               open_fds=proc.num_fds(),
+                               listening=sum(c.status == psutil.CONN_LISTEN for c in conns),
+                               connections=sum(c.status == psutil.CONN_ESTABLISHED for c in conns))
+            except psutil.Error as e:
+                row["error"] = str(e)
+        out.append(row)
+    return out
+
+
+def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, Any]:
+    facts: dict[str, Any] = {"file": str(state_file)}
+    try:
+        state = health_state.read(state_file)
+    except FileNotFoundError:
+        return {**facts, "error": "no state file (the checker has not written one): all servers count as up"}
+    except (OSError, health_state.HealthStateError) as e:
+        return {**facts, "error": f"unreadable: {e}"}
+    age = now - state.written_at
+    return {**facts, "generation": state.generation, "checker_pid": state.checker_pid,
+            "written_at": state.written_at, "age_s": round(age, 1), "stale": not -stale_after <= age <= stale_after,
+            "servers": {key: {"state": s.state, "since": s.since, "last_check": dict(s.last_check)}
+                        for key, s in sorted(state.servers.items())}}
+
+
+def certificate_facts(configs: Path, now: float) -> list[dict[str, Any]]:
+    from cryptography import x509
+    try:
+        cfg = load_terminator_config(configs / "tls-terminator.toml", require_files=False)
+    except ConfigError as e:
+        return [{"error": str(e)}]
+    out = []
+    for entry in cfg.certificates:
+        row: dict[str, Any] = {"file": str(entry.cert), "default": entry is cfg.default_certificate}
+        try:
+            cert = x509.load_pem_x509_certificates(entry.cert.read_bytes())[0]
+        except (OSError, ValueError) as e:
+            row["error"] = f"cannot read: {getattr(e, 'strerror', None) or e}"
+            out.append(row)
+            continue
+        try:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.DNSName)
+        except x509.ExtensionNotFound:
+            names = []
+        expires = cert.not_valid_after_utc.timestamp()
+        row.update(names=names, not_after=expires, days_left=int((expires - now) // 86400))
+        out.append(row)
+    return out
+
+
+def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:
+    now = time.time()
+    facts: dict[str, Any] = {"time": now}
+    try:
+        sup = Supervisor(supervisord_conf)
+        processes = sup.processes()
+    except SupervisorError as e:
+        facts["supervisord"] = {"error": str(e)}
+        processes = []
+    else:
+        facts["supervisord"] = {"running": True}
+    stages = [p for p in processes if p.group in STAGES]
+    others = [p for p in processes if p.group not in STAGES]
+    facts["processes"] = process_facts(sorted(stages, key=lambda p: STAGES.index(p.group)) + others)
+    try:
+        router = load_router_config(configs / "mux-router.toml")
+        facts["health"] = health_facts(router.state_file, router.state_stale_after, now)
+    except ConfigError as e:
+        facts["health"] = {"error": str(e)}
+    facts["certificates"] = certificate_facts(configs, now)
+    return facts
+
+
+def healthy(facts: dict[str, Any]) -> bool:
+    """For the exit status: supervisord up and every process RUNNING."""
+    return "error" not in facts["supervisord"] and all(p["state"] == "RUNNING" for p in facts["processes"])
+
+
+# --------------------------------------------------------------------------- formatting (pure)
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return "-"
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def when(ts: float, now: float) -> str:
+    local = datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{local} ({duration(now - ts)} ago)"
+
+
+def format_status(facts: dict[str, Any]) -> str:
+    now = facts["time"]
+    lines = ["processes"]
+    if "error" in facts["supervisord"]:
+        lines.append(f"  {facts['supervisord']['error']}")
+    elif facts["processes"]:
+        rows = [["STAGE", "PROCESS", "STATE", "PID", "UPTIME", "RSS", "CPU%", "FDS", "LISTEN", "CONNS"]]
+        for p in facts["processes"]:
+            get = p.get
+            rows.append([p["stage"], p["process"], p["state"], str(get("pid") or "-"), duration(get("uptime_s")),
+                         size(get("rss_bytes")), str(get("cpu_percent", "-")), str(get("open_fds", "-")),
+                         str(get("listening", "-")), str(get("connections", "-"))])
+        lines += ["  " + line for line in table(rows)]
+    health = facts["health"]
+    lines.append("")
+    if "error" in health:
+        lines += ["health", f"  {health.get('file', '')} {health['error']}".rstrip()]
+    else:
+        stale = ", STALE: the router ignores it (all servers count as up)" if health["stale"] else ""
+        lines.append(f"health  {health['file']}: generation {health['generation']}, written {duration(health['age_s'])}"
+                     f" ago by checker pid {health['checker_pid']}{stale}")
+        rows = [["SERVER", "STATE", "SINCE", "LAST CHECK"]]
+        for key, s in health["servers"].items():
+            check = s["last_check"]
+            rows.append([key, s["state"].upper(), when(s["since"], now), f"{check['detail']} ({check['took_ms']:g} ms)"])
+        lines += ["  " + line for line in table(rows)] if len(rows) > 1 else ["  no servers checked yet"]
+    lines += ["", "certificates"]
+    rows = [["FILE", "NAMES", "EXPIRES", "DAYS LEFT"]]
+    for c in facts["certificates"]:
+        if "error" in c:
+            lines.append(f"  {c.get('file', '')} {c['error']}".rstrip())
+            continue
+        days = c["days_left"]
+        note = " EXPIRED" if days < 0 else (" (renew soon)" if days < EXPIRY_WARNING_DAYS else "")
+        expires = datetime.datetime.fromtimestamp(c["not_after"], datetime.timezone.utc).strftime("%Y-%m-%d")
+        rows.append([c["file"] + (" (default)" if c["default"] else ""), ",".join(c["names"]) or "-", expires,
+                     f"{days}{note}"])
+    if len(rows) > 1:
+        lines += ["  " + line for line in table(rows)]
+    return "\n".join(lines)
