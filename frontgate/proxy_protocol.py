@@ -53,7 +53,7 @@ class ProxyHeader:
     alpn: str | None = None
     tls_version: str | None = None            # "TLSv1.3"
     tls_cipher: str | None = None             # "TLS_AES_256_GCM_SHA384"
-    client_cert_subject: str | None = None    # CN of a verified client certificate (mTLS, later)
+    client_cert_subject: str | None = None    # CN of the verified client certificate (mTLS), SSL sub-TLV 0x22
 
     @property
     def is_tls(self) -> bool:

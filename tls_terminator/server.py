@@ -14,6 +14,12 @@ established connection with no traffic either way for idle_timeout is closed.
 At max_connections the listener stops accepting: new clients wait in the kernel's listen backlog
 (and are refused by the kernel once that is full) until a connection ends. Nothing is accepted
 only to be dropped.
+
+With [[passthrough]] routes, a connection first reads the raw ClientHello (tls_terminator.clienthello)
+and, when its SNI matches a route, becomes a PassthroughConnection that relays the bytes untouched
+to the route's backend. Certificates are chosen by the store's SNI callback on the front context
+(tls_terminator.tls): SIGHUP and the certificate file poll replace the store, not the front, so
+open connections and session resumption carry on. Privileges are dropped right after binding.
 """
 from __future__ import annotations
 
@@ -30,8 +36,12 @@ import time
 from OpenSSL import SSL
 
 from frontgate import proxy_protocol
-from frontgate.config import Address, ConfigError, TerminatorConfig, load_terminator_config
-from tls_terminator.certs import CertStore
+from frontgate.config import Address, ConfigError, PassthroughRoute, TerminatorConfig, load_terminator_config
+from tls_terminator.certs import CertStore, client_cert_subject, files_fingerprint
+from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
+from tls_terminator.privileges import PrivilegeError, drop_privileges
+from tls_terminator.sni import SniIndex, build_index
+from tls_terminator.tls import Front
 
 log = logging.getLogger("tls-terminator")
 
@@ -71,7 +81,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = terminator.loop
         # Snapshots: a reload (SIGHUP) changes what new connections get, never an open one.
         self.cfg = terminator.cfg
-        self.tls = SSL.Connection(terminator.store.initial_context, None)
+        self.tls = SSL.Connection(terminator.front.context, None)
         self.tls.set_accept_state()
         self.transport: asyncio.Transport | None = None
         self.upstream: RouterSide | None = None
@@ -83,6 +93,9 @@ class ClientConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
         self.connect_task: asyncio.Task | None = None
+        # With [[passthrough]] routes, the ClientHello is read raw first to choose between
+        # terminating here and relaying it untouched.
+        self.sniffed: bytearray | None = bytearray() if self.cfg.passthrough else None
 
     # ---- asyncio callbacks (client side)
 
@@ -98,6 +111,10 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.client_done:
             return
         self.last_activity = self.loop.time()
+        if self.sniffed is not None:
+            data = self._sniff(data)
+            if not data:
+                return
         try:
             self.tls.bio_write(data)
             if not self.established and not self._advance_handshake():
@@ -133,6 +150,35 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.upstream is not None:
             self.upstream.resume_reading()
+
+    # ---- SNI passthrough
+
+    def _sniff(self, data: bytes) -> bytes:
+        """Collect the ClientHello; b"" while it is incomplete. Then either hand the connection to a
+        passthrough route (b"") or return everything collected, for OpenSSL."""
+        buf = self.sniffed
+        buf += data
+        # Parse only once the first record is complete (a trickling client costs no re-parsing).
+        if len(buf) >= 5 and buf[0] == 22 and len(buf) < 5 + int.from_bytes(buf[3:5], "big"):
+            return b""
+        try:
+            hello = read_sni(buf)
+        except NotAClientHello:
+            hello = None     # not for us to judge: OpenSSL answers it with an alert
+        else:
+            if hello is None and len(buf) <= MAX_HELLO + 1024:
+                return b""
+        self.sniffed = None
+        route = self.terminator.passthrough_routes.lookup(hello.server_name) if hello else None
+        if route is None:
+            return bytes(buf)
+        self._cancel_timer()
+        self.closed = True          # this object is done; the passthrough takes the transport
+        relay = PassthroughConnection(self.terminator, self.transport, route, hello.server_name, bytes(buf))
+        self.transport.set_protocol(relay)
+        self.terminator.replace_connection(self, relay)
+        relay.start()
+        return b""
 
     # ---- TLS
 
@@ -200,18 +246,11 @@ class ClientConnection(asyncio.Protocol):
     async def _connect_upstream(self) -> None:
         target = self.cfg.forward_to
         try:
-            if target.is_unix:
-                coro = self.loop.create_unix_connection(lambda: RouterSide(self), target.path)
-            else:
-                coro = self.loop.create_connection(lambda: RouterSide(self), target.host, target.port)
-            await asyncio.wait_for(coro, CONNECT_TIMEOUT)
-        except asyncio.CancelledError:
-            raise
-        except (OSError, asyncio.TimeoutError) as e:
-            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
-            self.terminator.router_unreachable(f"cannot reach the router at {target}: {reason}; "
-                                               "closing the client connection")
-            self._close_with_notify()
+            reason = await connect_upstream(self.loop, target, self)
+            if reason is not None:
+                self.terminator.router_unreachable(f"cannot reach the router at {target}: {reason}; "
+                                                   "closing the client connection")
+                self._close_with_notify()
         finally:
             self.connect_task = None
 
@@ -347,6 +386,7 @@ class ClientConnection(asyncio.Protocol):
             alpn=_ascii_or_none(alpn),
             tls_version=self.tls.get_protocol_version_name(),
             tls_cipher=self.tls.get_cipher_name(),
+            client_cert_subject=client_cert_subject(self.tls) if self.cfg.client_auth else None,
         )
 
 
@@ -372,10 +412,26 @@ def client_addresses(peer, sock) -> tuple[str, tuple[str, int] | None, tuple[str
     return family, (str(src), peer[1]), (str(dst), sock[1])
 
 
-class RouterSide(asyncio.Protocol):
-    """The plaintext connection to the router; everything it hears goes to its ClientConnection."""
+async def connect_upstream(loop: asyncio.AbstractEventLoop, target: Address,
+                           client: "ClientConnection | PassthroughConnection") -> str | None:
+    """Connect a RouterSide for `client` to `target` (the router, or a passthrough backend); None
+    when connected, else why not."""
+    try:
+        if target.is_unix:
+            coro = loop.create_unix_connection(lambda: RouterSide(client), target.path)
+        else:
+            coro = loop.create_connection(lambda: RouterSide(client), target.host, target.port)
+        await asyncio.wait_for(coro, CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as e:
+        return "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
+    return None
 
-    def __init__(self, client: ClientConnection):
+
+class RouterSide(asyncio.Protocol):
+    """The plaintext connection to the router (or, for a PassthroughConnection, the raw one to its
+    backend); everything it hears goes to its client side."""
+
+    def __init__(self, client: "ClientConnection | PassthroughConnection"):
         self.client = client
         self.transport: asyncio.Transport | None = None
 
@@ -435,6 +491,150 @@ class RouterSide(asyncio.Protocol):
             self.transport.close()
 
 
+class PassthroughConnection(asyncio.Protocol):
+    """A client whose SNI matched a [[passthrough]] route: its bytes, ClientHello first, go to the
+    route's backend undecrypted (optionally after a PROXY v2 header), and the backend's come back.
+    The client's EOF is passed on; the backend's EOF (or close) ends the connection."""
+
+    def __init__(self, terminator: "Terminator", transport: asyncio.Transport, route: PassthroughRoute,
+                 server_name: str | None, first_bytes: bytes):
+        self.terminator = terminator
+        self.loop = terminator.loop
+        self.idle_timeout = terminator.cfg.idle_timeout
+        self.transport = transport
+        self.route = route
+        self.server_name = server_name
+        self.early: bytearray | None = bytearray(first_bytes)
+        self.upstream: RouterSide | None = None
+        self.client_done = False
+        self.closed = False
+        self.paused_for: set[str] = set()
+        self.last_activity = self.loop.time()
+        self.timer: asyncio.TimerHandle | None = None
+        self.connect_task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.pause_client_reading("connecting")
+        self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+        self.connect_task = self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        target = self.route.backend
+        try:
+            reason = await connect_upstream(self.loop, target, self)
+            if reason is not None:
+                self.terminator.router_unreachable(f"cannot reach passthrough backend {target} for "
+                                                   f"{self.server_name}: {reason}; closing the client connection")
+                self.close()
+        finally:
+            self.connect_task = None
+
+    # ---- the client
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_activity = self.loop.time()
+        if self.upstream is not None:
+            self.upstream.write(data)
+        elif self.early is not None:
+            self.early += data
+
+    def eof_received(self) -> bool:
+        self.client_done = True
+        if self.upstream is not None:
+            self.upstream.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+        if self.upstream is not None:
+            self.upstream.close(abort=exc is not None)
+        self.terminator.connection_ended(self)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # ---- the backend (RouterSide calls these)
+
+    def upstream_connected(self, upstream: "RouterSide") -> None:
+        if self.closed:
+            upstream.close()
+            return
+        self.upstream = upstream
+        header = b""
+        if self.route.proxy_protocol:
+            family, src, dst = client_addresses(self.transport.get_extra_info("peername"),
+                                                self.transport.get_extra_info("sockname"))
+            header = proxy_protocol.encode(proxy_protocol.ProxyHeader(
+                command="PROXY", family=family, src=src, dst=dst, authority=self.server_name))
+        early, self.early = self.early or b"", None
+        upstream.write(header + bytes(early))
+        if self.client_done:
+            upstream.write_eof()
+        self.resume_client_reading("connecting")
+
+    def to_client(self, data: bytes) -> None:
+        if not self.closed:
+            self.last_activity = self.loop.time()
+            self.transport.write(data)
+
+    def upstream_finished(self) -> None:
+        self.close()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.upstream = None
+        self.close(abort=exc is not None)
+
+    def pause_client_reading(self, reason: str) -> None:
+        if not self.paused_for and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.paused_for.add(reason)
+
+    def resume_client_reading(self, reason: str) -> None:
+        self.paused_for.discard(reason)
+        if not self.paused_for and not self.client_done and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # ---- timers and closing
+
+    def _idle_check(self) -> None:
+        self.timer = None
+        idle_for = self.loop.time() - self.last_activity
+        if idle_for >= self.idle_timeout:
+            self.close()
+        else:
+            self.timer = self.loop.call_later(self.idle_timeout - idle_for, self._idle_check)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def close(self, abort: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timer()
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close(abort=abort)
+
+    def shutdown_now(self) -> None:
+        """SIGTERM: an established tunnel gets the grace period like any other connection."""
+
+
 # --------------------------------------------------------------------------- the daemon
 
 def open_listener(address: Address) -> socket.socket:
@@ -469,8 +669,12 @@ class Terminator:
     def __init__(self, cfg: TerminatorConfig, store: CertStore):
         self.cfg = cfg
         self.store = store
+        # The front context outlives certificate reloads (sessions keep resuming); see tls.Front.
+        self.front = Front(cfg.tls, self._on_server_name, cfg.path)
+        self.passthrough_routes: SniIndex[PassthroughRoute | None] = _passthrough_index(cfg)
+        self.fingerprint = files_fingerprint(cfg)
         self.loop = asyncio.get_running_loop()
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientConnection | PassthroughConnection] = set()
         self.listener: socket.socket | None = None
         self.accepting = False
         self.stopping = False
@@ -479,12 +683,33 @@ class Terminator:
         self.accept_trouble = RateLimitedWarning()
         self.at_limit = RateLimitedWarning(60.0)
         self.tasks: set[asyncio.Task] = set()
+        self.poll_task: asyncio.Task | None = None
 
     # ---- accepting
 
     def start(self) -> None:
         self.listener = open_listener(self.cfg.listen)
+        # Bound to the port (as root if it is 443): now drop to the configured user, before any
+        # client byte is read.
+        for line in drop_privileges(self.cfg.user, self.cfg.group, self.cfg.chroot):
+            log.warning("%s", line)
         self._resume_accepting()
+        if self.cfg.certs_poll_interval > 0:
+            self.poll_task = self.loop.create_task(self._poll_certificates())
+
+    def _on_server_name(self, conn: SSL.Connection) -> None:
+        # Whatever store is current when the ClientHello arrives: a reload changes what new
+        # handshakes get, never an established connection.
+        try:
+            self.store.on_server_name(conn)
+        except Exception:
+            # Never an exception out of OpenSSL's callback: this client's handshake fails (the
+            # front context has no certificate), the daemon goes on.
+            log.exception("choosing the certificate for %r failed", conn.get_servername())
+
+    def replace_connection(self, old: ClientConnection, new: PassthroughConnection) -> None:
+        self.connections.discard(old)
+        self.connections.add(new)
 
     def _resume_accepting(self) -> None:
         if self.accepting or self.stopping or self.listener is None:
@@ -533,7 +758,7 @@ class Terminator:
             sock.close()
             self.connection_ended(conn)
 
-    def connection_ended(self, conn: ClientConnection) -> None:
+    def connection_ended(self, conn: ClientConnection | PassthroughConnection) -> None:
         self.connections.discard(conn)
         if self.stopping:
             if not self.connections:
@@ -544,26 +769,65 @@ class Terminator:
     # ---- signals
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config and the certificates; on any error keep what is running."""
+        """SIGHUP: re-read the config and the certificates. A config that does not load is refused
+        whole; a certificate file that does not load is reported and skipped (its previous version
+        stays in service)."""
         try:
             cfg = load_terminator_config(self.cfg.path)
-            store = CertStore.from_config(cfg)
+            fingerprint = files_fingerprint(cfg)
+            store = CertStore.load(cfg, previous=self.store, strict=False)
+            front = self.front if cfg.tls == self.cfg.tls else Front(cfg.tls, self._on_server_name, cfg.path)
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
             return
-        if cfg.listen != self.cfg.listen:
-            log.warning("listen changed to %s: that takes a restart; still listening on %s",
-                        cfg.listen, self.cfg.listen)
-        self.cfg, self.store = cfg, store
-        log.info("reloaded %s: %s, forwarding to %s", cfg.path, store.describe(), cfg.forward_to)
-        for line in store.warnings():
-            log.warning("%s", line)
+        for key in ("listen", "user", "group", "chroot"):
+            if getattr(cfg, key) != getattr(self.cfg, key):
+                log.warning("%s changed to %s: that takes a restart; keeping %s", key, getattr(cfg, key),
+                            getattr(self.cfg, key))
+        if front is not self.front:
+            log.info("[tls] changed: new sessions only (resumption of older ones ends)")
+        self.cfg, self.store, self.front, self.fingerprint = cfg, store, front, fingerprint
+        self.passthrough_routes = _passthrough_index(cfg)
+        self.report(store, f"reloaded {cfg.path}: {store.describe()}, forwarding to {cfg.forward_to}")
         if not self.accepting and len(self.connections) < cfg.max_connections:
             self._resume_accepting()
+        if self.poll_task is None and cfg.certs_poll_interval > 0 and not self.stopping:
+            self.poll_task = self.loop.create_task(self._poll_certificates())
+
+    def reload_certificates(self) -> None:
+        """The poll saw a certificate file change: rebuild the store with the running config."""
+        fingerprint = files_fingerprint(self.cfg)
+        try:
+            store = CertStore.load(self.cfg, previous=self.store, strict=False)
+        except ConfigError as e:
+            log.error("certificate reload failed, keeping the loaded certificates: %s", e)
+            self.fingerprint = fingerprint     # do not retry until something changes again
+            return
+        self.store, self.fingerprint = store, fingerprint
+        self.report(store, f"certificate files changed, reloaded: {store.describe()}")
+
+    def report(self, store: CertStore, message: str) -> None:
+        log.info("%s", message)
+        for line in store.problems:
+            log.error("certificate problem: %s", line)
+        for line in store.warnings():
+            log.warning("%s", line)
+
+    async def _poll_certificates(self) -> None:
+        try:
+            while not self.stopping and self.cfg.certs_poll_interval > 0:
+                await asyncio.sleep(self.cfg.certs_poll_interval)
+                if not self.stopping and files_fingerprint(self.cfg) != self.fingerprint:
+                    self.reload_certificates()
+        finally:
+            self.poll_task = None
 
     async def stop(self) -> None:
         """SIGTERM: stop accepting, give open connections SHUTDOWN_GRACE to finish, drop the rest."""
         self.stopping = True
+        if self.poll_task is not None:
+            self.poll_task.cancel()
+            self.poll_task = None
         self._pause_accepting()
         if self.listener is not None:
             self.listener.close()
@@ -590,6 +854,9 @@ async def serve(cfg: TerminatorConfig, store: CertStore) -> None:
     terminator = Terminator(cfg, store)
     try:
         terminator.start()
+    except PrivilegeError as e:
+        log.error("%s", e)
+        raise SystemExit(1) from None
     except OSError as e:
         log.error("cannot listen on %s: %s", cfg.listen, e.strerror or e)
         raise SystemExit(1) from None
@@ -598,9 +865,11 @@ async def serve(cfg: TerminatorConfig, store: CertStore) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, terminator.reload)
-    log.info("listening on %s, forwarding to %s; %s", cfg.listen, cfg.forward_to, store.describe())
-    for line in store.warnings():
-        log.warning("%s", line)
+    terminator.report(store, f"listening on {cfg.listen}, forwarding to {cfg.forward_to}; {store.describe()}")
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     await terminator.stop()
+
+
+def _passthrough_index(cfg: TerminatorConfig) -> SniIndex[PassthroughRoute | None]:
+    return build_index(((route.sni, route) for route in cfg.passthrough), None)

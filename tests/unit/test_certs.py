@@ -1,4 +1,5 @@
-"""Certificate loading, its error messages, and the CertStore's SNI choice (in-memory handshakes)."""
+"""Certificate loading, its error messages, the certs_dir, the choice between rival certificates,
+reloads, and the CertStore's SNI choice (in-memory handshakes)."""
 from __future__ import annotations
 
 import datetime
@@ -13,7 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
 from frontgate.config import Address, CertificateEntry, ConfigError, TerminatorConfig
-from tls_terminator.certs import CertStore, _select_alpn, check_certificates, load_certificate
+from tests.certmaker import DAY, make_leaf
+from tls_terminator.certs import (CertStore, check_certificates, choose, describe_certificates, files_fingerprint,
+                                  format_certificates, load_certificate, scan_certs_dir)
+from tls_terminator.tls import Front, select_alpn as _select_alpn
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +56,10 @@ def write_custom_leaf(ca, d: Path, name: str, dns_names: list[str]) -> Certifica
     return CertificateEntry(cert=path)
 
 
-def config(tmp_path: Path, *entries: CertificateEntry) -> TerminatorConfig:
+def config(tmp_path: Path, *entries: CertificateEntry, **kw) -> TerminatorConfig:
     return TerminatorConfig(path=tmp_path / "tls-terminator.toml", listen=Address.parse("127.0.0.1:1"),
                             forward_to=Address.parse("127.0.0.1:2"), workers=1, handshake_timeout=10,
-                            idle_timeout=60, max_connections=10, certificates=tuple(entries))
+                            idle_timeout=60, max_connections=10, certificates=tuple(entries), **kw)
 
 
 def problem(tmp_path, entry: CertificateEntry, position: int = 0) -> str:
@@ -133,25 +137,32 @@ def test_warnings(ca, tmp_path):
                          not_after=past)
     partial = write_custom_leaf(ca, tmp_path, "partial", ["ok.partial.test", "f*.partial.test"])
     partial.cert.chmod(0o644)
-    store = CertStore.from_config(config(tmp_path, expired, partial))
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        CertStore.from_config(config(tmp_path, expired, partial))
+    store = CertStore.from_config(config(tmp_path, expired, partial, allow_loose_key_permissions=True))
     text = "\n".join(store.warnings())
     assert "certificate[0] (old.pem): expired on" in text
     assert "'f*.partial.test' can never match" in text
-    assert "partial.pem is readable by group or others" in text
+    assert "partial.pem: the private key file is readable by group or others (mode 0644)" in text
 
 
 # --------------------------------------------------------------------------- in-memory handshakes
 
-def handshake(store: CertStore, ca, server_name: str | None, alpn: list[str] | None = None):
+def handshake(store: CertStore, ca, server_name: str | None, alpn: list[str] | None = None,
+              ciphers: str | None = None, **client_options):
     """Client (stdlib ssl) and server (the store's contexts) talking through memory only."""
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
     client_ctx.check_hostname = False
+    for k, v in client_options.items():
+        setattr(client_ctx, k, v)
+    if ciphers:
+        client_ctx.set_ciphers(ciphers)
     if alpn:
         client_ctx.set_alpn_protocols(alpn)
     c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname=server_name)
-    server = SSL.Connection(store.initial_context, None)
+    server = SSL.Connection(Front(store.cfg.tls, store.on_server_name).context, None)
     server.set_accept_state()
     for _ in range(10):
         try:
@@ -192,3 +203,162 @@ def test_store_picks_the_certificate_by_sni(ca, tmp_path):
     assert server.get_servername() == b"app.test" and server.get_protocol_version_name() == "TLSv1.3"
     _, client, server = handshake(store, ca, "app.test", alpn=["h2"])
     assert client.selected_alpn_protocol() is None and server.get_alpn_proto_negotiated() == b""
+
+
+# --------------------------------------------------------------------------- certs_dir, choice, reporting
+
+def test_scan_certs_dir_pairs_and_ignores(tmp_path):
+    for name in ("a.pem", "b.crt", "b.key", "c.pem", "c.key", "d.crt", ".hidden.pem", "notes.txt", "x.ocsp"):
+        (tmp_path / name).write_text("x")
+    entries = scan_certs_dir(tmp_path)
+    assert [(e.cert.name, e.key.name if e.key else None) for e in entries] == [
+        ("a.pem", None), ("b.crt", "b.key"), ("c.pem", "c.key"), ("d.crt", None)]
+
+
+def test_an_unlistable_certs_dir_keeps_what_was_loaded_from_it(ca, tmp_path):
+    d = tmp_path / "certs"
+    d.mkdir()
+    make_leaf(ca, "k.test").write_pem(d / "k.pem")
+    cfg = config(tmp_path, certs_dir=d)
+    first = CertStore.load(cfg)
+    d.rename(tmp_path / "elsewhere")
+    again = CertStore.load(cfg, previous=first, strict=False)
+    assert again.certificates == first.certificates
+    assert "cannot list it" in again.problems[0] and "keeping the 1 certificates" in again.problems[0]
+
+
+def test_choose_prefers_valid_now_then_latest_expiry_per_key_type(ca, tmp_path):
+    def loaded(label, **kw):
+        leaf = make_leaf(ca, "n.test", **kw)
+        return load_certificate(tmp_path / "t.toml", None, CertificateEntry(cert=leaf.write_pem(tmp_path / f"{label}.pem")))
+    soon, later = loaded("soon", valid_to=10 * DAY), loaded("later", valid_to=50 * DAY)
+    future = loaded("future", valid_from=DAY, valid_to=99 * DAY)
+    expired = loaded("expired", valid_from=-9 * DAY, valid_to=-DAY)
+    rsa_cert = loaded("rsa", key_type="rsa")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert choose([soon, later, future, expired], now) == (later,)
+    assert choose([future, expired], now) == (future,)            # nothing valid: the latest expiry
+    assert choose([rsa_cert, soon, later], now) == (later, rsa_cert)   # one per key type, ECDSA first
+    assert [c.key_type for c in (later, rsa_cert)] == ["ECDSA", "RSA"]
+
+
+def test_certs_dir_store_serves_ecdsa_and_rsa_by_what_the_client_offers(ca, tmp_path):
+    d = tmp_path / "certs"
+    d.mkdir()
+    ec_leaf, rsa_leaf = make_leaf(ca, "both.test"), make_leaf(ca, "both.test", key_type="rsa")
+    ec_leaf.write_pem(d / "both-ec.pem")
+    rsa_leaf.write_pair(d / "both-rsa.crt", d / "both-rsa.key")
+    (d / "broken.pem").write_text("nope")
+    cfg = config(tmp_path, certs_dir=d)
+    store = CertStore.load(cfg)
+    assert len(store.certificates) == 2 and "broken.pem" in store.problems[0]
+
+    def served(ciphers):
+        cert, _, _ = handshake(store, ca, "both.test", ciphers=ciphers, maximum_version=ssl.TLSVersion.TLSv1_2)
+        return cert.public_bytes(serialization.Encoding.DER)
+    assert served("ECDHE-ECDSA-AES128-GCM-SHA256") == ec_leaf.der
+    assert served("ECDHE-RSA-AES128-GCM-SHA256") == rsa_leaf.der
+
+
+def test_loose_key_in_certs_dir_stops_the_start_but_not_a_reload(ca, tmp_path):
+    d = tmp_path / "certs"
+    d.mkdir()
+    make_leaf(ca, "ok.test").write_pem(d / "ok.pem")
+    make_leaf(ca, "loose.test").write_pem(d / "loose.pem").chmod(0o640)
+    cfg = config(tmp_path, certs_dir=d)
+    with pytest.raises(ConfigError, match="loose.pem: the private key file is readable by group"):
+        CertStore.load(cfg)
+    store = CertStore.load(cfg, strict=False)
+    assert [c.entry.cert.name for c in store.certificates] == ["ok.pem"]
+    assert "loose.pem" in store.problems[0] and store.problems[0].endswith("; skipped")
+
+
+def test_reload_keeps_the_previous_version_of_a_broken_file(ca, tmp_path):
+    entry = write_leaf(ca, tmp_path, "site", "site.test")
+    cfg = config(tmp_path, entry)
+    first = CertStore.load(cfg)
+    entry.cert.write_text("half-written")
+    with pytest.raises(ConfigError):
+        CertStore.load(cfg)                       # at start: refused
+    again = CertStore.load(cfg, previous=first, strict=False)
+    assert again.certificates == first.certificates
+    assert again.problems[0].endswith("keeping the previously loaded version")
+    with pytest.raises(ConfigError, match="no usable certificate"):
+        CertStore.load(cfg, strict=False)         # nothing to fall back on
+
+
+def test_fingerprint_changes_with_the_files(ca, tmp_path):
+    d = tmp_path / "certs"
+    d.mkdir()
+    cfg = config(tmp_path, certs_dir=d)
+    before = files_fingerprint(cfg)
+    make_leaf(ca, "n.test").write_pem(d / "n.pem")
+    assert files_fingerprint(cfg) != before
+    assert files_fingerprint(cfg) == files_fingerprint(cfg)
+
+
+def test_describe_certificates(ca, tmp_path):
+    d = tmp_path / "certs"
+    d.mkdir()
+    leaf = make_leaf(ca, "d.test", "*.d.test", key_type="rsa", valid_to=10 * DAY)
+    leaf.write_pem(d / "d.pem")
+    (d / "d.ocsp").write_bytes(leaf.ocsp_response())
+    (d / "bad.pem").write_text("nope")
+    explicit = write_leaf(ca, tmp_path, "first", "first.test")
+    rows = describe_certificates(config(tmp_path, explicit, certs_dir=d))
+    first, from_dir, bad = rows
+    assert first["default"] and first["source"] == "certificate[0]" and first["names"] == ["first.test"]
+    assert from_dir["source"] == "certs_dir" and from_dir["names"] == ["d.test", "*.d.test"]
+    assert from_dir["key_type"] == "RSA 2048" and from_dir["days_left"] in (9, 10)
+    assert from_dir["status"] == "valid" and from_dir["ocsp"] == str(d / "d.ocsp")
+    assert from_dir["issuer"] == leaf.cert.issuer.rfc4514_string() and from_dir["file"] == str(d / "d.pem")
+    assert bad == {"file": str(d / "bad.pem"), "source": "terminator.certs_dir", "error": "no PEM certificate in it"}
+    text = format_certificates(rows)
+    assert "d.test, *.d.test" in text and "ERROR: no PEM certificate in it" in text and "(default)" in text
+
+
+def test_ocsp_file_problems_are_warnings(ca, tmp_path):
+    leaf = make_leaf(ca, "o.test")
+    other = make_leaf(ca, "other.test")
+    leaf.write_pem(tmp_path / "o.pem")
+    (tmp_path / "o.ocsp").write_bytes(other.ocsp_response())
+    loaded = load_certificate(tmp_path / "t.toml", 0, CertificateEntry(cert=tmp_path / "o.pem"))
+    assert loaded.ocsp_response is None and "not this certificate's" in loaded.notes[0]
+    (tmp_path / "o.ocsp").write_bytes(b"junk")
+    loaded = load_certificate(tmp_path / "t.toml", 0, CertificateEntry(cert=tmp_path / "o.pem"))
+    assert loaded.ocsp_response is None and "cannot read it" in loaded.notes[0]
+    (tmp_path / "o.ocsp").write_bytes(leaf.ocsp_response())
+    assert load_certificate(tmp_path / "t.toml", 0, CertificateEntry(cert=tmp_path / "o.pem")).ocsp_response
+
+
+def test_check_certificates_reports_bad_ciphers(ca, tmp_path):
+    from frontgate.config import TlsPolicy
+    good = write_leaf(ca, tmp_path, "good", "good.test")
+    errors = check_certificates(config(tmp_path, good, tls=TlsPolicy(ciphers="NOPE-NOTHING")))
+    assert len(errors) == 1 and "tls.ciphers: OpenSSL accepts no cipher in 'NOPE-NOTHING'" in errors[0]
+
+
+def test_reload_reuses_what_did_not_change(ca, tmp_path):
+    d = tmp_path / "certs"
+    d.mkdir()
+    make_leaf(ca, "same.test").write_pem(d / "same.pem")
+    make_leaf(ca, "renewed.test").write_pem(d / "renewed.pem")
+    cfg = config(tmp_path, certs_dir=d)
+    first = CertStore.load(cfg)
+    renewed = make_leaf(ca, "renewed.test", valid_to=90 * DAY)
+    renewed.write_pem(d / "renewed.pem")
+    second = CertStore.load(cfg, previous=first, strict=False)
+    assert second.certificate_for("same.test") is first.certificate_for("same.test")
+    assert second.context_for("same.test") is first.context_for("same.test")
+    assert second.certificate_for("renewed.test").leaf == renewed.cert
+    assert second.context_for("renewed.test") is not first.context_for("renewed.test")
+    (d / "same.pem").chmod(0o644)       # a mode change counts too: the key is now loose
+    third = CertStore.load(cfg, previous=second, strict=False)
+    assert "same.pem" in third.problems[0] and "readable by group" in third.problems[0]
+
+
+def test_client_subject_is_printable_ascii():
+    from tls_terminator.certs import printable
+    assert printable("alice") == "alice"
+    assert printable("evil\r\nX-Admin: 1") == "evil\\r\\nX-Admin: 1"
+    assert printable("b\u00fcrger\x7f") == "b\\xfcrger\\x7f"

@@ -1,0 +1,90 @@
+"""tls-terminator.toml: the certificate directory, [tls], [[client_auth]], [[passthrough]], privileges."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from frontgate.config import Address, ConfigError, TlsPolicy, load_terminator_config
+
+HEAD = '[terminator]\nlisten = "127.0.0.1:443"\nforward_to = "127.0.0.1:8443"\n'
+
+
+def load(tmp_path: Path, text: str):
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    return load_terminator_config(path)
+
+
+def test_defaults(tmp_path):
+    (tmp_path / "a.pem").write_text("x")
+    cfg = load(tmp_path, HEAD + '[[certificate]]\ncert = "a.pem"\n')
+    assert cfg.tls == TlsPolicy() and cfg.tls.min_version == "TLSv1.2" and cfg.tls.session_tickets
+    assert cfg.certs_dir is None and cfg.certs_poll_interval == 5 and not cfg.allow_loose_key_permissions
+    assert (cfg.user, cfg.group, cfg.chroot, cfg.client_auth, cfg.passthrough) == (None, None, None, (), ())
+
+
+def test_everything(tmp_path):
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "clients.pem").write_text("x")
+    cfg = load(tmp_path, HEAD + '''certs_dir = "certs"
+certs_poll_interval = 0
+allow_loose_key_permissions = true
+user = "nobody"
+group = "nogroup"
+chroot = "/var/empty"
+[tls]
+min_version = "TLSv1.3"
+ciphers = "ECDHE+AESGCM"
+ciphersuites = "TLS_AES_256_GCM_SHA384"
+prefer_server_ciphers = true
+session_tickets = false
+session_timeout = 600
+[[client_auth]]
+sni = ["Secure.Test", "*.secure.test"]
+ca = "clients.pem"
+[[client_auth]]
+sni = "opt.test"
+verify = "optional"
+ca = "clients.pem"
+[[passthrough]]
+sni = "*.pass.example"
+backend = "127.0.0.1:9443"
+proxy_protocol = true
+''')
+    assert cfg.certs_dir == tmp_path / "certs" and cfg.certificates == () and cfg.default_certificate is None
+    assert cfg.certs_poll_interval == 0 and cfg.allow_loose_key_permissions
+    assert (cfg.user, cfg.group, cfg.chroot) == ("nobody", "nogroup", Path("/var/empty"))
+    assert cfg.tls == TlsPolicy(min_version="TLSv1.3", max_version="TLSv1.3", ciphers="ECDHE+AESGCM",
+                                ciphersuites="TLS_AES_256_GCM_SHA384", prefer_server_ciphers=True,
+                                session_tickets=False, session_timeout=600)
+    assert [(r.sni, r.verify, r.ca) for r in cfg.client_auth] == [
+        (("secure.test", "*.secure.test"), "required", tmp_path / "clients.pem"),
+        (("opt.test",), "optional", tmp_path / "clients.pem")]
+    route = cfg.passthrough[0]
+    assert route.sni == ("*.pass.example",) and route.backend == Address.parse("127.0.0.1:9443") and route.proxy_protocol
+
+
+@pytest.mark.parametrize("body,key,problem", [
+    ("", "certificate", "at least one [[certificate]] or terminator.certs_dir is needed"),
+    ('certs_dir = "nowhere"\n', "terminator.certs_dir", "is not a directory"),
+    ('certs_dir = "."\nuser = "no-such-user-here"\n', "terminator.user", "no user named"),
+    ('certs_dir = "."\ngroup = "no-such-group-here"\n', "terminator.group", "no group named"),
+    ('certs_dir = "."\ncerts_poll_interval = -1\n', "terminator.certs_poll_interval", "out of range"),
+    ('certs_dir = "."\n[tls]\nmin_version = "SSLv3"\n', "tls.min_version", "is not one of"),
+    ('certs_dir = "."\n[tls]\nmin_version = "TLSv1.3"\nmax_version = "TLSv1.2"\n', "tls.min_version", "above"),
+    ('certs_dir = "."\n[tls]\nsesion_tickets = false\n', "tls.sesion_tickets", "unknown key"),
+    ('certs_dir = "."\n[[client_auth]]\nsni = "a.test"\nca = "missing.pem"\n', "client_auth[0].ca", "not found"),
+    ('certs_dir = "."\n[[client_auth]]\nsni = "a.test"\nverify = "maybe"\nca = "t.toml"\n',
+     "client_auth[0].verify", "is not one of"),
+    ('certs_dir = "."\n[[passthrough]]\nbackend = "127.0.0.1:1"\n', "passthrough[0].sni", "required"),
+    ('certs_dir = "."\n[[passthrough]]\nsni = "a b"\nbackend = "127.0.0.1:1"\n', "passthrough[0].sni[0]",
+     "not a host name"),
+    ('certs_dir = "."\n[[passthrough]]\nsni = "a.test"\n', "passthrough[0].backend", "required key is missing"),
+])
+def test_errors(tmp_path, body, key, problem):
+    terminator, _, tables = body.partition("[")
+    text = HEAD + terminator + ("[" + tables if tables else "")
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, text)
+    assert e.value.key == key and problem in e.value.problem, str(e.value)

@@ -1,0 +1,88 @@
+"""The TLS policy ([tls] in the TOML) applied to pyOpenSSL contexts, and the front context.
+
+Every connection starts on the *front* context. Its SNI callback switches the connection to the
+context of the chosen certificates (tls_terminator.certs). The front context holds what OpenSSL
+takes from the first context only: protocol versions and options (copied into each connection when
+it is created), and, as the connection's "session context", the session cache and the session
+ticket keys. So the front context lives as long as the [tls] policy does: a certificate reload
+builds new certificate contexts but keeps the front one, and clients keep resuming their sessions
+across reloads. Ticket keys are random per front context (per process, and new when [tls]
+changes): they are never written anywhere and rotate with every restart.
+
+Limitation: with workers > 1, each worker process has its own session cache and ticket keys
+(pyOpenSSL does not expose SSL_CTX_set_tlsext_ticket_keys), so a returning client resumes only when
+the kernel hands it to the same worker.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from OpenSSL import SSL
+
+from frontgate.config import ConfigError, TlsPolicy
+
+# Mozilla's "intermediate" configuration (server side TLS guidelines, v5.7), minus the DHE suites:
+# those need DH parameters, which we do not configure, so OpenSSL would never pick them anyway.
+INTERMEDIATE_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+INTERMEDIATE_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+ALPN_HTTP11 = b"http/1.1"
+# The same on every context: OpenSSL checks that a resumed session belongs to this context.
+# Contexts that ask for client certificates use their own (see certs.CertStore).
+SESSION_ID_CONTEXT = b"frontgate"
+
+_VERSIONS = {"TLSv1": SSL.TLS1_VERSION, "TLSv1.1": SSL.TLS1_1_VERSION, "TLSv1.2": SSL.TLS1_2_VERSION,
+             "TLSv1.3": SSL.TLS1_3_VERSION}
+
+
+def select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+    # The router speaks HTTP/1.1 only. A client that offers ALPN without it (h2-only) gets no ALPN
+    # at all rather than a failed handshake: it may still manage, and that is its call.
+    return ALPN_HTTP11 if ALPN_HTTP11 in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> None:
+    """Versions, options, ciphers, ALPN: the same on the front and on every certificate context.
+    A cipher string OpenSSL rejects is a ConfigError naming the [tls] key."""
+    ctx.set_min_proto_version(_VERSIONS[policy.min_version])
+    ctx.set_max_proto_version(_VERSIONS[policy.max_version])
+    options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+    if policy.prefer_server_ciphers:
+        options |= SSL.OP_CIPHER_SERVER_PREFERENCE
+    if not policy.session_tickets:
+        options |= SSL.OP_NO_TICKET
+    ctx.set_options(options)
+    for key, value, setter in (("ciphers", policy.ciphers or INTERMEDIATE_CIPHERS, ctx.set_cipher_list),
+                               ("ciphersuites", policy.ciphersuites or INTERMEDIATE_CIPHERSUITES,
+                                ctx.set_tls13_ciphersuites)):
+        try:
+            setter(value.encode())
+        except SSL.Error as e:
+            raise ConfigError(cfg_path, f"tls.{key}", f"OpenSSL accepts no cipher in {value!r}: {e}") from None
+    # Idle connections (WebSocket tunnels) then cost no read/write buffers inside OpenSSL.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.set_session_id(SESSION_ID_CONTEXT)
+    ctx.set_timeout(policy.session_timeout)
+    ctx.set_alpn_select_callback(select_alpn)
+
+
+def new_context(policy: TlsPolicy, cfg_path: object = "") -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    apply_policy(ctx, policy, cfg_path)
+    return ctx
+
+
+class Front:
+    """The front context for one [tls] policy. `on_server_name` is whatever the current certificate
+    store says (swapped on reload); the context itself never changes."""
+
+    def __init__(self, policy: TlsPolicy, on_server_name: Callable[[SSL.Connection], None], cfg_path: object = ""):
+        self.policy = policy
+        self.on_server_name = on_server_name
+        self.context = new_context(policy, cfg_path)
+        self.context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        # Must be set before the context makes its first connection (pyOpenSSL freezes it then).
+        self.context.set_tlsext_servername_callback(lambda conn: self.on_server_name(conn))
