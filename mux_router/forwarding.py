@@ -2,8 +2,10 @@
 Pure functions; the server decides when to send them."""
 from __future__ import annotations
 
+import functools
 from http import HTTPStatus
 
+from frontgate.config import ErrorPage, HeaderRules
 from mux_router.http1 import RequestHead, ResponseHead
 
 # Hop-by-hop fields (RFC 9110 7.6.1) describe one connection, never the next one. Transfer-Encoding
@@ -12,8 +14,6 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
 # What a client may not remove by naming it in Connection: the fields that frame the message and
 # pick the host. Dropping one would make the backend see a different message than the router did.
 PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
-FORWARDED_FOR = b"x-forwarded-for"
-FORWARDED_PROTO = b"x-forwarded-proto"
 CRLF = b"\r\n"
 
 
@@ -34,37 +34,88 @@ def _end_to_end(headers, connection_tokens: frozenset[bytes], keep: frozenset[by
             yield name, value
 
 
+# Fields that say who the client is. Anyone can send them, so they are believed (and extended)
+# only from trusted_sources; from anyone else they are dropped and the router's own sent.
+FORWARDED_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
+                              b"forwarded"})
+NO_RULES = HeaderRules()
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(rules: HeaderRules) -> tuple[frozenset[bytes], list[bytes]]:
+    """(lower-case names to drop, field lines to add) for a rule set; computed once per config."""
+    skip = frozenset(n.encode() for n in rules.delete) | frozenset(n.lower().encode() for n, _ in rules.set)
+    return skip, [f"{n}: {v}".encode() for n, v in rules.set + rules.add]
+
+
+def _forwarded_node(ip: str) -> str:
+    # RFC 7239 6: IPv6 in brackets, and then the value must be a quoted-string.
+    return f'"[{ip}]"' if ":" in ip else ip
+
+
 def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, client_trusted: bool,
-                         keep_alive: bool = False) -> bytes:
+                         keep_alive: bool = False, forwarded_for: str = "append", forwarded: bool = False,
+                         rules: HeaderRules = NO_RULES) -> bytes:
     """The head sent to the backend: the client's request line and fields, hop-by-hop fields
-    replaced by ours, X-Forwarded-For (appended to the client's only when the client is trusted:
-    anyone else could forge it) and X-Forwarded-Proto (the listener's scheme)."""
+    replaced by ours, the app's header rules applied, and the forwarding fields: X-Forwarded-For
+    (appended to a trusted client's list in `append` mode, else just the client), X-Forwarded-Proto
+    (the listener's scheme), X-Forwarded-Host, X-Real-IP (this hop's view, whoever sent them
+    before) and, when `forwarded`, RFC 7239 Forwarded (appended like X-Forwarded-For)."""
     lines = [_start_line(head.raw)]
-    earlier_hops: list[bytes] = []
+    sent: dict[bytes, list[bytes]] = {}     # the forwarding fields the (trusted) client sent
     keep = frozenset({b"upgrade"}) if head.is_websocket_upgrade else frozenset()
+    skip, extra = _compiled(rules)
+    framed = False          # the framing field has been written, in its one canonical form
     for name, value in _end_to_end(head.headers, head.connection_tokens, keep):
         lname = name.lower()
-        if lname == FORWARDED_FOR:
+        if lname in FORWARDED_FIELDS:
             if client_trusted:
-                earlier_hops.append(value)
-        elif lname != FORWARDED_PROTO:
+                sent.setdefault(lname, []).append(value)
+        elif lname in FRAMING:
+            # RFC 9110 8.6 / 9112 6.1: one field saying exactly what the router framed the body
+            # by, so that the backend cannot read ",chunked" or "5, 5" another way.
+            if not framed:
+                lines.append(b"Transfer-Encoding: chunked" if head.chunked
+                             else b"Content-Length: " + str(head.content_length).encode())
+                framed = True
+        elif lname not in skip:
             lines.append(name + b": " + value)
+    lines += extra
     if head.is_websocket_upgrade:
         lines.append(b"Connection: Upgrade")
     else:
         lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
-    lines.append(b"X-Forwarded-For: " + b", ".join(earlier_hops + [client_ip.encode()]))
+    ip = client_ip.encode()
+    earlier = sent.get(b"x-forwarded-for", []) if forwarded_for == "append" else []
+    lines.append(b"X-Forwarded-For: " + b", ".join(earlier + [ip]))
     lines.append(b"X-Forwarded-Proto: " + scheme.encode())
+    if head.host_as_sent is not None:
+        lines.append(b"X-Forwarded-Host: " + head.host_as_sent.encode("latin-1"))
+    lines.append(b"X-Real-IP: " + ip)
+    if forwarded:
+        element = f"for={_forwarded_node(client_ip)};proto={scheme}"
+        if head.host_as_sent is not None:
+            element += f';host="{head.host_as_sent}"'
+        earlier = sent.get(b"forwarded", []) if forwarded_for == "append" else []
+        lines.append(b"Forwarded: " + b", ".join(earlier + [element.encode("latin-1")]))
     return CRLF.join(lines) + CRLF + CRLF
 
 
-def client_response_head(resp: ResponseHead, *, keep_alive: bool, client_version: str) -> bytes:
+def client_response_head(resp: ResponseHead, *, keep_alive: bool, client_version: str,
+                         rules: HeaderRules = NO_RULES) -> bytes:
     """The backend's response head as the client gets it: the backend's connection management
-    replaced by the router's (the two connections are independent)."""
+    replaced by the router's (the two connections are independent), the app's rules applied."""
     switching = resp.status == 101
     lines = [_start_line(resp.raw)]
     keep = frozenset({b"upgrade"}) if switching else frozenset()
-    lines += [name + b": " + value for name, value in _end_to_end(resp.headers, resp.connection_tokens, keep)]
+    fields = _end_to_end(resp.headers, resp.connection_tokens, keep)
+    if rules and not resp.informational:
+        skip, extra = _compiled(rules)
+        lines += [name + b": " + value for name, value in fields if name.lower() not in skip]
+        lines += extra
+    else:
+        lines += [name + b": " + value for name, value in fields]
     if switching:
         lines.append(b"Connection: Upgrade")
     elif not resp.informational:
@@ -76,18 +127,25 @@ def client_response_head(resp: ResponseHead, *, keep_alive: bool, client_version
 
 
 def simple_response(status: int, *, close: bool, location: str | None = None, detail: str = "",
-                    with_body: bool = True) -> bytes:
-    """The router's own small answers (errors and redirects): a short text body, always a
-    Content-Length, `Connection: close` when the router closes the connection after it."""
+                    with_body: bool = True, page: ErrorPage | None = None,
+                    retry_after: int | None = None) -> bytes:
+    """The router's own small answers (errors and redirects): a short text body (or the app's
+    error page for that status), always a Content-Length, `Retry-After` on a 503 when given,
+    `Connection: close` when the router closes the connection after it."""
     phrase = HTTPStatus(status).phrase
-    body = f"{status} {phrase}\n".encode()
-    if detail:
-        body += f"{detail}\n".encode("ascii", "replace")
+    if page is not None:
+        body, content_type = page.body, page.content_type.encode()
+    else:
+        body, content_type = f"{status} {phrase}\n".encode(), b"text/plain; charset=utf-8"
+        if detail:
+            body += f"{detail}\n".encode("ascii", "replace")
     lines = [f"HTTP/1.1 {status} {phrase}".encode(),
-             b"Content-Type: text/plain; charset=utf-8",
+             b"Content-Type: " + content_type,
              b"Content-Length: " + str(len(body)).encode()]
     if status >= 400:
         lines.append(b"Cache-Control: no-store")     # an error now says nothing about later
+    if status == 503 and retry_after is not None:
+        lines.append(b"Retry-After: " + str(retry_after).encode())
     if location is not None:
         lines.append(b"Location: " + location.encode("latin-1"))
     if close:

@@ -52,6 +52,7 @@ _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.
 _HTTP_VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _STATUS_LINE_RE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
 _SUPPORTED_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+_LOOKALIKE_TARGETS = frozenset({b"transfer-encoding", b"content-length", b"host"})
 # Host = uri-host [ ":" port ]; uri-host is an IP literal in brackets or a reg-name / IPv4.
 _HOST_RE = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]*))?")
 _ABSOLUTE_RE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
@@ -337,6 +338,11 @@ class RequestHeadParser(_HeadParser):
             path_and_query = path_and_query or b"/"
         path = path_and_query.partition(b"?")[0]
 
+        for name in by_name:
+            # CGI/WSGI map '_' and '-' to the same variable: 'Transfer_Encoding' would frame the
+            # message for such a backend although the router ignored it.
+            if b"_" in name and name.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
+                raise HttpError(400, f"{name.decode()} looks like a framing header")
         transfer_encoding = by_name.get(b"transfer-encoding", [])
         content_lengths = by_name.get(b"content-length", [])
         chunked = False

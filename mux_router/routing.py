@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 from frontgate.config import App, Network, RedirectRule
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Headers = tuple[tuple[bytes, bytes], ...]
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -41,15 +42,52 @@ def any_host_matches(patterns: Iterable[str], host: str | None) -> bool:
     return host is not None and any(host_matches(p, host) for p in patterns)
 
 
-def select_app(apps: Sequence[App], host: str | None, path: str) -> App | None:
-    """The first app in file order whose hosts match and whose path_prefix starts the path."""
-    if host is None:
-        return None
-    host = host.lower()
+def app_matches(app: App, host: str | None, path: str, headers: Headers = ()) -> bool:
+    """Host (exact, `*.suffix` or regex), path (prefix, and regex if set) and header conditions
+    all hold."""
+    if not path.startswith(app.path_prefix):
+        return False
+    if app.hosts or app.host_regex is not None:
+        if host is None:
+            return False
+        if not (any_host_matches(app.hosts, host)
+                or (app.host_regex is not None and app.host_regex.fullmatch(host))):
+            return False
+    if app.path_regex is not None and not app.path_regex.search(path):
+        return False
+    if app.header is not None:
+        wanted = app.header.name.encode()
+        if not any(n.lower() == wanted and app.header.regex.search(v.decode("latin-1")) for n, v in headers):
+            return False
+    return True
+
+
+def select_app(apps: Sequence[App], host: str | None, path: str, headers: Headers = ()) -> App | None:
+    """The first app in file order whose conditions match; else the default app, if any (a
+    default app without host conditions is only that fallback, wherever it is in the file)."""
+    if host is not None:
+        host = host.lower()
+    default = None
     for app in apps:
-        if path.startswith(app.path_prefix) and any_host_matches(app.hosts, host):
+        if app.default:
+            default = app
+            if not app.hosts and app.host_regex is None:
+                continue
+        if app_matches(app, host, path, headers):
             return app
-    return None
+    return default
+
+
+def acl_allows(app: App, client_ip: IPAddress | None, path: str) -> bool:
+    """The first of the app's ACLs whose path_prefix starts the path decides: denied when the
+    source is in `deny`, or `allow` is set and the source is not in it. No ACL: allowed. A unix
+    socket peer (no IP) is judged like any other: it is in no CIDR."""
+    for acl in app.acls:
+        if path.startswith(acl.path_prefix):
+            if ip_in(client_ip, acl.deny):
+                return False
+            return not acl.allow or ip_in(client_ip, acl.allow)
+    return True
 
 
 def find_redirect(rules: Sequence[RedirectRule], *, listener: str, client_ip: IPAddress | None,

@@ -5,13 +5,16 @@ balancer: server order, forwarding: the heads we write); this module moves bytes
 with backpressure (every write is followed by a bounded drain) and never holds a whole body.
 
 A client connection is a loop of requests. Each request is routed on its own, so two requests on
-one keep-alive connection may go to two apps. A backend connection lives for one request for now
-(`Connection: close`); BackendConnector is where a pool will go.
+one keep-alive connection may go to two apps. Backend connections are kept alive and pooled per
+server (BackendPool); per-server slots (ServerSlot) count requests in flight for maxconn, the
+queue and leastconn, and refused connects for passive health.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -25,10 +28,10 @@ from frontgate import proxy_protocol
 from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, Server, load_router_config
 from frontgate.health_state import StateFollower
 from mux_router import forwarding
-from mux_router.balancer import RoundRobin
+from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
-from mux_router.routing import find_redirect, ip_in, parse_ip, select_app
+from mux_router.routing import acl_allows, find_redirect, ip_in, parse_ip, select_app
 
 log = logging.getLogger("mux-router")
 
@@ -39,6 +42,11 @@ LINGER_TIME = 2.0              # reading (and dropping) a client's unread input 
 LINGER_BYTES = 256 * 1024      # ... so that the kernel does not RST away our error response
 HALF_CLOSED_GRACE = 10.0       # a tunnel with one side closed waits at most this for the other
 UPLOAD_FINISH_WAIT = 2.0       # response sent, request body still arriving: how long to wait for it
+MAX_SERVER_WAITS = 100000     # bound on server-timeout periods spent waiting for a slow upload
+POOL_MAX_IDLE = 64             # idle kept-alive connections per backend server
+MAX_QUEUE = 4096               # requests waiting for a server slot, per app; more: 503 at once
+PASSIVE_RETRY = 10.0           # a passively marked-down server is tried again after this when no
+                               # fresh checker state can bring it back
 
 
 class ClientGone(Exception):
@@ -56,19 +64,39 @@ class BackendConnection:
     server: Server
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    reused: bool = False
+    idle_since: float = 0.0
 
     def abort(self) -> None:
         self.writer.transport.abort()
 
+    def usable(self) -> bool:
+        """Still open, and the server has sent nothing since its last response (an idle server
+        that sends something is closing, or broken)."""
+        return not (self.writer.transport.is_closing() or self.reader.at_eof() or self.reader._buffer)
 
-class BackendConnector:
-    """Opens connections to backend servers. The connection pool slots in here: `acquire` would
-    hand out an idle kept-alive connection and `release(conn, reusable=True)` would take it back;
-    `keeps_alive` then becomes True and requests are sent with `Connection: keep-alive`."""
 
-    keeps_alive = False
+class BackendPool:
+    """Connections to backend servers, kept alive between requests: `acquire` hands out the most
+    recently used idle connection to that server (or opens one), `release(conn, reusable=True)`
+    takes a connection back after a complete response. Idle connections older than
+    timeouts.keep_alive, or that the server closed meanwhile, are dropped."""
 
-    async def acquire(self, server: Server, timeout: float) -> BackendConnection:
+    keeps_alive = True
+
+    def __init__(self, idle_timeout: float):
+        self.idle_timeout = idle_timeout
+        self._idle: dict[Address, list[BackendConnection]] = {}
+
+    async def acquire(self, server: Server, timeout: float, fresh: bool = False) -> BackendConnection:
+        idle = self._idle.get(server.address)
+        now = time.monotonic()
+        while idle and not fresh:
+            conn = idle.pop()
+            if conn.usable() and now - conn.idle_since < self.idle_timeout:
+                conn.reused = True
+                return conn
+            conn.abort()
         address = server.address
         async with asyncio.timeout(timeout):
             if address.is_unix:
@@ -81,9 +109,61 @@ class BackendConnector:
         return BackendConnection(server, reader, writer)
 
     def release(self, conn: BackendConnection, reusable: bool = False) -> None:
-        """Done with a connection. `reusable`: its response was complete and it may carry another
-        request (ignored until there is a pool). Callers abort() a broken connection first."""
-        conn.writer.close()
+        """Done with a connection. `reusable`: its response was complete, the server keeps it open
+        and nothing of the request is still on its way. Callers abort() a broken connection."""
+        if not reusable or not conn.usable():
+            conn.writer.close()
+            return
+        idle = self._idle.setdefault(conn.server.address, [])
+        if len(idle) >= POOL_MAX_IDLE:
+            idle.pop(0).writer.close()      # the oldest goes
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    def sweep(self) -> None:
+        """Close idle connections past the idle timeout (called periodically)."""
+        limit = time.monotonic() - self.idle_timeout
+        for address, idle in list(self._idle.items()):
+            keep = [c for c in idle if c.idle_since > limit and c.usable()]
+            for c in idle:
+                if c not in keep:
+                    c.writer.close()
+            if keep:
+                self._idle[address] = keep
+            else:
+                del self._idle[address]
+
+    def close_all(self) -> None:
+        for idle in self._idle.values():
+            for c in idle:
+                c.writer.close()
+        self._idle.clear()
+
+    def idle_count(self, address: Address) -> int:
+        return len(self._idle.get(address, ()))
+
+
+class ServerSlot:
+    """What the router itself knows about one server of one app: requests in flight (maxconn,
+    leastconn) and refused connects in a row (passive health)."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.active = 0
+        self.refused_in_row = 0
+        self.down_since: float | None = None       # wall clock: compared with the checker's writes
+
+    @property
+    def full(self) -> bool:
+        return self.server.maxconn > 0 and self.active >= self.server.maxconn
+
+
+_STALE = object()       # Exchange._exchange: the reused connection was already closed
+_NO_RESPONSE = "backend closed the connection without a response"
+
+
+class QueueFull(Exception):
+    """No server slot within timeouts.queue (or the queue is at its length limit): 503."""
 
 
 # --------------------------------------------------------------------------- the router
@@ -92,8 +172,11 @@ class Router:
     def __init__(self, config: RouterConfig):
         self.config = config
         self.health = StateFollower(config.state_file, config.state_stale_after)
-        self.balancers = {app.name: RoundRobin(app.servers) for app in config.apps}
-        self.backends = BackendConnector()
+        self.slots: dict[str, ServerSlot] = {}
+        self.balancers: dict[str, RoundRobin | LeastConn | Hashed] = {}
+        self.queues: dict[str, collections.deque] = {}
+        self._set_apps(config.apps)
+        self.backends = BackendPool(config.timeouts.keep_alive)
         self.listeners: dict[Address, Listener] = {}     # by address: a reload may rename or retune
         self.servers: dict[Address, asyncio.Server] = {}
         self.connections: set[ClientConnection] = set()
@@ -146,6 +229,7 @@ class Router:
             await asyncio.sleep(STATE_REFRESH_INTERVAL)
             try:
                 self.health.refresh()
+                self.backends.sweep()
             except Exception:   # never let a bad file stop the follower; StateFollower logs its own
                 log.exception("health state refresh failed")
 
@@ -167,6 +251,7 @@ class Router:
             if pending:
                 log.warning("stopping: %d connections cut after the %gs grace", len(pending), grace)
                 await asyncio.wait(pending, timeout=1)
+        self.backends.close_all()
         for address in self.listeners:
             if address.is_unix:
                 with contextlib.suppress(OSError):
@@ -199,11 +284,8 @@ class Router:
                     self.servers.pop(address).close()
             self.servers.update(added)
             self.listeners = by_address
-            # Round-robin positions survive for apps whose servers did not change.
-            self.balancers = {app.name: (self.balancers[app.name]
-                                         if app.name in self.balancers
-                                         and self.balancers[app.name].servers == app.servers
-                                         else RoundRobin(app.servers)) for app in new.apps}
+            self._set_apps(new.apps)
+            self.backends.idle_timeout = new.timeouts.keep_alive
             if (new.state_file, new.state_stale_after) != (self.config.state_file, self.config.state_stale_after):
                 self.health = StateFollower(new.state_file, new.state_stale_after)
                 self.health.refresh()
@@ -213,9 +295,118 @@ class Router:
 
     # ---- helpers for connections
 
-    def server_order(self, app: App) -> list[Server]:
+    def _set_apps(self, apps) -> None:
+        """Balancers and slots for the apps; those of unchanged apps and servers survive a reload
+        (round-robin positions, counts of requests in flight, passive down marks)."""
+        slots = {}
+        for app in apps:
+            for server in app.servers:
+                key = app.server_key(server)
+                slot = self.slots.get(key) or ServerSlot(server)
+                slot.server = server
+                slots[key] = slot
+        self.slots = slots
+        kinds = {"roundrobin": RoundRobin, "leastconn": LeastConn, "source": Hashed, "uri": Hashed}
+        balancers = {}
+        for app in apps:
+            old = self.balancers.get(app.name)
+            if old is not None and old.servers == app.servers and type(old) is kinds[app.balance]:
+                balancers[app.name] = old
+            elif app.balance == "leastconn":
+                balancers[app.name] = LeastConn(app.servers, lambda s, app=app: self.slots[app.server_key(s)].active)
+            else:
+                balancers[app.name] = kinds[app.balance](app.servers)
+        self.balancers = balancers
+        self.queues = {app.name: self.queues.get(app.name, collections.deque()) for app in apps}
+
+    def server_order(self, app: App, hash_key: bytes = b"") -> list[Server]:
         balancer = self.balancers[app.name]
-        return balancer.order(lambda s: self.health.is_down(app.server_key(s)))
+        is_down = lambda s: self.is_down(app, s)       # noqa: E731
+        if isinstance(balancer, Hashed):
+            return balancer.order(hash_key, is_down)
+        return balancer.order(is_down)
+
+    def is_down(self, app: App, server: Server) -> bool:
+        key = app.server_key(server)
+        slot = self.slots.get(key)
+        if slot is not None and slot.down_since is not None and self._still_passively_down(key, slot):
+            return True
+        return self.health.is_down(key)
+
+    def _still_passively_down(self, key: str, slot: ServerSlot) -> bool:
+        """A server marked down for refusing connects comes back when the checker has seen it up
+        since (its `since` is later), or after PASSIVE_RETRY when the checker does not say down
+        (no checker running, or it never noticed the outage)."""
+        state = self.health.state
+        now = time.time()
+        entry = None
+        if state is not None and now - state.written_at <= self.config.state_stale_after:
+            entry = state.servers.get(key)
+        if entry is not None and entry.state != "up":
+            return True
+        if (entry is not None and entry.since > slot.down_since) or now - slot.down_since >= PASSIVE_RETRY:
+            log.info("%s: back in service after being marked down for refused connects", key)
+            slot.down_since, slot.refused_in_row = None, 0
+            return False
+        return True
+
+    def connect_failed(self, app: App, slot: ServerSlot, refused: bool) -> None:
+        if not refused or app.passive_fall == 0:
+            return
+        slot.refused_in_row += 1
+        if slot.refused_in_row >= app.passive_fall and slot.down_since is None:
+            slot.down_since = time.time()
+            log.warning("%s: marked down after %d refused connects in a row", app.server_key(slot.server),
+                        slot.refused_in_row)
+
+    # ---- server slots: maxconn and the queue
+
+    def _claim(self, app: App, servers: list[Server]) -> ServerSlot | None:
+        for server in servers:
+            slot = self.slots[app.server_key(server)]
+            if not slot.full:
+                slot.active += 1
+                return slot
+        return None
+
+    async def take_slot(self, app: App, servers: list[Server], timeout: float) -> ServerSlot:
+        """A slot on the first of `servers` below its maxconn; else wait in the app's queue (FIFO)
+        for one to be handed over, at most `timeout` seconds. QueueFull when none came."""
+        slot = self._claim(app, servers)
+        if slot is not None:
+            return slot
+        queue = self.queues[app.name]
+        if len(queue) >= MAX_QUEUE:
+            raise QueueFull("queue full")
+        future = asyncio.get_running_loop().create_future()
+        waiter = (future, frozenset(servers))
+        queue.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except BaseException as e:
+            if future.done() and not future.cancelled():
+                self.release_slot(app, future.result())     # handed over as we gave up: pass it on
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+            if isinstance(e, TimeoutError):
+                raise QueueFull("queue timeout") from None
+            raise
+
+    def release_slot(self, app: App, slot: ServerSlot) -> None:
+        """The request is done with the server: hand the slot to the first waiter that can use
+        this server, else free it."""
+        queue = self.queues.get(app.name)
+        if queue:
+            for waiter in queue:
+                future, servers = waiter
+                if slot.server in servers and not future.done():
+                    queue.remove(waiter)
+                    future.set_result(slot)
+                    return
+        slot.active -= 1
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -315,9 +506,9 @@ class ClientConnection:
         received = bool(data)
         self.request_started = time.monotonic()
         # The first request must start within http_request, a later one within the keep-alive
-        # idle time (client); once its first byte is in, the whole head within http_request.
+        # idle time; once its first byte is in, the whole head within http_request.
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeouts.http_request if received or self.requests == 0 else timeouts.client)
+        deadline = loop.time() + (timeouts.http_request if received or self.requests == 0 else timeouts.keep_alive)
         self.idle = not received
         while True:
             if data:
@@ -345,11 +536,12 @@ class ClientConnection:
             head = await self._read_head()
         except HttpError as e:
             sent = await self._answer_and_close(e.status, e.reason)
-            self._log(self.request_started, None, e.status, sent, "<BADREQ>", note=e.reason)
+            self._log(self.request_started, None, e.status, sent, "<BADREQ>", note=e.reason, termination="PR")
             return False
         except TimeoutError:
             sent = await self._answer_and_close(408)
-            self._log(self.request_started, None, 408, sent, "<BADREQ>", note="request head timeout")
+            self._log(self.request_started, None, 408, sent, "<BADREQ>", note="request head timeout",
+                      termination="cR")
             return False
         if head is None:
             return False
@@ -371,9 +563,9 @@ class ClientConnection:
             raise ClientGone(str(e)) from None
 
     async def answer(self, status: int, *, close: bool, method: str = "GET", detail: str = "",
-                     location: str | None = None) -> int:
+                     location: str | None = None, page=None, retry_after: int | None = None) -> int:
         data = forwarding.simple_response(status, close=close, detail=detail, location=location,
-                                          with_body=method != "HEAD")
+                                          with_body=method != "HEAD", page=page, retry_after=retry_after)
         await self.send(data)
         return len(data)
 
@@ -402,11 +594,38 @@ class ClientConnection:
                     dropped += len(data)
 
     def _log(self, started: float, route: str | None, status: int, sent: int, request_line: str,
-             note: str = "") -> None:
+             note: str = "", termination: str = "--") -> None:
+        """A request that never became an Exchange (bad or timed-out head)."""
         ms = (time.monotonic() - started) * 1000
+        self._write_log(started, route, status, sent, request_line, note, termination, ms, -1, -1, -1, ms, 0)
+
+    def log_request(self, ex: "Exchange") -> None:
+        total = (time.monotonic() - ex.started) * 1000
+        self._write_log(ex.started, ex.route, ex.status, ex.sent, ex.head.request_line, ex.note,
+                        ex.termination, ex.t_head, ex.t_queue, ex.t_connect, ex.t_response, total, ex.retries)
+
+    def _write_log(self, started: float, route: str | None, status: int, sent: int, request_line: str,
+                   note: str, termination: str, tq: float, tw: float, tc: float, tr: float, tt: float,
+                   retries: int) -> None:
         ip, port = self.client
-        access_log(f"{ip}:{port} {self.listener.name} {route or '-'} {status} {sent} {ms:.0f}ms "
-                   f"\"{request_line}\"" + (f" ({note})" if note else ""))
+        accepted = time.time() - (time.monotonic() - started)
+        backend, _, server = (route or "-/-").partition("/")
+        if self.router.config.access_log_format == "json":
+            access_log(json.dumps({
+                "client_ip": ip, "client_port": port,
+                "accept_date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(accepted)) + f".{int(accepted * 1000) % 1000:03d}Z",
+                "frontend": self.listener.name, "backend": backend, "server": server or "-",
+                "Tq": round(tq), "Tw": round(tw), "Tc": round(tc), "Tr": round(tr), "Tt": round(tt),
+                "status": status, "bytes": sent, "termination_state": termination, "retries": retries,
+                "request": request_line, "note": note}, separators=(",", ":")))
+            return
+        # HAProxy's httplog: client [accept date] frontend backend/server Tq/Tw/Tc/Tr/Tt status
+        # bytes - - termination actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue "request"
+        date = time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(accepted)) + f".{int(accepted * 1000) % 1000:03d}"
+        actconn = len(self.router.connections)
+        access_log(f"{ip}:{port} [{date}] {self.listener.name} {backend}/{server or '-'} "
+                   f"{tq:.0f}/{tw:.0f}/{tc:.0f}/{tr:.0f}/{tt:.0f} {status} {sent} - - {termination} "
+                   f"{actconn}/{actconn}/0/0/{retries} 0/0 \"{request_line}\"" + (f" ({note})" if note else ""))
 
 
 # --------------------------------------------------------------------------- one request/response
@@ -420,6 +639,7 @@ class Exchange:
         self.config = conn.router.config       # one config for the whole request, even across a reload
         self.head = head
         self.started = started
+        self.app: App | None = None
         self.route: str | None = None
         self.status = 0
         self.sent = 0
@@ -427,21 +647,37 @@ class Exchange:
         self.body_done = not head.has_body     # the request body has been read to its end
         self.upload: asyncio.Task | None = None
         self.response_complete = False         # the backend's response was read to its end
+        self.backend_reusable = False          # ... and the backend connection may carry another
+        self.retries = 0
+        # HAProxy httplog timers (ms; -1 = that phase was not reached) and termination state.
+        self.t_head = (time.monotonic() - started) * 1000
+        self.t_queue = self.t_connect = self.t_response = -1.0
+        self.termination = "--"
 
     def log(self) -> None:
-        self.conn._log(self.started, self.route, self.status, self.sent, self.head.request_line, self.note)
+        self.conn.log_request(self)
 
     def _keep_alive(self) -> bool:
         return self.head.keep_alive and self.body_done and not self.router.stopping
 
-    async def _answer(self, status: int, detail: str = "", location: str | None = None) -> bool:
+    async def _answer(self, status: int, detail: str = "", location: str | None = None,
+                      termination: str | None = None) -> bool:
         """The router's own answer instead of a backend's. Returns whether the connection stays."""
         keep = self._keep_alive()
         self.status = status
         self.note = self.note or detail
+        if termination is not None:
+            self.termination = termination
+        pages = self.app.error_pages if self.app is not None else {}
+        page = pages.get(status) or self.config.error_pages.get(status)
         self.sent += await self.conn.answer(status, close=not keep, method=self.head.method,
-                                            detail=detail if status >= 400 else "", location=location)
+                                            detail=detail if status >= 400 else "", location=location,
+                                            page=page, retry_after=self.config.retry_after)
         if not keep:
+            if self.upload is not None and not self.upload.done():
+                # The answer ends the exchange: stop forwarding the body; linger drops the rest.
+                self.upload.cancel()
+                await asyncio.gather(self.upload, return_exceptions=True)
             await self.conn.linger()
         return keep
 
@@ -452,56 +688,125 @@ class Exchange:
         if redirect is not None:
             code, location = redirect
             self.route = "<redirect>"
-            return await self._answer(code, location=location)
-        app = select_app(cfg.apps, head.host, head.path)
+            return await self._answer(code, location=location, termination="LR")
+        app = select_app(cfg.apps, head.host, head.path, head.headers)
         if app is None:
-            return await self._answer(404, "no app serves this host and path")
+            return await self._answer(404, "no app serves this host and path", termination="PR")
+        self.app = app
         self.route = f"{app.name}/-"
-        servers = self.router.server_order(app)
+        if not acl_allows(app, conn.peer_ip, head.path):
+            return await self._answer(403, "denied by the app's access rules", termination="PR")
+        if app.max_body and (head.content_length or 0) > app.max_body:
+            return await self._answer(413, f"the body is larger than {app.max_body} bytes", termination="PR")
+        servers = self.router.server_order(app, self._hash_key(app))
         if not servers:
-            return await self._answer(503, f"no server of {app.name} is up")
-        backend = await self._connect(app, servers[:app.retries + 1])
-        if backend is None:
+            return await self._answer(503, f"no server of {app.name} is up", termination="SC")
+        queued = time.monotonic()
+        try:
+            slot = await self.router.take_slot(app, servers, cfg.timeouts.queue)
+        except QueueFull as e:
+            self.t_queue = (time.monotonic() - queued) * 1000
+            return await self._answer(503, f"no free server slot for {app.name} ({e})", termination="sQ")
+        self.t_queue = (time.monotonic() - queued) * 1000
+        try:
+            return await self._run_on(app, servers, slot)
+        finally:
+            self.router.release_slot(app, self.slot)
+
+    def _hash_key(self, app: App) -> bytes:
+        if app.balance == "source":
+            ip = self.conn.peer_ip
+            return ip.packed if ip is not None else b""
+        if app.balance == "uri":
+            return self.head.path.encode()
+        return b""
+
+    async def _run_on(self, app: App, servers: list[Server], slot: ServerSlot) -> bool:
+        self.slot = slot
+        backend = await self._connect(app, servers)
+        if backend is None:       # _connect set the termination state (timeout or refused)
             return await self._answer(502, f"no server of {app.name} answered")
         self.route = f"{app.name}/{backend.server.address}"
         try:
-            return await self._exchange(backend)
+            result = await self._exchange(backend)
+            if result is _STALE:
+                # A pooled connection the server had closed meanwhile, and nothing of this
+                # request can have been processed (no body, no response byte): once more, fresh.
+                backend.abort()
+                backend = await self._connect(app, [backend.server], fresh=True)
+                if backend is None:
+                    return await self._answer(502, f"no server of {app.name} answered", termination="SC")
+                result = await self._exchange(backend)
+                if result is _STALE:
+                    return await self._backend_error(502, "backend closed the connection without a response")
+            return result
         finally:
             if self.upload is not None:
                 self.upload.cancel()
                 await asyncio.gather(self.upload, return_exceptions=True)   # collects its error too
             if not self.response_complete:
                 backend.abort()         # mid-message: the connection is good for nothing else
-            self.router.backends.release(backend, reusable=self.response_complete)
+            self.router.backends.release(backend, reusable=self.backend_reusable)
 
-    async def _connect(self, app: App, servers: list[Server]) -> BackendConnection | None:
+    async def _connect(self, app: App, servers: list[Server], fresh: bool = False) -> BackendConnection | None:
+        """A connection to the slot's server; on failure up to app.retries more attempts, each on
+        the next server (redispatch) or the same one. Only connects are retried: nothing of the
+        request has been sent yet."""
         timeout = self.config.timeouts.connect
-        for server in servers:
+        started = time.monotonic()
+        tried: list[Server] = []
+        for attempt in range(app.retries + 1):
+            server = self.slot.server
+            tried.append(server)
             try:
-                return await self.router.backends.acquire(server, timeout)
+                conn = await self.router.backends.acquire(server, timeout, fresh=fresh)
+                self.slot.refused_in_row = 0
+                self.t_connect = (time.monotonic() - started) * 1000
+                return conn
             except (OSError, TimeoutError) as e:
                 reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
                 log.warning("%s/%s: connect failed: %s", app.name, server.address, reason)
+                self.router.connect_failed(app, self.slot, refused=isinstance(e, ConnectionRefusedError))
+                self.termination = "sC" if isinstance(e, TimeoutError) else "SC"
+            if attempt == app.retries:
+                break
+            self.retries += 1
+            others = [s for s in servers if s not in tried and not self.router.is_down(app, s)]
+            if app.redispatch and others:
+                slot = self.router._claim(app, others)
+                if slot is None:
+                    continue                  # every other server is full: the same one again
+                self.router.release_slot(app, self.slot)
+                self.slot = slot
+        self.t_connect = (time.monotonic() - started) * 1000
         return None
 
     # ---- talking to the backend
 
-    async def _exchange(self, backend: BackendConnection) -> bool:
-        head, conn = self.head, self.conn
+    async def _exchange(self, backend: BackendConnection):
+        """True/False: whether the client connection stays; _STALE: a reused backend connection
+        turned out closed before anything happened on it."""
+        head, conn, app = self.head, self.conn, self.app
+        cfg = self.config
         backend.writer.write(forwarding.backend_request_head(
             head, client_ip=conn.client[0], scheme=conn.listener.scheme,
-            client_trusted=ip_in(conn.peer_ip, self.config.trusted_sources),
-            keep_alive=self.router.backends.keeps_alive))
+            client_trusted=ip_in(conn.peer_ip, cfg.trusted_sources),
+            keep_alive=self.router.backends.keeps_alive and not head.is_websocket_upgrade,
+            forwarded_for=cfg.forwarded_for, forwarded=cfg.forwarded, rules=app.request_headers))
         if head.has_body:
             self.upload = asyncio.create_task(self._upload_body(backend))
+        sent_at = time.monotonic()
         try:
             resp, rest = await self._response_head(backend)
         except HttpError as e:
-            return await self._backend_error(502, e.reason)
+            return await self._backend_error(502, e.reason, "SH")
         except TimeoutError:
-            return await self._backend_error(504, "backend response timeout")
+            return await self._backend_error(504, "backend response timeout", "sH")
         except BackendFailed as e:
-            return await self._backend_error(502, str(e))
+            if backend.reused and not head.has_body and not self.sent and str(e) == _NO_RESPONSE:
+                return _STALE
+            return await self._backend_error(502, str(e), "SH")
+        self.t_response = (time.monotonic() - sent_at) * 1000
 
         if resp.status == 101:
             return await self._tunnel(backend, resp, rest)
@@ -509,15 +814,23 @@ class Exchange:
         # the connection stays is settled once it is in, so only what is known now says close.
         keep = head.keep_alive and resp.body != CLOSE and not self.router.stopping
         self.status = resp.status
-        await self._send(forwarding.client_response_head(resp, keep_alive=keep, client_version=head.version))
+        await self._send(forwarding.client_response_head(resp, keep_alive=keep, client_version=head.version,
+                                                         rules=app.response_headers))
         try:
             await self._response_body(backend, resp, rest)
         except BackendFailed as e:
             self.note = f"response cut: {e}"
+            self.termination = "SD"
             return False
+        except ClientGone:
+            self.termination = "CD"
+            raise
         self.response_complete = True
         if self.upload is not None and not self.upload.done():
             await asyncio.wait({self.upload}, timeout=UPLOAD_FINISH_WAIT)
+        upload_ok = self.upload is None or (self.upload.done() and not self.upload.cancelled()
+                                            and self.upload.exception() is None)
+        self.backend_reusable = resp.keep_alive and upload_ok and self.body_done
         if not self.body_done:
             # Unread body bytes would be taken for the next request: close instead.
             self.note = self.note or "response before the end of the request body"
@@ -525,7 +838,7 @@ class Exchange:
             return False
         return keep and not self.router.stopping
 
-    async def _backend_error(self, status: int, reason: str) -> bool:
+    async def _backend_error(self, status: int, reason: str, termination: str = "SH") -> bool:
         """No response head from the backend: answer ourselves, unless the request upload failed
         first (then that failure is the story)."""
         upload_error = None
@@ -533,20 +846,27 @@ class Exchange:
             upload_error = self.upload.exception()
         if isinstance(upload_error, HttpError):
             self.note = f"bad request body: {upload_error.reason}"
-            await self._answer(upload_error.status, upload_error.reason)
+            await self._answer(upload_error.status, upload_error.reason, termination="PD")
             return False
         if isinstance(upload_error, ClientGone):
-            self.status, self.note = 499, "client went away during the request body"
+            self.status, self.note, self.termination = 499, "client went away during the request body", "CD"
             return False
         log.warning("%s: %s", self.route, reason)
-        return await self._answer(status, reason)
+        return await self._answer(status, reason, termination=termination)
 
     async def _read_backend(self, backend: BackendConnection) -> bytes:
-        try:
-            async with asyncio.timeout(self.config.timeouts.server):
-                return await backend.reader.read(READ_SIZE)
-        except ConnectionError as e:
-            raise BackendFailed(f"read failed: {e}") from None
+        for _ in range(MAX_SERVER_WAITS):
+            try:
+                async with asyncio.timeout(self.config.timeouts.server):
+                    return await backend.reader.read(READ_SIZE)
+            except ConnectionError as e:
+                raise BackendFailed(f"read failed: {e}") from None
+            except TimeoutError:
+                # While the client is still sending the body, its pace (timeouts.client) is what
+                # the server waits for: that is not the server's inactivity.
+                if self.upload is None or self.upload.done():
+                    raise
+        raise TimeoutError
 
     async def _response_head(self, backend: BackendConnection) -> tuple[ResponseHead, bytes]:
         """The final response head (or a 101); interim 1xx responses (100 Continue, 103 Early
@@ -557,7 +877,7 @@ class Exchange:
             while (resp := parser.feed(data)) is None:
                 data = await self._read_backend(backend)
                 if not data:
-                    raise BackendFailed("backend closed the connection without a response")
+                    raise BackendFailed(_NO_RESPONSE)
             data = parser.leftover
             if resp.informational and resp.status != 101:
                 await self._send(forwarding.client_response_head(resp, keep_alive=True,
@@ -656,9 +976,12 @@ class Exchange:
 
     async def _upload_chunked(self, backend: BackendConnection) -> None:
         decoder = ChunkedDecoder(error_status=400)
+        limit = self.app.max_body
         while not decoder.done:
             data = await self._client_data()
             _, used = decoder.feed(data)
+            if limit and decoder.body_bytes > limit:
+                raise HttpError(413, f"the body is larger than {limit} bytes")
             if used < len(data):
                 self.conn.buf = bytearray(data[used:])
             await self._to_backend(backend, data[:used])

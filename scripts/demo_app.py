@@ -257,6 +257,7 @@ class DemoApp:
     def __init__(self, name: str, port: int, websocket_path: str | None, quiet: bool):
         self.name, self.port, self.websocket_path, self.quiet = name, port, websocket_path, quiet
         self.connections: set[asyncio.Task] = set()
+        self.idle: set[asyncio.Task] = set()      # waiting for a next request: closed at once on stop
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -271,17 +272,23 @@ class DemoApp:
             await self.serve_connection(reader, writer, peer_text)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass                       # the client went away, was too slow or sent an endless line
+        except asyncio.CancelledError:
+            pass                       # stopping: an idle keep-alive connection, or past the grace
         finally:
+            self.idle.discard(task)
             self.connections.discard(task)
             writer.close()
 
     async def serve_connection(self, reader, writer, peer: str) -> None:
         while True:
             # Wait for the first byte of a request (idle keep-alive), then for the whole head.
+            self.idle.add(asyncio.current_task())
             try:
                 first = await asyncio.wait_for(reader.read(1), IDLE_TIMEOUT)
             except TimeoutError:
                 return
+            finally:
+                self.idle.discard(asyncio.current_task())
             if not first:
                 return
             try:
@@ -451,6 +458,8 @@ class DemoApp:
         self.log(f"listening on {host}:{self.port}{ws}")
         await stop.wait()
         server.close()
+        for task in list(self.idle):       # a proxy's pooled keep-alive connections, say
+            task.cancel()
         if self.connections:
             _, pending = await asyncio.wait(list(self.connections), timeout=SHUTDOWN_GRACE)
             for task in pending:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 
 from frontgate.config import Address, Server
-from mux_router.balancer import RoundRobin
+from mux_router.balancer import Hashed, LeastConn, RoundRobin
 
 
 def servers(*weights):
@@ -38,3 +38,33 @@ def test_down_and_zero_weight_servers_are_skipped():
     # Back up: both share the traffic again.
     assert Counter(names(rr.order())[0] for _ in range(10)) == {0: 5, 1: 5}
     assert RoundRobin(servers(0)).order() == []
+
+
+def test_leastconn_prefers_the_least_loaded_and_rotates_ties():
+    s = servers(1, 1, 2)
+    active = {a.address.port: 0 for a in s}
+    lc = LeastConn(s, lambda x: active[x.address.port])
+    assert Counter(names(lc.order())[0] for _ in range(6)) == {0: 2, 1: 2, 2: 2}     # idle: rotate
+    active.update({1000: 3, 1001: 1, 1002: 4})                  # per weight: 3, 1, 2
+    assert names(lc.order()) == [1, 2, 0]
+    assert names(lc.order(lambda x: x.address.port == 1001)) == [2, 0]
+
+
+def test_hash_is_stable_and_only_a_down_servers_keys_move():
+    s = servers(1, 1, 1, 1)
+    h = Hashed(s)
+    keys = [f"10.0.0.{i}".encode() for i in range(400)]
+    first = {k: names(h.order(k))[0] for k in keys}
+    assert first == {k: names(h.order(k))[0] for k in keys}      # same key, same server
+    assert all(60 < n < 140 for n in Counter(first.values()).values())   # spread
+    down = {s[2]}
+    moved = {k: names(h.order(k, lambda x: x in down))[0] for k in keys}
+    assert all(moved[k] == first[k] for k in keys if first[k] != 2)   # only server 2's keys moved
+    assert all(moved[k] != 2 for k in keys)
+    assert {k: names(h.order(k))[0] for k in keys} == first       # back up: back to the same server
+
+
+def test_hash_weights():
+    h = Hashed(servers(3, 1))
+    counts = Counter(names(h.order(str(i).encode()))[0] for i in range(2000))
+    assert 1350 < counts[0] < 1650

@@ -1,6 +1,7 @@
 """mux_router.forwarding: the heads the router sends on."""
 from __future__ import annotations
 
+from frontgate.config import ErrorPage, HeaderRules
 from mux_router.forwarding import backend_request_head, client_response_head, simple_response
 from mux_router.http1 import parse_request_head, parse_response_head
 
@@ -19,7 +20,8 @@ def test_request_head_hop_by_hop_and_forwarded_headers():
              "x-forwarded-proto: gopher", "Content-Length: 3", "Accept: */*")
     out = backend_request_head(h, client_ip="10.0.0.1", scheme="https", client_trusted=False)
     assert out == (b"POST /a?b HTTP/1.1\r\nHost: maps\r\nContent-Length: 3\r\nAccept: */*\r\n"
-                   b"Connection: close\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\r\n")
+                   b"Connection: close\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+                   b"X-Forwarded-Host: maps\r\nX-Real-IP: 10.0.0.1\r\n\r\n")
 
 
 def test_request_head_appends_to_a_trusted_forwarded_for():
@@ -63,3 +65,52 @@ def test_simple_responses():
     r = simple_response(301, close=True, location="https://h/a?b=1")
     assert b"Location: https://h/a?b=1\r\n" in r and b"Connection: close\r\n" in r and b"no-store" not in r
     assert simple_response(400, close=True, with_body=False).endswith(b"\r\n\r\n")
+
+
+def test_untrusted_client_forwarding_fields_are_replaced_and_rfc7239_added():
+    h = head("GET / HTTP/1.1", "Host: maps.localhost:8080", "X-Forwarded-For: 6.6.6.6", "X-Real-IP: 6.6.6.6",
+             "X-Forwarded-Host: evil", "Forwarded: for=6.6.6.6", "X-Forwarded-Proto: https")
+    out = backend_request_head(h, client_ip="::1", scheme="http", client_trusted=False, forwarded=True)
+    assert b"6.6.6.6" not in out and b"evil" not in out
+    assert out.endswith(b"X-Forwarded-For: ::1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: maps.localhost:8080\r\n"
+                        b"X-Real-IP: ::1\r\nForwarded: for=\"[::1]\";proto=http;host=\"maps.localhost:8080\"\r\n\r\n")
+
+
+def test_trusted_client_lists_are_appended_or_replaced():
+    h = head("GET / HTTP/1.1", "Host: h", "X-Forwarded-For: 1.1.1.1", "Forwarded: for=1.1.1.1")
+    out = backend_request_head(h, client_ip="10.0.0.2", scheme="https", client_trusted=True, forwarded=True)
+    assert b"X-Forwarded-For: 1.1.1.1, 10.0.0.2\r\n" in out
+    assert b'Forwarded: for=1.1.1.1, for=10.0.0.2;proto=https;host="h"\r\n' in out
+    out = backend_request_head(h, client_ip="10.0.0.2", scheme="https", client_trusted=True,
+                               forwarded_for="replace", forwarded=True)
+    assert b"X-Forwarded-For: 10.0.0.2\r\n" in out and b"1.1.1.1" not in out
+
+
+def test_header_rules_on_requests_and_responses():
+    rules = HeaderRules(set=(("X-App", "maps"),), add=(("X-Tag", "b"),), delete=("x-debug",))
+    h = head("GET / HTTP/1.1", "Host: h", "X-App: forged", "X-Debug: 1", "X-Tag: a")
+    out = backend_request_head(h, client_ip="1.2.3.4", scheme="http", client_trusted=False, rules=rules)
+    assert b"forged" not in out and b"X-Debug" not in out
+    assert b"X-Tag: a\r\n" in out and b"X-App: maps\r\nX-Tag: b\r\n" in out
+    r = resp("HTTP/1.1 200 OK", "Server: secret/1.0", "Content-Length: 0", "X-App: x")
+    rules = HeaderRules(set=(("X-App", "y"),), delete=("server",))
+    assert client_response_head(r, keep_alive=True, client_version="HTTP/1.1", rules=rules) == \
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-App: y\r\n\r\n"
+
+
+def test_error_pages_and_retry_after():
+    page = ErrorPage(b"<h1>down</h1>", "text/html; charset=utf-8")
+    r = simple_response(503, close=False, page=page, retry_after=7)
+    head_, _, body = r.partition(b"\r\n\r\n")
+    assert body == b"<h1>down</h1>" and b"Content-Type: text/html; charset=utf-8\r\n" in head_
+    assert b"Content-Length: 13\r\n" in head_ and head_.endswith(b"Retry-After: 7")
+    assert b"Retry-After" not in simple_response(502, close=False, retry_after=7)
+
+
+def test_framing_fields_are_forwarded_in_one_canonical_form():
+    h = head("POST / HTTP/1.1", "Host: h", "Content-Length: 5, 5", "X: 1", "Content-Length: 5")
+    out = backend_request_head(h, client_ip="1.2.3.4", scheme="http", client_trusted=False)
+    assert out.startswith(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX: 1\r\nConnection: close\r\n")
+    h = head("POST / HTTP/1.1", "Host: h", "Transfer-Encoding: ,", "Transfer-Encoding: ,CHUNKED ")
+    out = backend_request_head(h, client_ip="1.2.3.4", scheme="http", client_trusted=False)
+    assert out.count(b"Transfer-Encoding") == 1 and b"Host: h\r\nTransfer-Encoding: chunked\r\nConnection" in out

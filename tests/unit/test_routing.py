@@ -90,3 +90,52 @@ def test_prefix_location_and_conditions():
     assert redirect(rules, host="root.example", target="/p") == (307, "/p")
     # First matching rule wins.
     assert redirect(rules, ip="10.1.2.3", host="a.old.example")[0] == 302
+
+
+# --------------------------------------------------------------------------- regex, header, default, ACLs
+
+import re  # noqa: E402
+
+from frontgate.config import Acl, HeaderMatch  # noqa: E402
+from mux_router.routing import acl_allows  # noqa: E402
+
+SERVERS = (Server(Address.parse("127.0.0.1:1")),)
+RICH = (
+    App(name="beta", hosts=("maps.localhost",), servers=SERVERS,
+        header=HeaderMatch("x-env", re.compile(r"^beta$"))),
+    App(name="tiles", hosts=(), host_regex=re.compile(r"tiles[0-9]+\.maps\.localhost"), servers=SERVERS),
+    App(name="images", hosts=("maps.localhost",), path_regex=re.compile(r"\.(png|jpe?g)$"), servers=SERVERS),
+    App(name="fallback", hosts=(), default=True, servers=SERVERS),
+    App(name="maps", hosts=("maps.localhost",), servers=SERVERS),
+)
+
+
+@pytest.mark.parametrize("host,path,headers,expected", [
+    ("maps.localhost", "/", ((b"X-Env", b"beta"),), "beta"),
+    ("maps.localhost", "/", ((b"x-env", b"prod"),), "maps"),
+    ("maps.localhost", "/a/b.png", (), "images"),
+    ("maps.localhost", "/a/b.png.txt", (), "maps"),
+    ("tiles12.maps.localhost", "/", (), "tiles"),
+    ("tiles12.maps.localhost.evil", "/", (), "fallback"),          # regex is a full match
+    ("nobody.localhost", "/", (), "fallback"),                      # the default app, though not last
+    (None, "/", (), "fallback"),
+])
+def test_regex_header_and_default_routing(host, path, headers, expected):
+    assert select_app(RICH, host, path, headers).name == expected
+
+
+def test_no_default_app_means_none():
+    assert select_app(RICH[:3], "nobody.localhost", "/") is None
+
+
+def test_acls_first_matching_path_decides():
+    nets = lambda *c: tuple(ipaddress.ip_network(x) for x in c)   # noqa: E731
+    a = App(name="a", hosts=("a",), servers=SERVERS, acls=(
+        Acl(path_prefix="/admin", allow=nets("10.0.0.0/8")),
+        Acl(path_prefix="/", deny=nets("192.0.2.0/24")),
+    ))
+    ip = parse_ip
+    assert acl_allows(a, ip("10.1.2.3"), "/admin/x") and not acl_allows(a, ip("192.168.0.1"), "/admin")
+    assert not acl_allows(a, ip("192.0.2.9"), "/public") and acl_allows(a, ip("192.168.0.1"), "/public")
+    assert not acl_allows(a, None, "/admin")                        # no IP is in no CIDR
+    assert acl_allows(App(name="b", hosts=("b",), servers=SERVERS), ip("192.0.2.9"), "/")
