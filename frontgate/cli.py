@@ -5,6 +5,7 @@
                                          last deploy/reload (nothing is signalled if any config is invalid)
     frontgate restart STAGE              rolling restart: the stage's processes one at a time
     frontgate status [--json]            processes, server health, certificate expiry
+    frontgate certs [--json]             the certificates the terminator loads: names, issuer, key, expiry
     frontgate supervisord-conf           write supervisord.conf from supervisord.conf.in and the TOMLs
     frontgate deployed changed|record    the config fingerprints (used by scripts/deploy.sh)
 
@@ -153,6 +154,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy(facts) else EXIT_FAILED
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from frontgate.status import certificate_facts
+    from tls_terminator.certs import format_certificates
+    rows = certificate_facts(args.configs)
+    print(json.dumps(rows, indent=2) if args.json else format_certificates(rows))
+    return EXIT_FAILED if any("error" in r for r in rows) else 0
+
+
 def cmd_supervisord_conf(args: argparse.Namespace) -> int:
     try:
         changed, counts = write_supervisord_conf(args.template, args.supervisord_conf, args.configs)
@@ -208,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "is not RUNNING")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     supervised(c)
+    c = command("certs", cmd_certs, "the certificates tls-terminator.toml names: names, issuer, key type, "
+                                    "expiry, days left, file; exit 1 if one does not load")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     c = command("supervisord-conf", cmd_supervisord_conf, "write supervisord.conf from its template and the "
                                                           "workers in the TOML files (only if it changes)")
     supervised(c)

@@ -69,30 +69,14 @@ def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, 
                         for key, s in sorted(state.servers.items())}}
 
 
-def certificate_facts(configs: Path, now: float) -> list[dict[str, Any]]:
-    from cryptography import x509
+def certificate_facts(configs: Path) -> list[dict[str, Any]]:
+    """The certificates tls-terminator.toml names (entries and certs_dir), as `frontgate certs` lists them."""
+    from tls_terminator.certs import describe_certificates
     try:
         cfg = load_terminator_config(configs / "tls-terminator.toml", require_files=False)
     except ConfigError as e:
         return [{"error": str(e)}]
-    out = []
-    for entry in cfg.certificates:
-        row: dict[str, Any] = {"file": str(entry.cert), "default": entry is cfg.default_certificate}
-        try:
-            cert = x509.load_pem_x509_certificates(entry.cert.read_bytes())[0]
-        except (OSError, ValueError) as e:
-            row["error"] = f"cannot read: {getattr(e, 'strerror', None) or e}"
-            out.append(row)
-            continue
-        try:
-            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-                x509.DNSName)
-        except x509.ExtensionNotFound:
-            names = []
-        expires = cert.not_valid_after_utc.timestamp()
-        row.update(names=names, not_after=expires, days_left=int((expires - now) // 86400))
-        out.append(row)
-    return out
+    return describe_certificates(cfg)
 
 
 def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:
@@ -114,7 +98,7 @@ def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:
         facts["health"] = health_facts(router.state_file, router.state_stale_after, now)
     except ConfigError as e:
         facts["health"] = {"error": str(e)}
-    facts["certificates"] = certificate_facts(configs, now)
+    facts["certificates"] = certificate_facts(configs)
     return facts
 
 
@@ -192,7 +176,7 @@ def format_status(facts: dict[str, Any]) -> str:
             continue
         days = c["days_left"]
         note = " EXPIRED" if days < 0 else (" (renew soon)" if days < EXPIRY_WARNING_DAYS else "")
-        expires = datetime.datetime.fromtimestamp(c["not_after"], datetime.timezone.utc).strftime("%Y-%m-%d")
+        expires = c["not_after"][:10]    # ISO 8601: the date
         rows.append([c["file"] + (" (default)" if c["default"] else ""), ",".join(c["names"]) or "-", expires,
                      f"{days}{note}"])
     if len(rows) > 1:

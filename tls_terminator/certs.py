@@ -580,7 +580,8 @@ def format_certificates(rows: list[dict]) -> str:
     out = []
     for r in rows:
         if "error" in r:
-            out.append(f"{r['file']}  [{r['source']}]\n  ERROR: {r['error']}")
+            where = f"{r['file']}  [{r['source']}]\n  " if "file" in r else ""   # a config error has no file
+            out.append(f"{where}ERROR: {r['error']}")
             continue
         flags = " (default)" if r["default"] else ""
         out.append(

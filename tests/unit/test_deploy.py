@@ -3,6 +3,7 @@ the generated supervisord.conf, the status formatting."""
 from __future__ import annotations
 
 import configparser
+import datetime
 import shutil
 import time
 from pathlib import Path
@@ -85,7 +86,8 @@ def test_status_table():
                                                        "last_check": {"ok": False, "took_ms": 0.4,
                                                                       "detail": "connection refused"}}}},
         "certificates": [{"file": "certs/dev.pem", "default": True, "names": ["maps.localhost"],
-                          "not_after": now + 5 * 86400, "days_left": 5}],
+                          "not_after": datetime.datetime.fromtimestamp(now + 5 * 86400, datetime.timezone.utc).isoformat(),
+                          "days_left": 5}],
     }
     text = format_status(facts)
     assert "mux-router_00   RUNNING  42   1h02m   30.0M  1.5   12   2       3" in text
