@@ -3,143 +3,21 @@ tls-terminator; driven by curl, openssl s_client, http.client and the websockets
 from __future__ import annotations
 
 import asyncio
-import http.client
-import json
 import socket
-import ssl
 import subprocess
 import time
 
 import pytest
-import trustme
 import websockets
 
 from frontgate import health_state
-from tests.helpers import BIN, REPO, free_port, start_daemon, stop_daemon, wait_until
-
-
-class Pipeline:
-    """Ports, paths and processes of one running pipeline."""
-
-    def __init__(self, tmp_path):
-        self.dir = tmp_path
-        self.tls_port, self.router_port, self.public_port = free_port(), free_port(), free_port()
-        self.maps_ports = [free_port(), free_port()]
-        self.coltrane_port = free_port()
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.ca = trustme.CA()
-        self.state_file = tmp_path / "state" / "health.json"
-
-    def write_configs(self):
-        cert = self.ca.issue_cert("maps.localhost", "*.coltrane.localhost", "coltrane.localhost", "nobody.localhost")
-        cert.private_key_and_cert_chain_pem.write_to_path(str(self.dir / "site.pem"))
-        (self.dir / "site.pem").chmod(0o600)
-        servers = ", ".join(f'"127.0.0.1:{p}"' for p in self.maps_ports)
-        (self.dir / "mux-router.toml").write_text(f"""
-[router]
-state_file = "state/health.json"
-state_stale_after = 5
-trusted_sources = ["127.0.0.1/32"]
-[listen.public]
-address = "127.0.0.1:{self.public_port}"
-[listen.from_terminator]
-address = "127.0.0.1:{self.router_port}"
-proxy_protocol = true
-scheme = "https"
-[timeouts]
-connect = 2
-server = 10
-[[redirect]]
-listener = "public"
-source_not_in = ["trusted"]
-to_scheme = "https"
-code = 301
-[[app]]
-name = "maps"
-hosts = ["maps.localhost"]
-retries = 0
-servers = [{servers}]
-[[app]]
-name = "coltrane"
-hosts = ["coltrane.localhost", "*.coltrane.localhost"]
-servers = ["127.0.0.1:{self.coltrane_port}"]
-""")
-        (self.dir / "tls-terminator.toml").write_text(f"""
-[terminator]
-listen = "127.0.0.1:{self.tls_port}"
-forward_to = "127.0.0.1:{self.router_port}"
-[[certificate]]
-cert = "site.pem"
-""")
-        (self.dir / "health-checker.toml").write_text("""
-[checker]
-router_config = "mux-router.toml"
-heartbeat = 1
-[defaults]
-type = "http"
-interval = 0.5
-timeout = 0.5
-rise = 1
-fall = 3
-""")
-
-    def start_backend(self, name: str, port: int):
-        argv = [str(BIN / "python"), str(REPO / "scripts" / "demo_app.py"), "--name", name, "--port", str(port)]
-        if name == "maps":
-            argv += ["--websocket-path", "/socket"]
-        self.procs[f"{name}:{port}"] = start_daemon(argv, wait_for=("127.0.0.1", port))
-
-    def start(self):
-        self.write_configs()
-        for port in self.maps_ports:
-            self.start_backend("maps", port)
-        self.start_backend("coltrane", self.coltrane_port)
-        self.procs["health-checker"] = start_daemon(
-            ["health-checker", "--config", str(self.dir / "health-checker.toml")])
-        self.procs["mux-router"] = start_daemon(
-            ["mux-router", "--config", str(self.dir / "mux-router.toml")], wait_for=("127.0.0.1", self.router_port))
-        self.procs["tls-terminator"] = start_daemon(
-            ["tls-terminator", "--config", str(self.dir / "tls-terminator.toml")],
-            wait_for=("127.0.0.1", self.tls_port))
-        wait_until(lambda: self.state_file.exists(), what="health state file written")
-
-    def stop(self) -> str:
-        return "".join(f"--- {name}\n{stop_daemon(p)}" for name, p in self.procs.items())
-
-    # ---- clients
-
-    def client_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
-        self.ca.configure_trust(ctx)
-        return ctx
-
-    def https_get(self, host: str, path: str = "/", source: str = "127.0.0.1") -> tuple[int, dict, str]:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.tls_port, timeout=10, source_address=(source, 0),
-                                           context=self.client_context())
-        # http.client sends SNI from the host it connects to; connect by IP but ask for the name.
-        conn.sock = self.client_context().wrap_socket(
-            socket.create_connection(("127.0.0.1", self.tls_port), timeout=10, source_address=(source, 0)),
-            server_hostname=host)
-        conn.request("GET", path, headers={"Host": host})
-        resp = conn.getresponse()
-        body = resp.read().decode()
-        conn.close()
-        return resp.status, dict(resp.getheaders()), body
-
-    def curl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20)
+from tests.helpers import stop_daemon, wait_until
+from tests.pipeline import running_pipeline
 
 
 @pytest.fixture
 def pipeline(tmp_path):
-    p = Pipeline(tmp_path)
-    try:
-        p.start()
-        yield p
-    finally:
-        output = p.stop()
-    if any(word in output for word in ("Traceback", "Exception in callback")):
-        pytest.fail(f"a daemon printed a traceback:\n{output}")
+    yield from running_pipeline(tmp_path)
 
 
 def test_curl_reaches_each_app_through_both_stages(pipeline):

@@ -1,0 +1,147 @@
+"""Pure parsing of load-generator output (wrk, ab, openssl s_client) and the statistics we report.
+
+No processes, no sockets: each function takes text or numbers, so tests/unit covers it. A parse
+error is a `BenchParseError` carrying the tool's output, so a harness failure shows what the tool said.
+"""
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import dataclass
+
+
+class BenchParseError(ValueError):
+    def __init__(self, tool: str, problem: str, output: str):
+        self.tool, self.problem, self.output = tool, problem, output
+        super().__init__(f"{tool}: {problem}\n--- output ---\n{output[-2000:]}")
+
+
+_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+# wrk prints sizes with binary prefixes but spells them KB/MB/GB.
+_SIZE_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def _duration_ms(text: str, tool: str, output: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise BenchParseError(tool, f"cannot read the duration {text!r}", output)
+    return float(m.group(1)) * _TIME_UNITS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    requests_per_s: float
+    bytes_per_s: float
+    latency_ms: dict[int, float]        # percentile (50, 75, 90, 99) -> milliseconds
+    non_2xx_3xx: int
+    socket_errors: dict[str, int]       # connect, read, write, timeout
+
+    @property
+    def errors(self) -> int:
+        # `read` errors count connections the server closed, which is normal with
+        # `Connection: close`; the caller decides whether they matter.
+        return self.non_2xx_3xx + self.socket_errors.get("connect", 0) + self.socket_errors.get("timeout", 0)
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """wrk 4.x with `--latency`."""
+    tool = "wrk"
+    m = re.search(r"^\s*(\d+) requests in ([\d.]+\w+), ([\d.]+)(\w+) read", output, re.M)
+    if not m:
+        raise BenchParseError(tool, "no 'N requests in T' line", output)
+    requests = int(m.group(1))
+    seconds = _duration_ms(m.group(2), tool, output) / 1000.0
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    tps = re.search(r"^Transfer/sec:\s+([\d.]+)(\w+)", output, re.M)
+    if not rps or not tps:
+        raise BenchParseError(tool, "no Requests/sec or Transfer/sec line", output)
+    if tps.group(2) not in _SIZE_UNITS:
+        raise BenchParseError(tool, f"unknown size unit {tps.group(2)!r}", output)
+    latency: dict[int, float] = {}
+    for pm in re.finditer(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)\s*$", output, re.M):
+        latency[int(pm.group(1))] = _duration_ms(pm.group(2), tool, output)
+    if requests and set(latency) != {50, 75, 90, 99}:
+        raise BenchParseError(tool, "no complete 'Latency Distribution' (run wrk with --latency)", output)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    sock: dict[str, int] = {}
+    se = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if se:
+        sock = dict(zip(("connect", "read", "write", "timeout"), map(int, se.groups())))
+    return WrkResult(requests=requests, seconds=seconds, requests_per_s=float(rps.group(1)),
+                     bytes_per_s=float(tps.group(1)) * _SIZE_UNITS[tps.group(2)], latency_ms=latency,
+                     non_2xx_3xx=int(non2xx.group(1)) if non2xx else 0, socket_errors=sock)
+
+
+@dataclass(frozen=True)
+class AbResult:
+    complete: int
+    failed: int
+    non_2xx: int
+    seconds: float
+    requests_per_s: float
+    latency_ms: dict[int, float]        # percentile -> ms (ab's "served within" table)
+
+    @property
+    def errors(self) -> int:
+        return self.failed + self.non_2xx
+
+
+def parse_ab(output: str) -> AbResult:
+    """ApacheBench 2.3."""
+    tool = "ab"
+
+    def number(label: str, cast=float):
+        m = re.search(rf"^{re.escape(label)}:\s+([\d.]+)", output, re.M)
+        if not m:
+            raise BenchParseError(tool, f"no {label!r} line", output)
+        return cast(m.group(1))
+
+    non2xx = re.search(r"^Non-2xx responses:\s+(\d+)", output, re.M)
+    latency = {int(p): float(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\d+)", output, re.M)}
+    return AbResult(complete=number("Complete requests", int), failed=number("Failed requests", int),
+                    non_2xx=int(non2xx.group(1)) if non2xx else 0,
+                    seconds=number("Time taken for tests"), requests_per_s=number("Requests per second"),
+                    latency_ms=latency)
+
+
+def parse_s_client_session(output: str) -> tuple[str, bool]:
+    """(protocol, reused) from `openssl s_client -brief`-less output: 'New, TLSv1.3, Cipher is X'
+    or 'Reused, TLSv1.3, Cipher is X'. The cipher is part of the protocol string we return."""
+    m = re.search(r"^(New|Reused), (\S+), Cipher is (\S+)", output, re.M)
+    if not m:
+        raise BenchParseError("openssl s_client", "no 'New/Reused, PROTOCOL, Cipher is' line", output)
+    return f"{m.group(2)} {m.group(3)}", m.group(1) == "Reused"
+
+
+# --------------------------------------------------------------------------- statistics
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list (the definition wrk and ab use)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    low: float
+    high: float
+    n: int
+
+
+def summarize(samples: list[float]) -> Summary | None:
+    values = [v for v in samples if v is not None and not math.isnan(v)]
+    if not values:
+        return None
+    return Summary(median=statistics.median(values), low=min(values), high=max(values), n=len(values))
+
+
+def ratio(ours: Summary | None, theirs: Summary | None) -> float | None:
+    if ours is None or theirs is None or theirs.median == 0:
+        return None
+    return ours.median / theirs.median

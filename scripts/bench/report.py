@@ -1,0 +1,245 @@
+"""Collecting samples and writing them up: the printed table, results.md, the chart's data.
+
+Cells are `median (min–max)` over the rounds. Ratios are frontgate's median over the reference's
+median, for the headline metrics, as the issue asks; whether higher is better is said per metric.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from scripts.bench.harness import REPO, Settings, System
+from scripts.bench.parse import Summary, ratio, summarize
+from scripts.bench.scenarios import Metric, Scenario
+
+
+@dataclass
+class Results:
+    samples: dict[tuple[int, str, str], list[float]] = field(default_factory=dict)
+    failures: list[tuple[int, str, int, str]] = field(default_factory=list)   # scenario, system, round, why
+
+    def add(self, scenario: int, system: str, values: dict[str, float]) -> None:
+        for metric, value in values.items():
+            self.samples.setdefault((scenario, system, metric), []).append(value)
+
+    def fail(self, scenario: int, system: str, round_: int, why: str) -> None:
+        self.failures.append((scenario, system, round_, why))
+
+    def summary(self, scenario: int, system: str, metric: str) -> Summary | None:
+        return summarize(self.samples.get((scenario, system, metric), []))
+
+    def to_json(self) -> dict:
+        return {"samples": [[sid, system, metric, values] for (sid, system, metric), values in self.samples.items()],
+                "failures": [list(f) for f in self.failures]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Results":
+        return cls(samples={(sid, system, metric): values for sid, system, metric, values in data["samples"]},
+                   failures=[tuple(f) for f in data["failures"]])
+
+
+def cell(s: Summary | None, fmt: str, rounds: int = 1) -> str:
+    """`median (min–max)`, and how many rounds it is made of when some failed."""
+    if s is None:
+        return "–"
+    text = fmt.format(s.median)
+    if s.n > 1 and s.low != s.high:
+        text += f" ({fmt.format(s.low)}–{fmt.format(s.high)})"
+    return text + (f" [{s.n} of {rounds} rounds]" if s.n < rounds else "")
+
+
+def ratio_text(r: float | None) -> str:
+    return "–" if r is None else f"{r:.2f}"
+
+
+def pairs(sc: Scenario) -> list[tuple[System, System]]:
+    """(frontgate side, reference) comparisons of a scenario: HAProxy alone is compared with the
+    router alone, every other reference with the whole frontgate pipeline."""
+    ours = [s for s in sc.systems if s.frontgate]
+    out = []
+    for ref in (s for s in sc.systems if not s.frontgate):
+        mine = next((s for s in ours if s.tls == ref.tls), None) if ref.key == "haproxy" else None
+        mine = mine or next((s for s in ours if s.tls), None) or (ours[0] if ours else None)
+        if mine is not None:
+            out.append((mine, ref))
+    return out
+
+
+def advantage(metric: Metric, ours: Summary | None, ref: Summary | None) -> float | None:
+    """How many times better frontgate is (> 1: frontgate wins), whatever the metric's direction."""
+    r = ratio(ours, ref)
+    if r is None or r == 0:
+        return None
+    return r if metric.higher_is_better else 1 / r
+
+
+@dataclass(frozen=True)
+class Comparison:
+    scenario: Scenario
+    metric: Metric
+    ours: System
+    ref: System
+    ours_summary: Summary | None
+    ref_summary: Summary | None
+
+    @property
+    def ratio(self) -> float | None:
+        return ratio(self.ours_summary, self.ref_summary)
+
+    @property
+    def advantage(self) -> float | None:
+        return advantage(self.metric, self.ours_summary, self.ref_summary)
+
+
+def comparisons(results: Results, scenarios: list[Scenario]) -> list[Comparison]:
+    """Every headline metric against every reference: the summary table's rows and the chart's bars."""
+    out = []
+    for sc in scenarios:
+        for m in sc.metrics:
+            if m.headline:
+                for ours, ref in pairs(sc):
+                    out.append(Comparison(sc, m, ours, ref, results.summary(sc.id, ours.key, m.key),
+                                          results.summary(sc.id, ref.key, m.key)))
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary_table(results: Results, scenarios: list[Scenario], rounds: int) -> str:
+    rows = []
+    for c in comparisons(results, scenarios):
+        better = "higher is better" if c.metric.higher_is_better else "lower is better"
+        rows.append([str(c.scenario.id), f"{c.metric.label} ({better})", c.ours.label,
+                     cell(c.ours_summary, c.metric.fmt, rounds), c.ref.label, cell(c.ref_summary, c.metric.fmt, rounds),
+                     ratio_text(c.ratio)])
+    return _table(["#", "metric", "frontgate side", "median (min–max)", "reference", "median (min–max)",
+                   "frontgate / reference"], rows)
+
+
+def scenario_table(results: Results, sc: Scenario, rounds: int) -> str:
+    first = next((m for m in sc.metrics if m.headline), sc.metrics[0])
+    counterpart = {ref.key: ours for ours, ref in pairs(sc)}
+    header = ["system", *[m.label for m in sc.metrics], f"frontgate / this ({first.label})"]
+    rows = []
+    for system in sc.systems:
+        row = [system.label, *[cell(results.summary(sc.id, system.key, m.key), m.fmt, rounds) for m in sc.metrics]]
+        ours = counterpart.get(system.key)
+        row.append("" if ours is None else ratio_text(ratio(results.summary(sc.id, ours.key, first.key),
+                                                            results.summary(sc.id, system.key, first.key))))
+        rows.append(row)
+    return _table(header, rows)
+
+
+# --------------------------------------------------------------------------- machine
+
+def _first_line(argv: list[str], pattern: str = r".+") -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    for line in (done.stdout + done.stderr).splitlines():
+        m = re.search(pattern, line)
+        if m:
+            return m.group(0).strip()
+    return "?"
+
+
+def _pyopenssl_version() -> str:
+    try:
+        from OpenSSL import SSL
+        return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    except Exception:  # noqa: BLE001 - informational only
+        return "?"
+
+
+def machine_info() -> dict[str, str]:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    except OSError:
+        pass
+    rev = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = _first_line(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], r".+")
+    return {
+        "cpus": f"{os.cpu_count()} x {cpu}",
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "frontgate": rev + (" (+ uncommitted changes)" if dirty not in ("?", "not found") else ""),
+        "haproxy": _first_line(["haproxy", "-v"], r"HAProxy version \S+"),
+        "stunnel": _first_line(["stunnel", "-version"], r"stunnel \S+"),
+        "nginx": _first_line(["nginx", "-v"], r"nginx/\S+"),
+        "openssl (stunnel, HAProxy, wrk, ab)": _first_line(["openssl", "version"], r"OpenSSL \S+"),
+        "openssl (frontgate, via pyOpenSSL)": _pyopenssl_version(),
+        "wrk": _first_line(["wrk", "--version"], r"wrk \S+"),
+        "ab": _first_line(["ab", "-V"], r"ApacheBench, Version \S+"),
+    }
+
+
+def busy_warning(load_before: float, load_after: float) -> str | None:
+    """Other work on the machine skews every number; say so where the numbers are."""
+    cpus = os.cpu_count() or 1
+    if load_before > 0.5 * cpus:
+        return (f"**The machine was busy before the run started** (1-minute load average {load_before:.1f} on "
+                f"{cpus} CPUs; {load_after:.1f} at the end): other processes competed with both stacks, and the "
+                "numbers are less reliable than their spread suggests. Re-run on an idle machine.")
+    return None
+
+
+def markdown(results: Results, scenarios: list[Scenario], settings: Settings, notes: dict[int, list[str]],
+             machine: dict[str, str], elapsed: float, chart: str | None, warning: str | None = None,
+             generated: str | None = None) -> str:
+    out = ["# frontgate vs stunnel + HAProxy: benchmark results", "",
+           f"Generated by `scripts/bench/run` on {generated or time.strftime('%Y-%m-%d %H:%M %Z')} in {elapsed / 60:.1f} min"
+           + (" — **smoke run: the numbers mean nothing**" if settings.smoke else "") + ".", "",
+           f"Rounds: {settings.rounds}, {settings.duration:g} s per timed run; the systems alternate within each "
+           "round (the one that goes first rotates) and every measurement starts its stack fresh. Cells are "
+           "`median (min–max)` over the rounds. Everything runs on one machine over 127.0.0.1, load generators "
+           "included, so they compete with the proxies for the same CPUs.", "",
+           *([warning, ""] if warning else []),
+           "## Machine", "",
+           _table(["", ""], [[k, v] for k, v in machine.items()]), "",
+           "## Setup", "",
+           f"- frontgate: tls-terminator and mux-router, `workers = {settings.fg_workers}` each; "
+           "the terminator passes PROXY v2 to the router's `from_terminator` listener.",
+           f"- reference: stunnel 5 as seed 004 configures it (`pid`, `cert`, `fips = no`, one `[https]` service, "
+           "no TIMEOUTclose, so stunnel's default of 60 s) and the same with `TIMEOUTclose = 0`, in front of "
+           f"HAProxy 2.6 in HTTP mode (`nbthread {settings.haproxy_threads}`, `option http-keep-alive`, "
+           "`option forwardfor`, `balance roundrobin`, no logging).",
+           "- backend: nginx, 1 worker, static 1 KiB and 64 KiB files, access log off; a Python WebSocket echo "
+           "server; for scenario 6, three Python HTTP/1.0 servers sleeping 50 ms per request, 4 at a time.",
+           "- same routes on both stacks (by Host), same certificate (ECDSA P-256 unless said), clients do not "
+           "verify it. Both negotiate TLS 1.3; note the TLS libraries differ (see Machine): frontgate uses the "
+           "OpenSSL that comes with pyOpenSSL/cryptography, stunnel and HAProxy Debian's.",
+           "- logging as shipped: stunnel logs every connection at its default level (seed 004: to syslog; here "
+           "to a file), mux-router writes one access-log line per request (to a file), HAProxy logs nothing.",
+           "- every daemon's output, and the configs, are in the work dir kept with `--keep`.", ""]
+    if chart:
+        out += [f"![frontgate advantage per headline metric]({chart})", ""]
+    out += ["## Summary", "", summary_table(results, scenarios, settings.rounds), ""]
+    for sc in scenarios:
+        out += [f"## {sc.id}. {sc.title}", "", scenario_table(results, sc, settings.rounds), ""]
+        for n in notes.get(sc.id, []):
+            out.append(f"- {n}")
+        if notes.get(sc.id):
+            out.append("")
+    if results.failures:
+        out += ["## Failed measurements", "", "These are left out of the medians above.", ""]
+        for sid, system, rnd, why in results.failures:
+            lines = [l.strip() for l in why.strip().splitlines() if l.strip()] or ["?"]
+            # The first line says what failed, the last (often an exception) why.
+            text = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+            out.append(f"- scenario {sid}, {system}, round {rnd + 1}: {text}")
+        out.append("")
+    return "\n".join(out)

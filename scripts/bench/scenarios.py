@@ -1,0 +1,220 @@
+"""The six scenarios of the benchmark: which systems each compares, what it measures, how.
+
+A scenario's `measure(run, system)` starts the system fresh, drives load with an external client
+(wrk, ab, or our WebSocket client), and returns {metric key: value}. Smoke mode shrinks every
+duration and count so the whole harness runs in seconds; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from scripts.bench import configs
+from scripts.bench.harness import DIRECT, FRONTGATE, HAPROXY, REF_CLOSE0, REF_SEED, ROUTER, Run, System
+from scripts.bench.parse import AbResult, WrkResult, parse_ab, parse_s_client_session, parse_wrk
+from scripts.bench.procs import run_tool
+
+TLS_SYSTEMS = (FRONTGATE, REF_SEED, REF_CLOSE0)
+SLEEPY_CAPACITY = 3 * 4 / 0.050          # 3 backends x 4 workers / 50 ms = 240 requests/s
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+    fmt: str = "{:,.0f}"
+    headline: bool = False            # shown in the summary table and the chart
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: int
+    title: str
+    systems: tuple[System, ...]
+    metrics: tuple[Metric, ...]
+    measure: Callable[[Run, System], dict[str, float]]
+    notes: str = ""
+
+
+class MeasurementError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- clients
+
+def _url(port: int, path: str, tls: bool) -> str:
+    return f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"
+
+
+def wrk(run: Run, port: int, path: str, tls: bool, connections: int, host: str = configs.HOST_STATIC,
+        close: bool = False) -> WrkResult:
+    s = run.settings
+    duration = 1 if s.smoke else max(1, round(s.duration))
+    argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--latency", "--timeout", "5s",
+            "-H", f"Host: {host}"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    result = parse_wrk(run_tool([*argv, _url(port, path, tls)], timeout=duration + 30))
+    if result.requests == 0:
+        raise MeasurementError(f"wrk completed no request against {_url(port, path, tls)}")
+    if result.errors:
+        raise MeasurementError(f"wrk saw errors: {result.non_2xx_3xx} non-2xx/3xx, socket {result.socket_errors}")
+    return result
+
+
+def ab(run: Run, port: int, path: str, tls: bool, concurrency: int, requests: int | None = None,
+       host: str = configs.HOST_STATIC) -> AbResult:
+    """ab without -k: one new connection (and, over TLS, one full handshake) per request.
+    Timed (`-t`) unless `requests` is given."""
+    s = run.settings
+    argv = ["ab", "-q", "-r", "-s", "10", "-c", str(concurrency), "-H", f"Host: {host}"]
+    if requests is None:
+        duration = 1 if s.smoke else max(1, round(s.duration))
+        argv += ["-t", str(duration), "-n", "500000"]       # -n after -t: the count -t implies is 50000
+        timeout = duration + 30
+    else:
+        argv += ["-n", str(requests)]
+        timeout = 120 + requests / 10
+    result = parse_ab(run_tool([*argv, _url(port, path, tls)], timeout=timeout))
+    if result.complete == 0:
+        raise MeasurementError(f"ab completed no request against {_url(port, path, tls)}")
+    if result.errors:
+        raise MeasurementError(f"ab saw {result.failed} failed and {result.non_2xx} non-2xx responses")
+    return result
+
+
+def session_reuse(port: int, attempts: int = 6) -> tuple[str, int, int]:
+    """Does the server resume TLS sessions from its tickets? Pairs of `openssl s_client` connections,
+    the second offering the session the first received. Several pairs, because workers that do not
+    share ticket keys resume only when both connections land on the same process.
+    Returns (protocol + cipher, resumed pairs, attempts)."""
+    request = f"GET /1k.bin HTTP/1.1\r\nHost: {configs.HOST_STATIC}\r\nConnection: close\r\n\r\n"
+    base = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", configs.HOST_STATIC, "-ign_eof"]
+    proto, resumed = "?", 0
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = f"{tmp}/session.pem"
+        for _ in range(attempts):
+            outputs = []
+            for extra in (["-sess_out", sess], ["-sess_in", sess]):
+                done = subprocess.run([*base, *extra], input=request, capture_output=True, text=True,
+                                      errors="replace", timeout=15)
+                outputs.append(done.stdout + done.stderr)
+            proto, _ = parse_s_client_session(outputs[0])
+            resumed += parse_s_client_session(outputs[1])[1]
+    return proto, resumed, attempts
+
+
+# --------------------------------------------------------------------------- scenarios
+
+def _s1(run: Run, system: System) -> dict[str, float]:
+    with run.stack(system) as ep:
+        r = wrk(run, ep.port, "/1k.bin", tls=True, connections=64)
+    return {"rps": r.requests_per_s, "p50": r.latency_ms[50], "p99": r.latency_ms[99]}
+
+
+def _s2(run: Run, system: System) -> dict[str, float]:
+    with run.stack(system) as ep:
+        r = wrk(run, ep.port, "/64k.bin", tls=True, connections=64)
+    return {"mibps": r.requests_per_s * 64 / 1024, "p99": r.latency_ms[99]}
+
+
+def _s3(run: Run, system: System) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for cert in ("ecdsa", "rsa"):
+        with run.stack(system, cert=cert) as ep:
+            proto, resumed, attempts = session_reuse(ep.port)
+            run.count(3, f"{system.label}, {cert} ({proto}): new connections that offered the previous "
+                         f"connection's session ticket and were resumed (openssl s_client, all rounds)",
+                      resumed, attempts)
+            out[f"full_{cert}"] = ab(run, ep.port, "/1k.bin", tls=True, concurrency=32).requests_per_s
+            # wrk reconnects after each `Connection: close` response on the same SSL object, which
+            # offers the session it last received: every connection after a thread's first tries to
+            # resume. What the server accepts is its business (see the note above).
+            out[f"resumed_{cert}"] = wrk(run, ep.port, "/1k.bin", tls=True, connections=32,
+                                         close=True).requests_per_s
+    return out
+
+
+def _s4(run: Run, system: System) -> dict[str, float]:
+    with run.stack(system) as ep:
+        r = wrk(run, ep.port, "/1k.bin", tls=False, connections=64)
+    return {"rps": r.requests_per_s, "p50": r.latency_ms[50], "p99": r.latency_ms[99]}
+
+
+def _ws_client(run: Run, *args: str, timeout: float) -> dict:
+    argv = [str(run.bin / "python"), "-m", "scripts.bench.wsload", *args]
+    return json.loads(run_tool(argv, timeout=timeout, cwd=run.processes.cwd).strip().splitlines()[-1])
+
+
+def _s5(run: Run, system: System) -> dict[str, float]:
+    s = run.settings
+    tunnels = 50 if s.smoke else s.ws_tunnels
+    active = 10 if s.smoke else s.ws_active
+    duration = 1 if s.smoke else s.duration
+    # Two fresh stacks: the echo measurement must not pay for tearing down the idle tunnels.
+    with run.stack(system) as ep:
+        held = _ws_client(run, "idle", "--port", str(ep.port), "--count", str(tunnels),
+                          "--pids", ",".join(map(str, ep.pids)), "--settle", "0.2" if s.smoke else "2",
+                          timeout=120 + tunnels / 20)
+        if held["failed"] or held["probe_ok"] != held["probed"]:
+            raise MeasurementError(f"idle tunnels: {held['failed']} of {tunnels} failed to open "
+                                   f"({', '.join(held['failure_kinds'])}), {held['probe_ok']}/{held['probed']} "
+                                   f"probed tunnels echoed")
+    with run.stack(system) as ep:
+        echo = _ws_client(run, "echo", "--port", str(ep.port), "--tunnels", str(active),
+                          "--duration", str(duration), timeout=duration + 120)
+        if echo["errors"] or not echo["messages"]:
+            raise MeasurementError(f"echo: {echo['errors']} tunnels failed, {echo['messages']} round trips")
+    return {"rss_per_tunnel_kib": held["rss_per_tunnel"] / 1024, "rss_held_mib": held["rss_after"] / 2**20,
+            "open_per_s": held["opened"] / held["open_seconds"], "echo_p50": echo["p50_ms"],
+            "echo_p99": echo["p99_ms"], "echo_rate": echo["messages_per_s"]}
+
+
+def _s6(run: Run, system: System) -> dict[str, float]:
+    s = run.settings
+    n, c = (40, 10) if s.smoke else (s.ab_requests, s.ab_concurrency)
+    with run.stack(system) as ep:
+        r = ab(run, ep.port, "/", tls=system.tls, concurrency=c, requests=n, host=configs.HOST_SLEEPY)
+    return {"rps": r.requests_per_s, "share": 100 * r.requests_per_s / SLEEPY_CAPACITY,
+            "p50": r.latency_ms.get(50, math.nan), "p99": r.latency_ms.get(99, math.nan)}
+
+
+_MS = "{:,.2f}"
+SCENARIOS: dict[int, Scenario] = {s.id: s for s in (
+    Scenario(1, "HTTPS keep-alive, 1 KiB responses, 64 connections (wrk)", TLS_SYSTEMS, (
+        Metric("rps", "requests/s", True, headline=True),
+        Metric("p50", "p50 ms", False, _MS),
+        Metric("p99", "p99 ms", False, _MS, headline=True)), _s1),
+    Scenario(2, "HTTPS keep-alive, 64 KiB responses, 64 connections (wrk)", TLS_SYSTEMS, (
+        Metric("mibps", "MiB/s (body)", True, "{:,.1f}", headline=True),
+        Metric("p99", "p99 ms", False, _MS)), _s2),
+    Scenario(3, "A new TLS connection per request (1 KiB): full handshakes (ab, 32 concurrent), "
+                "then resumed from session tickets (wrk with `Connection: close`, 32 connections)", TLS_SYSTEMS, (
+        Metric("full_ecdsa", "full handshake, ECDSA P-256: conn/s", True, headline=True),
+        Metric("full_rsa", "full handshake, RSA-2048: conn/s", True, headline=True),
+        Metric("resumed_ecdsa", "with tickets, ECDSA P-256: conn/s", True, headline=True),
+        Metric("resumed_rsa", "with tickets, RSA-2048: conn/s", True, headline=True)), _s3),
+    Scenario(4, "Plain HTTP keep-alive through the router alone, 1 KiB, 64 connections (wrk)", (ROUTER, HAPROXY), (
+        Metric("rps", "requests/s", True, headline=True),
+        Metric("p50", "p50 ms", False, _MS),
+        Metric("p99", "p99 ms", False, _MS)), _s4),
+    Scenario(5, "WebSocket over TLS: idle tunnels held, then echo round trips on 100 active tunnels", TLS_SYSTEMS, (
+        Metric("rss_per_tunnel_kib", "RSS per idle tunnel, KiB", False, "{:,.1f}", headline=True),
+        Metric("rss_held_mib", "RSS with the tunnels held, MiB", False, "{:,.1f}"),
+        Metric("open_per_s", "tunnels opened/s", True),
+        Metric("echo_p50", "echo p50 ms", False, _MS),
+        Metric("echo_p99", "echo p99 ms", False, _MS, headline=True),
+        Metric("echo_rate", "echo round trips/s", True)), _s5),
+    Scenario(6, "Seed 001: 3 backends sleeping 50 ms (4 workers each, 240 req/s in all); "
+                "`ab -n1000 -c100`, a new connection per request", (FRONTGATE, REF_SEED, REF_CLOSE0, ROUTER, HAPROXY,
+                                                                   DIRECT), (
+        Metric("rps", "requests/s", True),
+        Metric("share", "% of 240/s capacity", True, "{:,.1f}", headline=True),
+        Metric("p50", "p50 ms", False),
+        Metric("p99", "p99 ms", False)), _s6),
+)}
