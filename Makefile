@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv deploy stop status check reload restart-router restart-terminator restart-checker test test-full clean
+.PHONY: venv deploy stop status check certs reload restart-router restart-terminator restart-checker \
+        test test-full test-tools bench bench-tools
 
 # The venv is rebuilt whenever pyproject.toml (the pinned dependencies) changes.
 $(STAMP): pyproject.toml
@@ -14,6 +15,32 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+# sslyze (the TLS scanner the suite runs against a live terminator) pins a cryptography older than
+# ours, so it lives in a venv of its own; only the test calls it.
+SSLYZE := .venv-sslyze/.installed
+$(SSLYZE):
+	$(PYTHON) -m venv .venv-sslyze
+	.venv-sslyze/bin/pip install --quiet sslyze==6.3.1
+	touch $@
+
+# The benchmark's Debian tools (command:package), installed only when one is missing. The suite's
+# smoke test of the benchmark harness needs them too.
+BENCH_TOOLS := haproxy:haproxy stunnel:stunnel4 nginx:nginx wrk:wrk ab:apache2-utils
+bench-tools:
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; for t in $(BENCH_TOOLS); do \
+	  command -v "$${t%%:*}" >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The slow suite's extra tools: headless Chromium (browser test), testssl.sh (TLS scan), atheris (fuzzing).
+test-tools: $(STAMP)
+	@command -v chromium >/dev/null && command -v testssl >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium testssl.sh; }
+	$(BIN)/pip install --quiet atheris==2.3.0
 
 # Check before touching anything: a config that fails `frontgate check` never reaches supervisord,
 # and the running pipeline keeps serving. scripts/deploy.sh restarts only what changed.
@@ -49,8 +76,15 @@ restart-checker: $(STAMP)
 check: $(STAMP)
 	$(BIN)/frontgate check
 
-test: $(STAMP)
+certs: $(STAMP)
+	$(BIN)/frontgate certs
+
+test: $(STAMP) $(SSLYZE) bench-tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-full: $(STAMP)
+test-full: $(STAMP) $(SSLYZE) bench-tools test-tools
 	$(BIN)/python -m pytest -q
+
+# Side by side with stunnel + HAProxy on this machine: make bench BENCH_ARGS="--rounds 1 --scenarios 1,4"
+bench: $(STAMP) bench-tools
+	scripts/bench/run $(BENCH_ARGS)

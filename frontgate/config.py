@@ -76,6 +76,10 @@ class Listener:
     address: Address
     proxy_protocol: bool = False
     scheme: str = "http"
+    # PROXY listeners: a request whose Host is not the connection's SNI gets 421 (RFC 9110 15.5.20),
+    # so that a client cannot pass the terminator's per-name checks (mTLS) for one name and then
+    # ask for another on the same connection. Has no effect without proxy_protocol.
+    sni_host_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,7 @@ class CertificateEntry:
 
 
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")    # in order
+SERVER_CIPHER_ORDER = ("tls1.2", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,9 @@ class TlsPolicy:
     max_version: str = "TLSv1.3"
     ciphers: str | None = None            # TLS 1.2 and below, OpenSSL cipher string
     ciphersuites: str | None = None       # TLS 1.3, OpenSSL ciphersuites string
-    prefer_server_ciphers: bool = False
+    # "tls1.2": the server's order for TLS 1.2 (scanners rate a missing order as a weakness), the
+    # client's for TLS 1.3 (Mozilla: clients without AES hardware pick ChaCha20); or "always", "never".
+    prefer_server_ciphers: str = "tls1.2"
     session_tickets: bool = True          # stateless tickets; false: server-side session cache only
     session_timeout: int = 3600           # seconds a session (ticket or cache entry) can be resumed
 
@@ -490,11 +497,17 @@ def _build_router(root: _Table) -> RouterConfig:
     listeners = []
     for name in listen.data:
         lt = listen.table(name)
+        proxied = lt.bool("proxy_protocol", False)
+        sni_host_check = lt.bool("sni_host_check", proxied)
+        if sni_host_check and not proxied:
+            # Only a PROXY header carries the SNI; a setting that can do nothing is a mistake.
+            raise lt.error("sni_host_check", "needs proxy_protocol = true (the SNI comes from the PROXY header)")
         listeners.append(Listener(
             name=name,
             address=lt.address("address"),
-            proxy_protocol=lt.bool("proxy_protocol", False),
+            proxy_protocol=proxied,
             scheme=lt.str("scheme", "http", _SCHEMES),
+            sni_host_check=sni_host_check,
         ))
         lt.done()
     if not listeners:
@@ -587,7 +600,7 @@ def _build_router(root: _Table) -> RouterConfig:
                   default=default, redispatch=at.bool("redispatch", True),
                   passive_fall=at.int("passive_fall", 3, 0, 1000),
                   max_body=at.int("max_body", 0, 0, 2**62), acls=tuple(acls),
-                  request_headers=_header_rules(at.table("request_headers")),
+                  request_headers=_header_rules(at.table("request_headers"), _ROUTER_SET_REQUEST_FIELDS),
                   response_headers=_header_rules(at.table("response_headers")),
                   error_pages=_error_pages(at.table("error_pages")))
         at.done()
@@ -624,8 +637,14 @@ def _regex(t: _Table, name: str, default: Any = None) -> re.Pattern | None:
         raise t.error(name, f"{text!r} is not a valid regular expression: {e}") from None
 
 
-def _header_rules(t: _Table) -> HeaderRules:
-    """`{ set = { Name = "value" }, add = { Name = "value" }, delete = ["Name"] }`"""
+# Request fields only the router writes (from the PROXY header): a rule must not forge them.
+CLIENT_CERT_SUBJECT_FIELD = "X-Client-Cert-Subject"
+_ROUTER_SET_REQUEST_FIELDS = frozenset({CLIENT_CERT_SUBJECT_FIELD.lower()})
+
+
+def _header_rules(t: _Table, reserved: frozenset[str] = frozenset()) -> HeaderRules:
+    """`{ set = { Name = "value" }, add = { Name = "value" }, delete = ["Name"] }`; `reserved`
+    names are the router's own and no rule may touch them."""
     def pairs(kind: str) -> tuple[tuple[str, str], ...]:
         pt = t.table(kind)
         out = []
@@ -635,6 +654,8 @@ def _header_rules(t: _Table) -> HeaderRules:
                 raise pt.error(field_name, "not a valid header name")
             if field_name.lower() in _FRAMING_FIELDS:
                 raise pt.error(field_name, "framing and connection fields cannot be changed by header rules")
+            if field_name.lower() in reserved:
+                raise pt.error(field_name, "only the router sets this field (from the PROXY header)")
             if not _FIELD_VALUE_RE.fullmatch(value):
                 raise pt.error(field_name, "header values are printable ASCII")
             out.append((field_name, value))
@@ -643,7 +664,7 @@ def _header_rules(t: _Table) -> HeaderRules:
     rules = HeaderRules(set=pairs("set"), add=pairs("add"))
     delete = t.str_list("delete", [])
     for i, field_name in enumerate(delete):
-        if not _FIELD_NAME_RE.fullmatch(field_name) or field_name.lower() in _FRAMING_FIELDS:
+        if not _FIELD_NAME_RE.fullmatch(field_name) or field_name.lower() in _FRAMING_FIELDS | reserved:
             raise ConfigError(t.file, f"{t.key('delete')}[{i}]",
                               f"{field_name!r} is not a header name that header rules may delete")
     t.done()
@@ -723,7 +744,7 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
         max_version=tt.str("max_version", "TLSv1.3", TLS_VERSIONS),
         ciphers=tt.str("ciphers", None),
         ciphersuites=tt.str("ciphersuites", None),
-        prefer_server_ciphers=tt.bool("prefer_server_ciphers", False),
+        prefer_server_ciphers=tt.str("prefer_server_ciphers", "tls1.2", SERVER_CIPHER_ORDER),
         session_tickets=tt.bool("session_tickets", True),
         session_timeout=tt.int("session_timeout", 3600, 1, 7 * 86400),
     )

@@ -50,7 +50,7 @@ def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> 
     ctx.set_min_proto_version(_VERSIONS[policy.min_version])
     ctx.set_max_proto_version(_VERSIONS[policy.max_version])
     options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
-    if policy.prefer_server_ciphers:
+    if policy.prefer_server_ciphers == "always":
         options |= SSL.OP_CIPHER_SERVER_PREFERENCE
     if not policy.session_tickets:
         options |= SSL.OP_NO_TICKET
@@ -85,4 +85,11 @@ class Front:
         self.context = new_context(policy, cfg_path)
         self.context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         # Must be set before the context makes its first connection (pyOpenSSL freezes it then).
-        self.context.set_tlsext_servername_callback(lambda conn: self.on_server_name(conn))
+        self.context.set_tlsext_servername_callback(self._server_name)
+
+    def _server_name(self, conn: SSL.Connection) -> None:
+        # OpenSSL calls this for every ClientHello (SNI or not), after it has chosen the protocol
+        # version and before it chooses a TLS 1.2 cipher: the one place to set a per-version order.
+        if self.policy.prefer_server_ciphers == "tls1.2" and conn.get_protocol_version_name() == "TLSv1.2":
+            conn.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
+        self.on_server_name(conn)

@@ -27,10 +27,6 @@ def pipeline(tmp_path):
 
 @pytest.mark.skipif(TESTSSL is None, reason="testssl.sh is not installed (apt-get install -y testssl.sh)")
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (or a decision for the lead): testssl.sh rates 'cipher_order: NOT a cipher order configured' "
-    "HIGH because [tls] prefer_server_ciphers defaults to false (tls_terminator/tls.py sets "
-    "OP_CIPHER_SERVER_PREFERENCE only when it is true); default it to true, or accept the finding"))
 def test_testssl_finds_nothing_high_or_critical(pipeline, tmp_path):
     report = tmp_path / "testssl.json"
     # --add-ca: the test CA that issued the site certificate, so that the chain is judged as a

@@ -220,6 +220,27 @@ def test_protocols_and_ciphers_are_configurable(ca, router, tmp_path):
         t.stop()
 
 
+@pytest.mark.parametrize("order, tls12_cipher, tls13_cipher", [
+    # Both clients put ChaCha20 first; the server's lists put AES-128-GCM first.
+    ("tls1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", "TLS_CHACHA20_POLY1305_SHA256"),   # the default
+    ("always", "ECDHE-ECDSA-AES128-GCM-SHA256", "TLS_AES_128_GCM_SHA256"),
+    ("never", "ECDHE-ECDSA-CHACHA20-POLY1305", "TLS_CHACHA20_POLY1305_SHA256"),
+])
+def test_whose_cipher_order_wins_per_version(ca, router, tmp_path, order, tls12_cipher, tls13_cipher):
+    make_leaf(ca, "app.test").write_pem(tmp_path / "app.pem")
+    tls = "" if order == "tls1.2" else f'[tls]\nprefer_server_ciphers = "{order}"\n'
+    t = start(tmp_path, router, tls + '[[certificate]]\ncert = "app.pem"\n')
+    try:
+        out12 = s_client(t.port, "-servername", "app.test", "-tls1_2",
+                         "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256")
+        assert f"Cipher is {tls12_cipher}" in out12, out12
+        out13 = s_client(t.port, "-servername", "app.test", "-tls1_3",
+                         "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256")
+        assert f"Cipher is {tls13_cipher}" in out13, out13
+    finally:
+        t.stop()
+
+
 # --------------------------------------------------------------------------- privileges
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
@@ -391,8 +412,7 @@ def sslyze_binary() -> Path | None:
     return None
 
 
-@pytest.mark.slow          # ~6 s: the scan tries every protocol and suite
-@pytest.mark.skipif(sslyze_binary() is None, reason="sslyze not installed (make .venv-sslyze, or set SSLYZE)")
+@pytest.mark.skipif(sslyze_binary() is None, reason="sslyze not installed (`make test` installs it, or set SSLYZE)")
 def test_sslyze_finds_nothing_weak(ca, router, tmp_path):
     make_leaf(ca, "app.test").write_pem(tmp_path / "app.pem")
     make_leaf(ca, "app.test", key_type="rsa").write_pem(tmp_path / "app-rsa.pem")

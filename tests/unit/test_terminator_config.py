@@ -37,7 +37,7 @@ chroot = "/var/empty"
 min_version = "TLSv1.3"
 ciphers = "ECDHE+AESGCM"
 ciphersuites = "TLS_AES_256_GCM_SHA384"
-prefer_server_ciphers = true
+prefer_server_ciphers = "always"
 session_tickets = false
 session_timeout = 600
 [[client_auth]]
@@ -56,7 +56,7 @@ proxy_protocol = true
     assert cfg.certs_poll_interval == 0 and cfg.allow_loose_key_permissions
     assert (cfg.user, cfg.group, cfg.chroot) == ("nobody", "nogroup", Path("/var/empty"))
     assert cfg.tls == TlsPolicy(min_version="TLSv1.3", max_version="TLSv1.3", ciphers="ECDHE+AESGCM",
-                                ciphersuites="TLS_AES_256_GCM_SHA384", prefer_server_ciphers=True,
+                                ciphersuites="TLS_AES_256_GCM_SHA384", prefer_server_ciphers="always",
                                 session_tickets=False, session_timeout=600)
     assert [(r.sni, r.verify, r.ca) for r in cfg.client_auth] == [
         (("secure.test", "*.secure.test"), "required", tmp_path / "clients.pem"),
