@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from http import HTTPStatus
 
-from frontgate.config import ErrorPage, HeaderRules
+from frontgate.config import CLIENT_CERT_SUBJECT_FIELD, ErrorPage, HeaderRules
 from mux_router.http1 import RequestHead, ResponseHead
 
 # Hop-by-hop fields (RFC 9110 7.6.1) describe one connection, never the next one. Transfer-Encoding
@@ -40,6 +40,21 @@ FORWARDED_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forw
                               b"forwarded"})
 NO_RULES = HeaderRules()
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# The verified client certificate's subject (CN), from the PROXY header. Only the router writes
+# it: a client's own, from any source on any listener, is always dropped.
+CLIENT_CERT_SUBJECT = CLIENT_CERT_SUBJECT_FIELD.encode()
+_CLIENT_CERT_SUBJECT_LOWER = CLIENT_CERT_SUBJECT.lower()
+_UNSAFE_IN_VALUE = frozenset(range(0x20)) | {0x7F, ord("%")}
+
+
+def client_cert_subject_line(subject: str) -> bytes:
+    """The field line for a client certificate subject (once per connection). UTF-8; control
+    characters (a CN may hold anything its CA signed) and "%" are %XX-escaped, so that the value
+    can never end the line or the head, and stays reversible."""
+    raw = subject.encode("utf-8")
+    if any(b in _UNSAFE_IN_VALUE for b in raw):
+        raw = b"".join(b"%%%02X" % b if b in _UNSAFE_IN_VALUE else bytes((b,)) for b in raw)
+    return CLIENT_CERT_SUBJECT + b": " + raw.strip(b" \t")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -56,12 +71,14 @@ def _forwarded_node(ip: str) -> str:
 
 def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, client_trusted: bool,
                          keep_alive: bool = False, forwarded_for: str = "append", forwarded: bool = False,
-                         rules: HeaderRules = NO_RULES) -> bytes:
+                         rules: HeaderRules = NO_RULES, client_cert_line: bytes | None = None) -> bytes:
     """The head sent to the backend: the client's request line and fields, hop-by-hop fields
     replaced by ours, the app's header rules applied, and the forwarding fields: X-Forwarded-For
     (appended to a trusted client's list in `append` mode, else just the client), X-Forwarded-Proto
     (the listener's scheme), X-Forwarded-Host, X-Real-IP (this hop's view, whoever sent them
-    before) and, when `forwarded`, RFC 7239 Forwarded (appended like X-Forwarded-For)."""
+    before) and, when `forwarded`, RFC 7239 Forwarded (appended like X-Forwarded-For). Any
+    X-Client-Cert-Subject the client sent is dropped; `client_cert_line` (from
+    client_cert_subject_line) is the router's own, for a connection with a verified client cert."""
     lines = [_start_line(head.raw)]
     sent: dict[bytes, list[bytes]] = {}     # the forwarding fields the (trusted) client sent
     keep = frozenset({b"upgrade"}) if head.is_websocket_upgrade else frozenset()
@@ -79,9 +96,11 @@ def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, clie
                 lines.append(b"Transfer-Encoding: chunked" if head.chunked
                              else b"Content-Length: " + str(head.content_length).encode())
                 framed = True
-        elif lname not in skip:
+        elif lname not in skip and lname != _CLIENT_CERT_SUBJECT_LOWER:
             lines.append(name + b": " + value)
     lines += extra
+    if client_cert_line is not None:
+        lines.append(client_cert_line)
     if head.is_websocket_upgrade:
         lines.append(b"Connection: Upgrade")
     else:

@@ -78,6 +78,21 @@ def select_app(apps: Sequence[App], host: str | None, path: str, headers: Header
     return default
 
 
+def sni_host(authority: str | None) -> str | None:
+    """A PROXY header's SNI in the form RequestHead.host has (lower-case, no trailing dot), to be
+    computed once per connection; None (no check) without one."""
+    if not authority:
+        return None
+    return authority.lower().rstrip(".") or None
+
+
+def misdirected(sni: str | None, host: str | None) -> bool:
+    """RFC 9110 15.5.20: the request names another host than the TLS connection was made for.
+    Both normalised (sni_host, RequestHead.host). No SNI or no Host: nothing to compare (a
+    request without Host can only reach apps that take any host, as the SNI name does)."""
+    return sni is not None and host is not None and host != sni
+
+
 def acl_allows(app: App, client_ip: IPAddress | None, path: str) -> bool:
     """The first of the app's ACLs whose path_prefix starts the path decides: denied when the
     source is in `deny`, or `allow` is set and the source is not in it. No ACL: allowed. A unix

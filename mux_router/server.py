@@ -31,7 +31,7 @@ from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
-from mux_router.routing import acl_allows, find_redirect, ip_in, parse_ip, select_app
+from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
 
 log = logging.getLogger("mux-router")
 
@@ -436,6 +436,9 @@ class ClientConnection:
         self.client = (str(self.peer_ip), peer[1]) if self.peer_ip is not None else ("unknown", 0)
         self.requests = 0
         self.request_started = time.monotonic()
+        # From the PROXY header, computed once for all the connection's requests:
+        self.sni_host: str | None = None              # normalised like RequestHead.host; None: no check
+        self.client_cert_line: bytes | None = None    # X-Client-Cert-Subject line for the backend
 
     @property
     def listener(self) -> Listener:
@@ -493,6 +496,10 @@ class ClientConnection:
             # LOCAL (the terminator's own health check) keeps the socket's address.
             self.peer_ip = parse_ip(header.src[0])
             self.client = (str(self.peer_ip), header.src[1])
+        if self.listener.sni_host_check:
+            self.sni_host = sni_host(header.authority)
+        if header.client_cert_subject is not None:
+            self.client_cert_line = forwarding.client_cert_subject_line(header.client_cert_subject)
         return True
 
     # ---- one request
@@ -661,9 +668,9 @@ class Exchange:
         return self.head.keep_alive and self.body_done and not self.router.stopping
 
     async def _answer(self, status: int, detail: str = "", location: str | None = None,
-                      termination: str | None = None) -> bool:
+                      termination: str | None = None, close: bool = False) -> bool:
         """The router's own answer instead of a backend's. Returns whether the connection stays."""
-        keep = self._keep_alive()
+        keep = self._keep_alive() and not close
         self.status = status
         self.note = self.note or detail
         if termination is not None:
@@ -683,6 +690,13 @@ class Exchange:
 
     async def run(self) -> bool:
         head, conn, cfg = self.head, self.conn, self.config
+        if misdirected(conn.sni_host, head.host):
+            # This connection is not for that host: whatever the terminator checked for the SNI
+            # name (a client certificate) says nothing about the other one. Closed: the client
+            # is to open a new connection for that host.
+            self.route = "<misdirected>"
+            return await self._answer(421, f"this connection is for {conn.sni_host}, not {head.host}",
+                                      termination="PR", close=True)
         redirect = find_redirect(cfg.redirects, listener=conn.listener.name, client_ip=conn.peer_ip,
                                  host=head.host, host_as_sent=head.host_as_sent, target=head.origin_target)
         if redirect is not None:
@@ -792,7 +806,8 @@ class Exchange:
             head, client_ip=conn.client[0], scheme=conn.listener.scheme,
             client_trusted=ip_in(conn.peer_ip, cfg.trusted_sources),
             keep_alive=self.router.backends.keeps_alive and not head.is_websocket_upgrade,
-            forwarded_for=cfg.forwarded_for, forwarded=cfg.forwarded, rules=app.request_headers))
+            forwarded_for=cfg.forwarded_for, forwarded=cfg.forwarded, rules=app.request_headers,
+            client_cert_line=conn.client_cert_line))
         if head.has_body:
             self.upload = asyncio.create_task(self._upload_body(backend))
         sent_at = time.monotonic()

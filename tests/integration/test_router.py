@@ -462,12 +462,61 @@ def test_proxy_v2_listener_takes_client_address_and_scheme_from_the_header(env):
     assert header_values(echo, "X-Forwarded-For") == ["203.0.113.7"]
     assert header_values(echo, "X-Forwarded-Proto") == ["https"]
     # Keep-alive after the PROXY header: the next request on the same connection is routed too.
-    status, _, body = client.request("maps.localhost", "/api/")
-    assert status == 200 and json.loads(body)["name"] == "api"
+    status, _, body = client.request("coltrane.localhost.", "/api/")
+    assert status == 200 and json.loads(body)["name"] == "coltrane"
     client.close()
     # The redirect rule is for the public listener only: this client is not redirected.
     out = daemon_output(env.proc)
     assert "203.0.113.7:40000 [" in out and "] from_terminator coltrane/127.0.0.1:" in out
+
+
+def test_proxy_v2_host_other_than_the_sni_is_421_and_not_forwarded(env):
+    header = proxy_protocol.encode(proxy_protocol.ProxyHeader(
+        command="PROXY", family="TCP4", src=("203.0.113.8", 40000), dst=("127.0.0.1", 443),
+        authority="Coltrane.Localhost", tls_version="TLSv1.3"))
+    client = RawClient(env.proxied)
+    client.send(header)
+    # The same name in another case, with a port and a trailing dot, is the same host.
+    assert client.request("coltrane.localhost.:443", "/")[0] == 200
+    before = env.total_received()
+    status, headers, body = client.request("maps.localhost", "/api/")
+    assert status == 421 and headers["connection"] == "close" and b"421 Misdirected Request" in body
+    assert client.closed()
+    client.close()
+    # Absolute form names the host too.
+    client = RawClient(env.proxied)
+    client.send(header + b"GET http://maps.localhost/api/ HTTP/1.1\r\nHost: maps.localhost\r\n\r\n")
+    assert client.response()[0] == 421
+    client.close()
+    assert env.total_received() == before
+    # Without an SNI there is nothing to compare.
+    bare = proxy_protocol.encode(proxy_protocol.ProxyHeader(
+        command="PROXY", family="TCP4", src=("203.0.113.8", 40001), dst=("127.0.0.1", 443)))
+    client = RawClient(env.proxied)
+    client.send(bare)
+    assert client.request("coltrane.localhost")[0] == 200
+    assert json.loads(client.request("maps.localhost", "/api/")[2])["name"] == "api"
+    client.close()
+
+
+def test_client_cert_subject_comes_only_from_the_proxy_header(env):
+    def echo(header: bytes, port: int, host: str = "coltrane.localhost") -> dict:
+        client = RawClient(port)
+        client.send(header)
+        status, _, body = client.request(host, "/", "X-Client-Cert-Subject: forged\r\nConnection: close\r\n")
+        client.close()
+        assert status == 200
+        return json.loads(body)
+    with_cert = proxy_protocol.encode(proxy_protocol.ProxyHeader(
+        command="PROXY", family="TCP4", src=("203.0.113.9", 40000), dst=("127.0.0.1", 443),
+        authority="coltrane.localhost", tls_version="TLSv1.3", client_cert_subject="alice"))
+    assert header_values(echo(with_cert, env.proxied), "X-Client-Cert-Subject") == ["alice"]
+    without = proxy_protocol.encode(proxy_protocol.ProxyHeader(
+        command="PROXY", family="TCP4", src=("127.0.0.1", 40000), dst=("127.0.0.1", 443),
+        authority="coltrane.localhost", tls_version="TLSv1.3"))
+    assert header_values(echo(without, env.proxied), "X-Client-Cert-Subject") == []
+    # The public listener, from a trusted source: dropped all the same.
+    assert header_values(echo(b"", env.public), "X-Client-Cert-Subject") == []
 
 
 def test_proxy_v2_listener_refuses_untrusted_sources_and_requests_without_header(env):

@@ -18,8 +18,9 @@ import trustme
 
 from frontgate.proxy_protocol import ProxyHeader, decode
 from tests.certmaker import DAY, client_hello, make_leaf
-from tests.helpers import BIN, REPO, free_port, wait_until
+from tests.helpers import BIN, REPO, free_port, start_daemon, stop_daemon, wait_until
 from tests.integration.test_terminator import RouterStub, Terminator, echo_once
+from tests.pipeline import RecordingBackend
 
 
 @pytest.fixture(scope="module")
@@ -489,3 +490,107 @@ def test_reading_the_client_hello_keeps_the_handshake_timeout_and_rejects_garbag
         assert answer == b"ping"
     finally:
         t.stop()
+
+
+# --------------------------------------------------------------------------- through the router: mTLS identity, SNI vs Host
+
+ROUTER_BEHIND = """
+[router]
+state_file = "state/health.json"
+trusted_sources = ["127.0.0.1/32"]
+[listen.from_terminator]
+address = "127.0.0.1:{port}"
+proxy_protocol = true
+scheme = "https"
+[[app]]
+name = "recorded"
+hosts = ["a.localhost", "b.localhost", "secure.localhost"]
+servers = ["127.0.0.1:{backend}"]
+"""
+
+
+@pytest.fixture
+def stack(ca, tmp_path):
+    """tls-terminator (client certificate required for secure.localhost) -> mux-router -> a
+    recording backend."""
+    backend = RecordingBackend().start()
+    port = free_port()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "mux-router.toml").write_text(ROUTER_BEHIND.format(port=port, backend=backend.port))
+    router_proc = start_daemon(["mux-router", "--config", str(tmp_path / "mux-router.toml")],
+                               wait_for=("127.0.0.1", port))
+    clients = trustme.CA()
+    clients.cert_pem.write_to_path(str(tmp_path / "clients-ca.pem"))
+    make_leaf(ca, "a.localhost", "b.localhost", "secure.localhost").write_pem(tmp_path / "site.pem")
+    t = None
+    try:
+        t = Terminator(tmp_path, '[[client_auth]]\nsni = "secure.localhost"\nverify = "required"\n'
+                                 'ca = "clients-ca.pem"\n[[certificate]]\ncert = "site.pem"\n', f"127.0.0.1:{port}")
+        yield t, clients, backend
+    finally:
+        if t is not None:
+            t.stop()
+        out = stop_daemon(router_proc)
+        backend.stop()
+    assert "Traceback" not in out, out
+
+
+def http_exchange(s: ssl.SSLSocket, host: str, extra: str = "") -> tuple[int, dict[str, str], bytes]:
+    """One request on `s`, one Content-Length response read back."""
+    s.sendall(f"GET /x HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {n.lower(): v for n, v in (line.split(": ", 1) for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = s.recv(65536)
+        assert chunk, "closed in the body"
+        body += chunk
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def closed_by_peer(s: ssl.SSLSocket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+
+
+def test_backend_sees_the_client_cert_subject_and_never_a_forged_one(ca, stack, tmp_path):
+    t, clients, backend = stack
+    ctx = with_client_cert(client_ctx(ca), make_leaf(clients, cn="alice", client=True), tmp_path)
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", t.port), timeout=10),
+                         server_hostname="secure.localhost") as s:
+        status, _, body = http_exchange(s, "secure.localhost", "X-Client-Cert-Subject: forged\r\n")
+        assert status == 200 and body == b"recorded\n"
+    # Without a client certificate (a name that does not ask for one) the forged field is dropped.
+    with client_ctx(ca).wrap_socket(socket.create_connection(("127.0.0.1", t.port), timeout=10),
+                                    server_hostname="a.localhost") as s:
+        assert http_exchange(s, "a.localhost", "x-client-cert-subject: forged\r\n")[0] == 200
+    wait_until(lambda: len(backend.snapshot()) == 2, timeout=5, what="both requests recorded")
+    heads = {data.split(b"\r\nHost: ", 1)[1].split(b"\r\n", 1)[0]: data for data in backend.snapshot()}
+    assert b"forged" not in b"".join(heads.values())
+    assert heads[b"secure.localhost"].count(b"X-Client-Cert-Subject: alice\r\n") == 1
+    assert b"client-cert-subject" not in heads[b"a.localhost"].lower()
+
+
+def test_a_host_other_than_the_sni_is_421_and_not_forwarded(ca, stack, tmp_path):
+    t, clients, backend = stack
+    # Passed the mTLS check for secure.localhost, then asks for another host on the same connection.
+    ctx = with_client_cert(client_ctx(ca), make_leaf(clients, cn="alice", client=True), tmp_path)
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", t.port), timeout=10),
+                         server_hostname="secure.localhost") as s:
+        assert http_exchange(s, "Secure.Localhost.")[0] == 200
+        status, headers, body = http_exchange(s, "a.localhost")
+        assert status == 421 and headers["connection"] == "close" and body.startswith(b"421 Misdirected Request")
+        assert closed_by_peer(s)
+    # Without a client certificate at all: SNI a.localhost, Host b.localhost.
+    with client_ctx(ca).wrap_socket(socket.create_connection(("127.0.0.1", t.port), timeout=10),
+                                    server_hostname="a.localhost") as s:
+        assert http_exchange(s, "b.localhost:443")[0] == 421
+    time.sleep(0.2)
+    assert len(backend.snapshot()) == 1 and b"Host: Secure.Localhost." in backend.snapshot()[0]

@@ -59,6 +59,8 @@ def test_router_config_parses_into_dataclasses(tmp_path):
     assert cfg.state_file == tmp_path / "state" / "health.json"   # relative to the TOML's directory
     assert [l.name for l in cfg.listeners] == ["public", "tls"]
     assert cfg.listeners[1].proxy_protocol and cfg.listeners[1].scheme == "https"
+    # The SNI/Host check is on by default where there is an SNI (PROXY listeners), off elsewhere.
+    assert cfg.listeners[1].sni_host_check and not cfg.listeners[0].sni_host_check
     assert cfg.timeouts.connect == 2 and cfg.timeouts.http_request == 10
     rule = cfg.redirects[0]
     assert rule.listeners == ("public",) and rule.source_not_in == (ipaddress.ip_network("127.0.0.1/32"),)
@@ -137,6 +139,13 @@ ROUTER_ERRORS = [
     (("weight = 3", "weight = 3, color = 1"), "app[0].servers[1].color", "unknown key"),
     (("weight = 3", "weight = true"), "app[0].servers[1].weight", "expected an integer, got a boolean"),
     (("[listen.tls]\n", "[listen.tls]\nport = 1\n"), "listen.tls.port", "unknown key"),
+    (("[listen.tls]\n", '[listen.tls]\nsni_host_check = "yes"\n'), "listen.tls.sni_host_check", "true or false"),
+    (("[listen.public]\n", "[listen.public]\nsni_host_check = true\n"), "listen.public.sni_host_check",
+     "needs proxy_protocol = true"),
+    (("retries = 0", 'request_headers = { set = { "x-client-cert-subject" = "a" } }'),
+     "app[1].request_headers.set.x-client-cert-subject", "only the router sets"),
+    (("retries = 0", 'request_headers = { delete = ["X-Client-Cert-Subject"] }'),
+     "app[1].request_headers.delete[0]", "may delete"),
     (("connect = 2", "keep_alive = -1"), "timeouts.keep_alive", "positive number of seconds"),
     (("connect = 2", "queue = 0"), "timeouts.queue", "positive number of seconds"),
     (('trusted_sources = ["127.0.0.1/32"]', 'access_log_format = "clf"'), "router.access_log_format", "not one of"),
@@ -161,6 +170,13 @@ ROUTER_ERRORS = [
     (("retries = 0", 'error_pages = { 503 = "missing.html" }'), "app[1].error_pages.503", "cannot read"),
     (("retries = 0", 'error_pages = { 200 = "missing.html" }'), "app[1].error_pages.200", "status code 400-599"),
 ]
+
+
+def test_sni_host_check_can_be_turned_off(tmp_path):
+    text = ROUTER.replace("[listen.tls]\n", "[listen.tls]\nsni_host_check = false\n", 1)
+    text = text.replace("[listen.public]\n", "[listen.public]\nsni_host_check = false\n", 1)
+    cfg = load_router_config(write(tmp_path, "mux-router.toml", text))
+    assert not any(l.sni_host_check for l in cfg.listeners)
 
 
 @pytest.mark.parametrize("replace, key, problem", ROUTER_ERRORS, ids=[k for _, k, _ in ROUTER_ERRORS])

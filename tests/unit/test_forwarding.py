@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from frontgate.config import ErrorPage, HeaderRules
-from mux_router.forwarding import backend_request_head, client_response_head, simple_response
+from mux_router.forwarding import (backend_request_head, client_cert_subject_line, client_response_head,
+                                   simple_response)
 from mux_router.http1 import parse_request_head, parse_response_head
 
 
@@ -114,3 +115,23 @@ def test_framing_fields_are_forwarded_in_one_canonical_form():
     h = head("POST / HTTP/1.1", "Host: h", "Transfer-Encoding: ,", "Transfer-Encoding: ,CHUNKED ")
     out = backend_request_head(h, client_ip="1.2.3.4", scheme="http", client_trusted=False)
     assert out.count(b"Transfer-Encoding") == 1 and b"Host: h\r\nTransfer-Encoding: chunked\r\nConnection" in out
+
+
+def test_client_cert_subject_is_set_by_the_router_only():
+    h = head("GET / HTTP/1.1", "Host: h", "X-Client-Cert-Subject: forged", "x-client-cert-subject: forged2",
+             "Connection: X-Client-Cert-Subject")
+    line = client_cert_subject_line("alice")
+    for trusted in (False, True):       # not even a trusted source may send its own
+        out = backend_request_head(h, client_ip="1.2.3.4", scheme="https", client_trusted=trusted,
+                                   client_cert_line=line)
+        assert b"forged" not in out
+        assert out.count(b"X-Client-Cert-Subject: ") == 1 and b"\r\nX-Client-Cert-Subject: alice\r\n" in out
+        # Without a verified certificate the client's fields are dropped and nothing is added.
+        out = backend_request_head(h, client_ip="1.2.3.4", scheme="https", client_trusted=trusted)
+        assert b"client-cert-subject" not in out.lower()
+
+
+def test_client_cert_subject_line_escapes_what_could_break_the_head():
+    assert client_cert_subject_line("Zoë Ünicode") == "X-Client-Cert-Subject: Zoë Ünicode".encode()
+    assert client_cert_subject_line("evil\r\nX-Admin: 1") == b"X-Client-Cert-Subject: evil%0D%0AX-Admin: 1"
+    assert client_cert_subject_line("100%\x00\x7f") == b"X-Client-Cert-Subject: 100%25%00%7F"

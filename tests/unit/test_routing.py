@@ -6,7 +6,8 @@ import ipaddress
 import pytest
 
 from frontgate.config import Address, App, RedirectRule, Server
-from mux_router.routing import any_host_matches, find_redirect, host_matches, ip_in, parse_ip, select_app
+from mux_router.routing import (any_host_matches, find_redirect, host_matches, ip_in, misdirected, parse_ip,
+                                select_app, sni_host)
 
 
 def app(name, hosts, prefix="/"):
@@ -139,3 +140,30 @@ def test_acls_first_matching_path_decides():
     assert not acl_allows(a, ip("192.0.2.9"), "/public") and acl_allows(a, ip("192.168.0.1"), "/public")
     assert not acl_allows(a, None, "/admin")                        # no IP is in no CIDR
     assert acl_allows(App(name="b", hosts=("b",), servers=SERVERS), ip("192.0.2.9"), "/")
+
+
+@pytest.mark.parametrize("authority, expected", [
+    ("a.localhost", "a.localhost"), ("A.LocalHost.", "a.localhost"), (None, None), ("", None), (".", None)])
+def test_sni_host_is_normalised_like_the_request_host(authority, expected):
+    assert sni_host(authority) == expected
+
+
+@pytest.mark.parametrize("sni, host, expected", [
+    ("a.localhost", "a.localhost", False),
+    ("a.localhost", "b.localhost", True),
+    ("a.localhost", "x.a.localhost", True),      # no wildcard: exactly the name the client asked for
+    ("a.localhost", None, False),                # HTTP/1.0 without Host: nothing to compare
+    (None, "b.localhost", False),                # no SNI (or the check is off): no check
+])
+def test_misdirected(sni, host, expected):
+    assert misdirected(sni, host) is expected
+
+
+def test_misdirected_with_hosts_as_the_parser_gives_them():
+    from mux_router.http1 import parse_request_head
+    sni = sni_host("A.Localhost")
+    for host_field in ("a.localhost", "A.LOCALHOST:8443", "a.localhost.", "a.localhost.:443"):
+        h = parse_request_head(f"GET / HTTP/1.1\r\nHost: {host_field}\r\n\r\n".encode())[0]
+        assert not misdirected(sni, h.host), host_field
+    h = parse_request_head(b"GET http://b.localhost/x HTTP/1.1\r\nHost: b.localhost\r\n\r\n")[0]
+    assert misdirected(sni, h.host)
