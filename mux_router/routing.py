@@ -83,7 +83,13 @@ def sni_host(authority: str | None) -> str | None:
     computed once per connection; None (no check) without one."""
     if not authority:
         return None
-    return authority.lower().rstrip(".") or None
+    try:
+        # RFC 6066 3: SNI never carries an IP literal, yet some clients (wrk) send the URL's address
+        # there. That names no host, so there is nothing for the Host header to contradict.
+        ipaddress.ip_address(authority)
+        return None
+    except ValueError:
+        return authority.lower().rstrip(".") or None
 
 
 def misdirected(sni: str | None, host: str | None) -> bool:

@@ -143,7 +143,8 @@ def test_acls_first_matching_path_decides():
 
 
 @pytest.mark.parametrize("authority, expected", [
-    ("a.localhost", "a.localhost"), ("A.LocalHost.", "a.localhost"), (None, None), ("", None), (".", None)])
+    ("a.localhost", "a.localhost"), ("A.LocalHost.", "a.localhost"), (None, None), ("", None), (".", None),
+    ("127.0.0.1", None), ("::1", None)])     # an IP literal is not a server name (RFC 6066): no check
 def test_sni_host_is_normalised_like_the_request_host(authority, expected):
     assert sni_host(authority) == expected
 
