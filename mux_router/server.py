@@ -54,7 +54,12 @@ class ClientGone(Exception):
 
 
 class BackendFailed(Exception):
-    """The backend closed, reset, stalled or sent garbage after the response had started."""
+    """The backend closed, reset, stalled or sent garbage after the response had started.
+    `silent`: not one byte of a response came before (a pooled connection's close and reset race)."""
+
+    def __init__(self, reason: str, silent: bool = False):
+        super().__init__(reason)
+        self.silent = silent
 
 
 # --------------------------------------------------------------------------- backend connections
@@ -818,7 +823,7 @@ class Exchange:
         except TimeoutError:
             return await self._backend_error(504, "backend response timeout", "sH")
         except BackendFailed as e:
-            if backend.reused and not head.has_body and not self.sent and str(e) == _NO_RESPONSE:
+            if backend.reused and not head.has_body and not self.sent and e.silent:
                 return _STALE
             return await self._backend_error(502, str(e), "SH")
         self.t_response = (time.monotonic() - sent_at) * 1000
@@ -887,12 +892,17 @@ class Exchange:
         """The final response head (or a 101); interim 1xx responses (100 Continue, 103 Early
         Hints) are passed to the client on the way."""
         data = b""
+        received = False
         while True:
             parser = ResponseHeadParser(self.head.method)
             while (resp := parser.feed(data)) is None:
-                data = await self._read_backend(backend)
+                try:
+                    data = await self._read_backend(backend)
+                except BackendFailed as e:     # a reset: the same race as a close, when silent
+                    raise BackendFailed(str(e), silent=not received) from None
                 if not data:
-                    raise BackendFailed(_NO_RESPONSE)
+                    raise BackendFailed(_NO_RESPONSE, silent=not received)
+                received = True
             data = parser.leftover
             if resp.informational and resp.status != 101:
                 await self._send(forwarding.client_response_head(resp, keep_alive=True,
