@@ -69,7 +69,7 @@ def ca_parts(ca: trustme.CA):
 
 def make_leaf(ca: trustme.CA, *names: str, key_type: str = "ec", cn: str | None = None,
               valid_from: datetime.timedelta = -DAY, valid_to: datetime.timedelta = 30 * DAY,
-              client: bool = False) -> Leaf:
+              client: bool = False, ocsp_url: str | None = None) -> Leaf:
     """A leaf for `names` (subjectAltName; none: CN only), valid from now+valid_from to now+valid_to."""
     ca_cert, ca_key = ca_parts(ca)
     key = ec.generate_private_key(ec.SECP256R1()) if key_type == "ec" else rsa.generate_private_key(65537, 2048)
@@ -86,6 +86,9 @@ def make_leaf(ca: trustme.CA, *names: str, key_type: str = "ec", cn: str | None 
     if client:
         builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]),
                                         critical=False)
+    if ocsp_url:      # where a client would ask about revocation, as a CA-issued certificate says
+        builder = builder.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            x509.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]), critical=False)
     return Leaf(builder.sign(ca_key, hashes.SHA256()), key, ca)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 import trustme
 
+from tests.certmaker import make_leaf
+
 from tests.helpers import BIN, REPO, free_port, start_daemon, stop_daemon, wait_until
 
 
@@ -46,15 +48,16 @@ class Pipeline:
         self.cert_days = cert_days
 
     def write_configs(self):
-        validity = {}
-        if self.cert_days is not None:      # trustme's default lasts centuries, which scanners flag
-            now = datetime.datetime.now(datetime.timezone.utc)
-            validity = {"not_before": now - datetime.timedelta(days=1),
-                        "not_after": now + datetime.timedelta(days=self.cert_days)}
-        cert = self.ca.issue_cert("maps.localhost", "*.coltrane.localhost", "coltrane.localhost", "nobody.localhost",
-                                  *self.extra_names, **validity)
-        cert.private_key_and_cert_chain_pem.write_to_path(str(self.dir / "site.pem"))
-        (self.dir / "site.pem").chmod(0o600)
+        names = ("maps.localhost", "*.coltrane.localhost", "coltrane.localhost", "nobody.localhost", *self.extra_names)
+        if self.cert_days is None:
+            cert = self.ca.issue_cert(*names)
+            cert.private_key_and_cert_chain_pem.write_to_path(str(self.dir / "site.pem"))
+            (self.dir / "site.pem").chmod(0o600)
+        else:
+            # What scanners expect of a real site certificate: a lifetime of days, not trustme's
+            # centuries, and an OCSP address (never contacted: the scan does not phone out).
+            make_leaf(self.ca, *names, valid_to=datetime.timedelta(days=self.cert_days),
+                      ocsp_url="http://127.0.0.1:9/ocsp").write_pem(self.dir / "site.pem")
         self.ca.cert_pem.write_to_path(str(self.dir / "ca.pem"))
         servers = ", ".join(f'"127.0.0.1:{p}"' for p in self.maps_ports)
         timeouts = "\n".join(f"{k} = {v}" for k, v in self.router_timeouts.items())
