@@ -1,9 +1,11 @@
 """tls-terminator's I/O: accept TLS, hand the plaintext to the router behind a PROXY v2 header.
 
 One asyncio.Protocol per client connection, with pyOpenSSL in memory-BIO mode: the transport's
-bytes go into OpenSSL with one `bio_write`, the plaintext comes out with `recv` until OpenSSL
-wants more, and whatever OpenSSL has to send (handshake, records, alerts) leaves with one
-`transport.write` per flush. So the cost per chunk is a few large calls, not one per record.
+bytes go into OpenSSL with one `bio_write`, the plaintext comes out with one `recv` per record
+while OpenSSL holds any, and whatever OpenSSL has to send (handshake, records, alerts) leaves with
+one exact-size `bio_read` and one `transport.write` per flush. The memory BIOs are sized before
+each call (tls.may_have_plaintext, tls.drain_output), so the relay never pays for a WantReadError
+in the common case: the cost per chunk is a few large calls, not one per record.
 
 A connection's life: handshake (bounded by handshake_timeout; the SNI callback picks the
 certificate) -> connect to forward_to and send the PROXY header -> relay both ways with
@@ -41,7 +43,7 @@ from tls_terminator.certs import CertStore, client_cert_subject, files_fingerpri
 from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
 from tls_terminator.privileges import PrivilegeError, drop_privileges
 from tls_terminator.sni import SniIndex, build_index
-from tls_terminator.tls import Front
+from tls_terminator.tls import Front, drain_output, may_have_plaintext
 
 log = logging.getLogger("tls-terminator")
 
@@ -199,34 +201,29 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def _decrypt(self) -> None:
+        tls = self.tls
         chunks = []
         close_notify = False
-        while True:
+        # One recv per record; stop when OpenSSL holds nothing more rather than on a WantReadError.
+        while may_have_plaintext(tls):
             try:
-                chunks.append(self.tls.recv(RECV_SIZE))
+                chunks.append(tls.recv(RECV_SIZE))
             except SSL.WantReadError:
-                break
+                break       # the rest of a record comes with the next data_received
             except SSL.ZeroReturnError:
                 close_notify = True
                 break
-        self._flush()     # e.g. a KeyUpdate answer
+        self._flush()     # e.g. a KeyUpdate answer (usually nothing: no call into OpenSSL then)
         if chunks:
             self._to_router(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if close_notify:
             self._client_finished()
 
-    def _flush(self, hint: int = 0) -> None:
-        """Send what OpenSSL has queued for the client, in one write. `hint`: plaintext bytes just
-        encrypted, so that one bio_read usually gets everything (records add up to 22 bytes per 16 KiB)."""
-        size = hint + (hint >> 14) * 64 + 16384
-        out = []
-        while True:
-            try:
-                out.append(self.tls.bio_read(size))
-            except SSL.WantReadError:
-                break
+    def _flush(self) -> None:
+        """Send what OpenSSL has queued for the client, in one write."""
+        out = drain_output(self.tls)
         if out and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.transport.write(out)
 
     def _tls_failed(self, e: SSL.Error) -> None:
         # A client that cannot or will not speak our TLS (old versions, no common cipher, garbage):
@@ -286,11 +283,15 @@ class ClientConnection(asyncio.Protocol):
             return
         self.last_activity = self.loop.time()
         try:
-            self.tls.sendall(data)
+            # Into a memory BIO, without partial writes (tls.apply_policy), SSL_write takes
+            # everything in one call; sendall only in case it ever does not.
+            sent = self.tls.send(data)
+            if sent < len(data):
+                self.tls.sendall(memoryview(data)[sent:])
         except SSL.Error as e:
             self._tls_failed(e)
             return
-        self._flush(len(data))
+        self._flush()
 
     def upstream_finished(self) -> None:
         """The router sent EOF: end the TLS stream properly, then close."""

@@ -34,6 +34,8 @@ ALPN_HTTP11 = b"http/1.1"
 # Contexts that ask for client certificates use their own (see certs.CertStore).
 SESSION_ID_CONTEXT = b"frontgate"
 
+MODE_ENABLE_PARTIAL_WRITE = 0x1   # SSL_MODE_ENABLE_PARTIAL_WRITE (openssl/ssl.h); pyOpenSSL has no name for it
+
 _VERSIONS = {"TLSv1": SSL.TLS1_VERSION, "TLSv1.1": SSL.TLS1_1_VERSION, "TLSv1.2": SSL.TLS1_2_VERSION,
              "TLSv1.3": SSL.TLS1_3_VERSION}
 
@@ -64,6 +66,10 @@ def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> 
             raise ConfigError(cfg_path, f"tls.{key}", f"OpenSSL accepts no cipher in {value!r}: {e}") from None
     # Idle connections (WebSocket tunnels) then cost no read/write buffers inside OpenSSL.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    # pyOpenSSL turns on partial writes: SSL_write then returns after each 16 KiB record, and a
+    # 64 KiB chunk takes four calls. Into a memory BIO (which never refuses bytes) a full write is
+    # one call that always completes.
+    ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
     ctx.set_session_id(SESSION_ID_CONTEXT)
     ctx.set_timeout(policy.session_timeout)
     ctx.set_alpn_select_callback(select_alpn)
@@ -93,3 +99,50 @@ class Front:
         if self.policy.prefer_server_ciphers == "tls1.2" and conn.get_protocol_version_name() == "TLSv1.2":
             conn.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
         self.on_server_name(conn)
+
+
+# ---- memory-BIO relay helpers
+# The relay asks these before calling into OpenSSL, so that the common case (nothing left to read,
+# nothing queued to send) costs no call that ends in a WantReadError: raising and catching one costs
+# about as much as decrypting a small record. pyOpenSSL has no public "bytes in this memory BIO";
+# the binding it uses has BIO_get_mem_data, and Connection keeps its BIOs in _into_ssl/_from_ssl.
+# Checked once at import: without them, the helpers ask OpenSSL and catch the exception instead
+# (slower, same result). tests/unit/test_tls_relay.py pins the behaviour the relay relies on.
+
+def _private_bio_access() -> bool:
+    try:
+        from OpenSSL._util import lib
+        conn = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
+        return hasattr(lib, "BIO_get_mem_data") and conn._into_ssl is not None and conn._from_ssl is not None
+    except (ImportError, AttributeError):     # pragma: no cover - another pyOpenSSL layout
+        return False
+
+
+if _private_bio_access():
+    from OpenSSL._util import ffi as _ffi, lib as _lib
+    _bio_size, _NULL = _lib.BIO_get_mem_data, _ffi.NULL
+
+    def may_have_plaintext(conn: SSL.Connection) -> bool:
+        """False when a `recv` could only raise WantReadError: no ciphertext waits in the incoming
+        BIO and no decrypted byte in the SSL object. OpenSSL reads records from the BIO without
+        read-ahead (header, then exactly the body), so nothing else is buffered in between; a
+        partial record left in the BIO counts as "may have" (`recv` then says WantReadError)."""
+        return _bio_size(conn._into_ssl, _NULL) > 0 or conn.pending() > 0
+
+    def drain_output(conn: SSL.Connection) -> bytes:
+        """Everything OpenSSL has queued for the peer (records, alerts), b"" if nothing: one BIO
+        read of exactly the queued size."""
+        queued = _bio_size(conn._from_ssl, _NULL)
+        return conn.bio_read(queued) if queued > 0 else b""
+
+else:     # pragma: no cover
+    def may_have_plaintext(conn: SSL.Connection) -> bool:
+        return True
+
+    def drain_output(conn: SSL.Connection) -> bytes:
+        out = []
+        while True:
+            try:
+                out.append(conn.bio_read(65536))
+            except SSL.WantReadError:
+                return b"".join(out)

@@ -160,11 +160,13 @@ def test_kill_9_the_checker_in_a_loop_never_leaves_a_torn_state_file(tmp_path):
     for t in threads:
         t.start()
     kills, deadline = 0, time.monotonic() + 20
+    started = []          # killed in `finally` whatever happens: a leaked one would spin at 10 ms
     try:
         for _ in range(4):
             if time.monotonic() > deadline:
                 break
             proc = start_daemon([str(BIN / "health-checker"), "--config", str(run.checker_toml)])
+            started.append(proc)
             # Kill at a random moment once it is writing (its pid in the file), or during start.
             wait_until(lambda: (s := run.state()) is not None and s.checker_pid == proc.pid, timeout=10,
                        interval=0.01, what="the checker writing")
@@ -177,6 +179,10 @@ def test_kill_9_the_checker_in_a_loop_never_leaves_a_torn_state_file(tmp_path):
         stop_reading.set()
         for t in threads:
             t.join(5)
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
     generation = run.state().generation
     torn_writes = len(list((tmp_path / "state").glob(".health.json.*.tmp")))
     print(f"\n{kills} kills with SIGKILL ({torn_writes} mid-write), {reads[0]} reads, generation {generation}, "
@@ -188,9 +194,11 @@ def test_kill_9_the_checker_in_a_loop_never_leaves_a_torn_state_file(tmp_path):
     leftover = tmp_path / "state" / ".health.json.killed.tmp"
     leftover.write_text("{half a fil")
     run.start()
-    wait_until(lambda: not leftover.exists(), timeout=5, what="leftover temp file removed")
-    # Stopped first: while it runs, its own write in progress has a temp file too.
-    stop_daemon(run.proc)
+    try:
+        wait_until(lambda: not leftover.exists(), timeout=5, what="leftover temp file removed")
+    finally:
+        # Stopped before the check below: while it runs, its own write in progress has a temp file.
+        stop_daemon(run.proc)
     assert list((tmp_path / "state").glob(".health.json.*.tmp")) == []
 
 
