@@ -23,7 +23,7 @@ from frontgate.config import (ConfigError, load_checker_config, load_router_conf
                               load_terminator_config)
 from frontgate.daemon import EXIT_CONFIG_ERROR
 from frontgate.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, rolling_restart,
-                              render_supervisord_conf, wait_listening, workers, write_supervisord_conf)
+                              render_supervisord_conf, stage_processes, wait_listening, write_supervisord_conf)
 
 EXIT_FAILED = 1
 RELOAD_CONFIRM_SECONDS = 5.0      # how long `reload` waits for each process to log the outcome
@@ -118,10 +118,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
         print(f"{stage}: config changed, reloaded (SIGHUP to {len(procs)} process{'es' if len(procs) > 1 else ''})")
     template = args.supervisord_conf.with_name(args.supervisord_conf.name + ".in")
     if template.exists() and args.supervisord_conf.exists():
-        wanted = render_supervisord_conf(template.read_text(), template.name, workers(args.configs))
+        wanted = render_supervisord_conf(template.read_text(), template.name, stage_processes(args.configs))
         if wanted != args.supervisord_conf.read_text():
-            print("note: `workers` (or supervisord.conf.in) changed; a reload cannot add or remove processes: "
-                  "`make deploy` applies it (supervisord restarts that stage)")
+            print("note: `workers` or `grace` (or supervisord.conf.in) changed; a reload cannot change supervisord's "
+                  "processes or stopwaitsecs: `make deploy` applies it (supervisord restarts that stage)")
     return status
 
 
@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "expiry, days left, file; exit 1 if one does not load")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c = command("supervisord-conf", cmd_supervisord_conf, "write supervisord.conf from its template and the "
-                                                          "workers in the TOML files (only if it changes)")
+                                                          "workers and grace in the TOML files (only if it "
+                                                          "changes)")
     supervised(c)
     c.add_argument("--template", type=Path, default=Path("supervisord.conf.in"),
                    help="template (default: supervisord.conf.in)")

@@ -181,6 +181,7 @@ class RouterConfig:
     forwarded_for: str = "append"          # append (to a trusted source's list) | replace
     forwarded: bool = False                # also send RFC 7239 Forwarded
     retry_after: int = 5                   # Retry-After seconds on a 503
+    grace: float = 10.0                    # SIGTERM: seconds in-flight requests get to finish
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)   # when no app is chosen
 
 
@@ -247,6 +248,7 @@ class TerminatorConfig:
     tls: TlsPolicy = TlsPolicy()
     client_auth: tuple[ClientAuthRule, ...] = ()
     passthrough: tuple[PassthroughRoute, ...] = ()
+    grace: float = 10.0                   # SIGTERM: seconds busy connections get to finish
 
     @property
     def default_certificate(self) -> CertificateEntry | None:
@@ -490,6 +492,7 @@ def _build_router(root: _Table) -> RouterConfig:
     forwarded_for = r.str("forwarded_for", "append", ("append", "replace"))
     forwarded = r.bool("forwarded", False)
     retry_after = r.int("retry_after", 5, 0, 86400)
+    grace = r.positive_seconds("grace", 10.0)
     r.done()
     router_error_pages = _error_pages(root.table("error_pages"))
 
@@ -614,7 +617,7 @@ def _build_router(root: _Table) -> RouterConfig:
                         trusted_sources=trusted, listeners=tuple(listeners), timeouts=timeouts,
                         redirects=tuple(redirects), apps=tuple(apps), access_log_format=access_log_format,
                         forwarded_for=forwarded_for, forwarded=forwarded, retry_after=retry_after,
-                        error_pages=router_error_pages)
+                        error_pages=router_error_pages, grace=grace)
 
 
 _BALANCERS = ("roundrobin", "leastconn", "source", "uri")
@@ -718,6 +721,7 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
         user=t.str("user", None),
         group=t.str("group", None),
         chroot=t.path("chroot", None),
+        grace=t.positive_seconds("grace", 10.0),
     )
     if require_files and cfg_args["certs_dir"] is not None and not cfg_args["certs_dir"].is_dir():
         raise t.error("certs_dir", f"{str(cfg_args['certs_dir'])!r} is not a directory")

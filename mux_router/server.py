@@ -36,7 +36,6 @@ from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, pa
 log = logging.getLogger("mux-router")
 
 READ_SIZE = 64 * 1024
-SHUTDOWN_GRACE = 10.0          # SIGTERM: in-flight requests get this long to finish
 STATE_REFRESH_INTERVAL = 0.5   # how often the health state file is stat'ed
 LINGER_TIME = 2.0              # reading (and dropping) a client's unread input before closing ...
 LINGER_BYTES = 256 * 1024      # ... so that the kernel does not RST away our error response
@@ -238,8 +237,9 @@ class Router:
             except Exception:   # never let a bad file stop the follower; StateFollower logs its own
                 log.exception("health state refresh failed")
 
-    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop accepting, close idle connections, give in-flight requests `grace` seconds."""
+    async def shutdown(self) -> None:
+        """Stop accepting, close idle connections, give in-flight requests router.grace seconds."""
+        grace = self.config.grace      # as of now: a reload may have changed it
         self.stopping = True
         for server in self.servers.values():
             server.close()

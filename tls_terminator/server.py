@@ -49,7 +49,8 @@ log = logging.getLogger("tls-terminator")
 
 RECV_SIZE = 65536          # per SSL_read; a record holds at most 16 KiB, so one read never truncates
 CONNECT_TIMEOUT = 5.0      # the router is local: if it does not answer by then, it is not there
-SHUTDOWN_GRACE = 10.0      # SIGTERM: how long open connections may take to finish
+DRAIN_QUIET = 1.0          # SIGTERM: a connection this long without traffic may be closed ...
+DRAIN_RECHECK = 0.5        # ... and the open ones are looked at again this often, until the grace ends
 ACCEPT_BATCH = 64          # accepted per wake-up: a burst of new clients cannot starve open connections
 BACKLOG = 1024             # the kernel's queue of unaccepted clients (where they wait at max_connections)
 
@@ -94,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self.paused_for: set[str] = set()            # why the client's reading is paused
         self.timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
+        self.awaiting_router = False                 # plaintext went to the router, none came back since
         self.connect_task: asyncio.Task | None = None
         # With [[passthrough]] routes, the ClientHello is read raw first to choose between
         # terminating here and relaying it untouched.
@@ -264,6 +266,7 @@ class ClientConnection(asyncio.Protocol):
         self.resume_client_reading("connecting")
 
     def _to_router(self, data: bytes) -> None:
+        self.awaiting_router = True
         if self.upstream is not None:
             self.upstream.write(data)
         elif self.early is not None:
@@ -282,6 +285,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         self.last_activity = self.loop.time()
+        self.awaiting_router = False
         try:
             # Into a memory BIO, without partial writes (tls.apply_policy), SSL_write takes
             # everything in one call; sendall only in case it ever does not.
@@ -369,6 +373,13 @@ class ClientConnection(asyncio.Protocol):
         """SIGTERM: a connection still in its handshake has nothing in flight; drop it."""
         if not self.established:
             self.close(abort=True)
+
+    def close_if_idle(self, now: float) -> None:
+        """SIGTERM drain: close (with close_notify) a connection that looks like an idle keep-alive.
+        HTTP is not visible here, so: quiet both ways for DRAIN_QUIET, and the router has answered
+        the last bytes the client sent (a request still waiting for its answer is kept)."""
+        if is_drain_idle(self.last_activity, self.awaiting_router, now):
+            self._close_with_notify()
 
     # ---- the PROXY header
 
@@ -511,6 +522,7 @@ class PassthroughConnection(asyncio.Protocol):
         self.closed = False
         self.paused_for: set[str] = set()
         self.last_activity = self.loop.time()
+        self.awaiting_backend = bool(first_bytes)    # client bytes went on, none came back since
         self.timer: asyncio.TimerHandle | None = None
         self.connect_task: asyncio.Task | None = None
 
@@ -536,6 +548,7 @@ class PassthroughConnection(asyncio.Protocol):
         if self.closed:
             return
         self.last_activity = self.loop.time()
+        self.awaiting_backend = True
         if self.upstream is not None:
             self.upstream.write(data)
         elif self.early is not None:
@@ -586,6 +599,7 @@ class PassthroughConnection(asyncio.Protocol):
     def to_client(self, data: bytes) -> None:
         if not self.closed:
             self.last_activity = self.loop.time()
+            self.awaiting_backend = False
             self.transport.write(data)
 
     def upstream_finished(self) -> None:
@@ -634,6 +648,16 @@ class PassthroughConnection(asyncio.Protocol):
 
     def shutdown_now(self) -> None:
         """SIGTERM: an established tunnel gets the grace period like any other connection."""
+
+    def close_if_idle(self, now: float) -> None:
+        """SIGTERM drain: the same test as ClientConnection's, on the raw TLS bytes."""
+        if is_drain_idle(self.last_activity, self.awaiting_backend, now):
+            self.close()
+
+
+def is_drain_idle(last_activity: float, awaiting_answer: bool, now: float) -> bool:
+    """During a SIGTERM drain: may a connection be closed without cutting anything short?"""
+    return not awaiting_answer and now - last_activity >= DRAIN_QUIET
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -824,7 +848,8 @@ class Terminator:
             self.poll_task = None
 
     async def stop(self) -> None:
-        """SIGTERM: stop accepting, give open connections SHUTDOWN_GRACE to finish, drop the rest."""
+        """SIGTERM: stop accepting, close idle connections as they become idle, give busy ones
+        terminator.grace to finish, drop the rest."""
         self.stopping = True
         if self.poll_task is not None:
             self.poll_task.cancel()
@@ -839,13 +864,21 @@ class Terminator:
                     pass
         for conn in list(self.connections):
             conn.shutdown_now()
+        grace = self.cfg.grace
         if self.connections:
-            log.info("stopping: waiting up to %gs for %d open connections", SHUTDOWN_GRACE, len(self.connections))
-            try:
-                await asyncio.wait_for(self.drained.wait(), SHUTDOWN_GRACE)
-            except asyncio.TimeoutError:
-                log.warning("stopping: closing %d connections still open after %gs",
-                            len(self.connections), SHUTDOWN_GRACE)
+            log.info("stopping: waiting up to %gs for %d open connections", grace, len(self.connections))
+            deadline = self.loop.time() + grace
+            # Idle keep-alive clients would otherwise hold the process for the whole grace.
+            while self.connections and (left := deadline - self.loop.time()) > 0:
+                now = self.loop.time()
+                for conn in list(self.connections):
+                    conn.close_if_idle(now)
+                try:
+                    await asyncio.wait_for(self.drained.wait(), min(DRAIN_RECHECK, left))
+                except asyncio.TimeoutError:
+                    pass
+            if self.connections:
+                log.warning("stopping: closing %d connections still open after %gs", len(self.connections), grace)
                 for conn in list(self.connections):
                     conn.close(abort=True)
         log.info("stopped")

@@ -698,9 +698,12 @@ def test_broken_backend_responses_are_502(env, path):
 
 # --------------------------------------------------------------------------- reload and shutdown
 
+SMALL_GRACE = 2.0
+
 SMALL_TOML = """
 [router]
 state_file = "health.json"
+grace = 2
 [listen.public]
 address = "127.0.0.1:{port}"
 [[app]]
@@ -741,21 +744,56 @@ def test_sighup_reloads_and_keeps_the_old_config_on_error(small_router):
     assert proc.poll() is None
 
 
+def keep_alive_client(port: int) -> RawClient:
+    """A connection that has had its answer and now sits idle between requests."""
+    client = RawClient(port)
+    assert client.request("one.localhost")[0] == 200
+    return client
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits_0(small_router):
     proc, port, config, backend = small_router
+    idle = keep_alive_client(port)                 # an idle keep-alive connection is simply closed
+    never_asked = RawClient(port)                  # and so is one that never sent a byte
     client = RawClient(port)
     client.send(b"GET /slow HTTP/1.1\r\nHost: one.localhost\r\n\r\n")
     wait_until(lambda: b"GET /slow" in backend.raw, what="request reached the backend")   # it sleeps 1 s on it
-    idle = RawClient(port)                         # an idle keep-alive connection is simply closed
-    time.sleep(0.1)
+    sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
+    assert idle.closed() and never_asked.closed()
+    assert time.monotonic() - sent < 0.5           # at once, not after the in-flight request
     status, headers, body = client.response()
     assert status == 200 and json.loads(body)["name"] == "slow"
     assert proc.wait(TIMEOUT) == 0
-    assert idle.closed()
+    assert time.monotonic() - sent < SMALL_GRACE   # right after the request, not at the end of the grace
     assert not _accepts(port)
+    for c in (client, idle, never_asked):
+        c.close()
+
+
+def test_sigterm_with_only_idle_keep_alive_clients_exits_at_once(small_router):
+    proc, port, config, backend = small_router
+    idle = [keep_alive_client(port) for _ in range(3)]
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0
+    assert time.monotonic() - sent < SMALL_GRACE / 2
+    assert all(c.closed() for c in idle)
+    for c in idle:
+        c.close()
+
+
+def test_sigterm_cuts_a_request_still_running_when_the_grace_from_the_toml_ends(small_router):
+    proc, port, config, backend = small_router
+    client = RawClient(port)
+    client.send(b"GET /slower?sleep=5 HTTP/1.1\r\nHost: one.localhost\r\n\r\n")   # 1 s + 5 s
+    wait_until(lambda: b"GET /slower" in backend.raw, what="request reached the backend")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0
+    assert SMALL_GRACE - 0.2 < time.monotonic() - sent < SMALL_GRACE + 1.5
+    assert client.closed()
     client.close()
-    idle.close()
 
 
 # =========================================================================== a second router: features

@@ -104,10 +104,12 @@ def pki(tmp_path_factory):
 class RouterStub:
     """Stands in for mux-router: reads the PROXY v2 header with frontgate.proxy_protocol, records
     it by client port, then acts on the SNI's first label: "flood" sends FLOOD bytes, "sink" waits
-    a second, then counts what it receives until EOF and answers the count; anything else echoes,
+    a second, then counts what it receives until EOF and answers the count; "slow" echoes each chunk
+    SLOW_ANSWER seconds after it came (a request waiting for a slow answer); anything else echoes,
     and answers the client's EOF with "[eof]" and its own EOF."""
 
     FLOOD = 32 * MiB
+    SLOW_ANSWER = 1.5
 
     def __init__(self, unix_path: Path | None = None):
         self.headers: dict[int, ProxyHeader] = {}
@@ -166,6 +168,11 @@ class RouterStub:
                 while chunk := await reader.read(MiB):
                     count += len(chunk)
                 writer.write(str(count).encode())
+            elif mode == "slow":
+                while chunk := await reader.read(65536):
+                    await asyncio.sleep(self.SLOW_ANSWER)
+                    writer.write(chunk)
+                    await writer.drain()
             else:
                 writer.write(buf[consumed:])
                 while chunk := await reader.read(65536):
@@ -594,24 +601,97 @@ def test_sighup_swaps_certificates_and_keeps_open_connections(pki, own_router, t
         t.stop()
 
 
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def test_sigterm_stops_accepting_and_lets_connections_finish(pki, own_router):
     t = Terminator(pki.dir, pki.certificates, f"127.0.0.1:{own_router.port}")
     try:
         conn = connect(t.port, pki.client_context(), "app.test")
         assert echo_once(conn) == b"ping"
         t.proc.send_signal(signal.SIGTERM)
-
-        def refused():
-            try:
-                socket.create_connection(("127.0.0.1", t.port), timeout=1).close()
-            except ConnectionRefusedError:
-                return True
-            return False
-        wait_until(refused, timeout=5, what="listener closed")
+        wait_until(lambda: _refused(t.port), timeout=5, what="listener closed")
         assert echo_once(conn, b"finishing") == b"finishing"
         assert t.proc.poll() is None
         conn.close()
         assert t.proc.wait(5) == 0
+    finally:
+        t.stop()
+
+
+def test_sigterm_closes_idle_connections_long_before_the_grace(pki, own_router):
+    t = Terminator(pki.dir, pki.certificates, f"127.0.0.1:{own_router.port}", grace=5)
+    try:
+        kept_alive = connect(t.port, pki.client_context(), "app.test")
+        assert echo_once(kept_alive) == b"ping"            # answered, now idle between requests
+        silent = connect(t.port, pki.client_context(), "app.test")   # handshake only
+        time.sleep(1.2)                                     # both quiet for the drain's 1 s already
+        sent = time.monotonic()
+        t.proc.send_signal(signal.SIGTERM)
+        for conn in (kept_alive, silent):
+            assert_closed_soon(conn, within=1.5)
+            conn.close()
+        assert t.proc.wait(5) == 0
+        assert time.monotonic() - sent < 2.0                # not the 5 s grace
+    finally:
+        t.stop()
+
+
+class Flow(threading.Thread):
+    """Echoes through `conn` every 0.2 s (bounded) until `stop_after` seconds, then closes it
+    itself; or until the terminator ends the connection. `ticks` times each answered echo."""
+
+    def __init__(self, conn: ssl.SSLSocket, stop_after: float):
+        super().__init__(daemon=True)
+        self.conn, self.stop_after = conn, stop_after
+        self.ticks: list[float] = []
+        self.cut_at: float | None = None
+
+    def run(self):
+        start = time.monotonic()
+        try:
+            for _ in range(200):
+                if time.monotonic() - start > self.stop_after:
+                    break
+                assert echo_once(self.conn, b"tick") == b"tick"
+                self.ticks.append(time.monotonic())
+                time.sleep(0.2)
+        except (AssertionError, OSError):
+            self.cut_at = time.monotonic()
+        finally:
+            self.conn.close()
+
+
+def test_sigterm_keeps_busy_connections_until_done_or_the_grace(pki, own_router):
+    grace = 3.0
+    t = Terminator(pki.dir, pki.certificates, f"127.0.0.1:{own_router.port}", grace=grace)
+    try:
+        waiting = connect(t.port, pki.client_context(), "slow.wild.test")   # the router is still on its request
+        done_early = Flow(connect(t.port, pki.client_context(), "app.test"), stop_after=1.0)
+        to_the_end = Flow(connect(t.port, pki.client_context(), "app.test"), stop_after=60)
+        waiting.sendall(b"request")
+        sent = time.monotonic()
+        t.proc.send_signal(signal.SIGTERM)
+        done_early.start()
+        to_the_end.start()
+        wait_until(lambda: _refused(t.port), timeout=5, what="listener closed")
+        # Quiet for longer than the drain's 1 s, but waiting for its answer: kept, and answered.
+        assert recv_exactly(waiting, len(b"request")) == b"request"
+        assert_closed_soon(waiting, within=1.5)             # answered, then idle: closed
+        waiting.close()
+        done_early.join(5)
+        assert done_early.cut_at is None and len(done_early.ticks) >= 4    # hung up itself, never cut
+        to_the_end.join(grace + 2)
+        assert to_the_end.cut_at is not None and grace - 0.5 < to_the_end.cut_at - sent < grace + 1.0
+        assert to_the_end.ticks[-1] - sent > grace - 0.5    # served up to the end of the grace
+        assert t.proc.wait(5) == 0
+        assert time.monotonic() - sent < grace + 1.5
+        assert "closing 1 connections still open after 3s" in t.output()
     finally:
         t.stop()
 

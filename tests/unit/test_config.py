@@ -97,6 +97,7 @@ default = true
     assert cfg.forward_to.is_unix and str(cfg.forward_to) == "unix:/run/router.sock"
     assert cfg.default_certificate.cert == tmp_path / "b.pem"
     assert cfg.handshake_timeout == 10
+    assert cfg.grace == 10
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:80", "[::1]:443", "localhost:8000", "unix:/tmp/x.sock"])
@@ -151,6 +152,8 @@ ROUTER_ERRORS = [
     (('trusted_sources = ["127.0.0.1/32"]', 'access_log_format = "clf"'), "router.access_log_format", "not one of"),
     (('trusted_sources = ["127.0.0.1/32"]', 'forwarded_for = "keep"'), "router.forwarded_for", "not one of"),
     (('trusted_sources = ["127.0.0.1/32"]', 'retry_after = -1'), "router.retry_after", "out of range"),
+    (('trusted_sources = ["127.0.0.1/32"]', 'grace = 0'), "router.grace", "positive number of seconds"),
+    (('trusted_sources = ["127.0.0.1/32"]', 'grace = "10s"'), "router.grace", "expected a number, got a string"),
     (("retries = 0", 'balance = "random"'), "app[1].balance", "not one of"),
     (("retries = 0", 'host_regex = "(("'), "app[1].host_regex", "not a valid regular expression"),
     (("retries = 0", 'path_regex = "[a"'), "app[1].path_regex", "not a valid regular expression"),
@@ -236,7 +239,7 @@ def test_shipped_configs_are_valid():
 def test_router_extended_keys(tmp_path):
     (tmp_path / "503.html").write_text("<h1>later</h1>")
     text = ROUTER.replace('trusted_sources = ["127.0.0.1/32"]', 'trusted_sources = ["127.0.0.1/32"]\n'
-                          'access_log_format = "json"\nforwarded_for = "replace"\nforwarded = true\nretry_after = 30')
+                          'access_log_format = "json"\nforwarded_for = "replace"\nforwarded = true\nretry_after = 30\ngrace = 2.5')
     text = text.replace("connect = 2", "connect = 2\nkeep_alive = 3\nqueue = 0.5")
     text += """
 [error_pages]
@@ -259,6 +262,7 @@ error_pages = { 503 = "503.html" }
 """
     cfg = load_router_config(write(tmp_path, "mux-router.toml", text))
     assert (cfg.access_log_format, cfg.forwarded_for, cfg.forwarded, cfg.retry_after) == ("json", "replace", True, 30)
+    assert cfg.grace == 2.5
     assert (cfg.timeouts.keep_alive, cfg.timeouts.queue) == (3, 0.5)
     assert cfg.error_pages[503].body == b"<h1>later</h1>" and cfg.error_pages[503].content_type.startswith("text/html")
     rich = cfg.apps[-1]

@@ -22,6 +22,7 @@ def test_defaults(tmp_path):
     assert cfg.tls == TlsPolicy() and cfg.tls.min_version == "TLSv1.2" and cfg.tls.session_tickets
     assert cfg.certs_dir is None and cfg.certs_poll_interval == 5 and not cfg.allow_loose_key_permissions
     assert (cfg.user, cfg.group, cfg.chroot, cfg.client_auth, cfg.passthrough) == (None, None, None, (), ())
+    assert cfg.grace == 10
 
 
 def test_everything(tmp_path):
@@ -29,6 +30,7 @@ def test_everything(tmp_path):
     (tmp_path / "clients.pem").write_text("x")
     cfg = load(tmp_path, HEAD + '''certs_dir = "certs"
 certs_poll_interval = 0
+grace = 3
 allow_loose_key_permissions = true
 user = "nobody"
 group = "nogroup"
@@ -53,7 +55,7 @@ backend = "127.0.0.1:9443"
 proxy_protocol = true
 ''')
     assert cfg.certs_dir == tmp_path / "certs" and cfg.certificates == () and cfg.default_certificate is None
-    assert cfg.certs_poll_interval == 0 and cfg.allow_loose_key_permissions
+    assert cfg.certs_poll_interval == 0 and cfg.allow_loose_key_permissions and cfg.grace == 3
     assert (cfg.user, cfg.group, cfg.chroot) == ("nobody", "nogroup", Path("/var/empty"))
     assert cfg.tls == TlsPolicy(min_version="TLSv1.3", max_version="TLSv1.3", ciphers="ECDHE+AESGCM",
                                 ciphersuites="TLS_AES_256_GCM_SHA384", prefer_server_ciphers="always",
@@ -71,6 +73,8 @@ proxy_protocol = true
     ('certs_dir = "."\nuser = "no-such-user-here"\n', "terminator.user", "no user named"),
     ('certs_dir = "."\ngroup = "no-such-group-here"\n', "terminator.group", "no group named"),
     ('certs_dir = "."\ncerts_poll_interval = -1\n', "terminator.certs_poll_interval", "out of range"),
+    ('certs_dir = "."\ngrace = -1\n', "terminator.grace", "positive number of seconds"),
+    ('certs_dir = "."\ngrace = true\n', "terminator.grace", "expected a number, got a boolean"),
     ('certs_dir = "."\n[tls]\nmin_version = "SSLv3"\n', "tls.min_version", "is not one of"),
     ('certs_dir = "."\n[tls]\nmin_version = "TLSv1.3"\nmax_version = "TLSv1.2"\n', "tls.min_version", "above"),
     ('certs_dir = "."\n[tls]\nsesion_tickets = false\n', "tls.sesion_tickets", "unknown key"),
