@@ -76,7 +76,57 @@ class RateLimitedWarning:
 
 # --------------------------------------------------------------------------- per connection
 
-class ClientConnection(asyncio.Protocol):
+class ClientSide(asyncio.Protocol):
+    """What a client connection does the same whether it is decrypted here (ClientConnection) or
+    passed through (PassthroughConnection): backpressure both ways, pausing its reads for several
+    reasons at once, ending with its upstream. Subclasses set the attributes used here."""
+
+    terminator: "Terminator"
+    transport: asyncio.Transport | None
+    upstream: "RouterSide | None"
+    connect_task: asyncio.Task | None
+    timer: asyncio.TimerHandle | None
+    paused_for: set[str]
+    client_done: bool
+    closed: bool
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+        if self.upstream is not None:
+            # Nobody is left to read the upstream's answer.
+            self.upstream.close(abort=exc is not None)
+        self.terminator.connection_ended(self)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the upstream sends: stop reading from the upstream.
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def pause_client_reading(self, reason: str) -> None:
+        if not self.paused_for and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.paused_for.add(reason)
+
+    def resume_client_reading(self, reason: str) -> None:
+        self.paused_for.discard(reason)
+        if (not self.paused_for and not self.client_done and self.transport is not None
+                and not self.transport.is_closing()):
+            self.transport.resume_reading()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class ClientConnection(ClientSide):
     """The client's TLS connection, and the owner of its plaintext connection to the router."""
 
     def __init__(self, terminator: "Terminator"):
@@ -135,25 +185,6 @@ class ClientConnection(asyncio.Protocol):
         # done sending either way. Keep our side open, the router's answer may still be coming.
         self._client_finished()
         return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._cancel_timer()
-        if self.connect_task is not None:
-            self.connect_task.cancel()
-        if self.upstream is not None:
-            # Nobody is left to read the router's answer.
-            self.upstream.close(abort=exc is not None)
-        self.terminator.connection_ended(self)
-
-    def pause_writing(self) -> None:
-        # The client reads slower than the router sends: stop reading from the router.
-        if self.upstream is not None:
-            self.upstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.resume_reading()
 
     # ---- SNI passthrough
 
@@ -313,17 +344,6 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._close_with_notify()
 
-    def pause_client_reading(self, reason: str) -> None:
-        if not self.paused_for and self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-        self.paused_for.add(reason)
-
-    def resume_client_reading(self, reason: str) -> None:
-        self.paused_for.discard(reason)
-        if (not self.paused_for and not self.client_done and self.transport is not None
-                and not self.transport.is_closing()):
-            self.transport.resume_reading()
-
     # ---- timers and closing
 
     def _handshake_timed_out(self) -> None:
@@ -339,11 +359,6 @@ class ClientConnection(asyncio.Protocol):
             self._close_with_notify()
         else:
             self.timer = self.loop.call_later(self.cfg.idle_timeout - idle_for, self._idle_check)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     def _close_with_notify(self) -> None:
         if self.closed:
@@ -503,7 +518,7 @@ class RouterSide(asyncio.Protocol):
             self.transport.close()
 
 
-class PassthroughConnection(asyncio.Protocol):
+class PassthroughConnection(ClientSide):
     """A client whose SNI matched a [[passthrough]] route: its bytes, ClientHello first, go to the
     route's backend undecrypted (optionally after a PROXY v2 header), and the backend's come back.
     The client's EOF is passed on; the backend's EOF (or close) ends the connection."""
@@ -560,23 +575,6 @@ class PassthroughConnection(asyncio.Protocol):
             self.upstream.write_eof()
         return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._cancel_timer()
-        if self.connect_task is not None:
-            self.connect_task.cancel()
-        if self.upstream is not None:
-            self.upstream.close(abort=exc is not None)
-        self.terminator.connection_ended(self)
-
-    def pause_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.resume_reading()
-
     # ---- the backend (RouterSide calls these)
 
     def upstream_connected(self, upstream: "RouterSide") -> None:
@@ -609,16 +607,6 @@ class PassthroughConnection(asyncio.Protocol):
         self.upstream = None
         self.close(abort=exc is not None)
 
-    def pause_client_reading(self, reason: str) -> None:
-        if not self.paused_for and not self.transport.is_closing():
-            self.transport.pause_reading()
-        self.paused_for.add(reason)
-
-    def resume_client_reading(self, reason: str) -> None:
-        self.paused_for.discard(reason)
-        if not self.paused_for and not self.client_done and not self.transport.is_closing():
-            self.transport.resume_reading()
-
     # ---- timers and closing
 
     def _idle_check(self) -> None:
@@ -628,11 +616,6 @@ class PassthroughConnection(asyncio.Protocol):
             self.close()
         else:
             self.timer = self.loop.call_later(self.idle_timeout - idle_for, self._idle_check)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     def close(self, abort: bool = False) -> None:
         if self.closed:
