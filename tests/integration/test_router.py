@@ -328,15 +328,19 @@ def _accepts(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e = Env(tmp_path_factory.mktemp("router"))
+def running(e):
+    """Start an environment for a module's tests; stop it after them, and fail on any traceback."""
     try:
         e.start()
         yield e
     finally:
         out = e.stop()
     assert "Traceback" not in out, out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    yield from running(Env(tmp_path_factory.mktemp("router")))
 
 
 # --------------------------------------------------------------------------- routing
@@ -1030,13 +1034,7 @@ class FeatureEnv:
 
 @pytest.fixture(scope="module")
 def fenv(tmp_path_factory):
-    e = FeatureEnv(tmp_path_factory.mktemp("features"))
-    try:
-        e.start()
-        yield e
-    finally:
-        out = e.stop()
-    assert "Traceback" not in out, out
+    yield from running(FeatureEnv(tmp_path_factory.mktemp("features")))
 
 
 def timed(fn):
