@@ -125,6 +125,20 @@ class ClientSide(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
+    def close(self, abort: bool = False) -> None:
+        """Close both sides; a plain close still delivers what is queued for the client."""
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close(abort=abort)
+
 
 class ClientConnection(ClientSide):
     """The client's TLS connection, and the owner of its plaintext connection to the router."""
@@ -370,20 +384,6 @@ class ClientConnection(ClientSide):
             pass
         self.close()
 
-    def close(self, abort: bool = False) -> None:
-        """Close both sides; a plain close still delivers what is queued for the client."""
-        if self.closed:
-            return
-        self.closed = True
-        self._cancel_timer()
-        if self.transport is not None:
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
-        if self.upstream is not None:
-            self.upstream.close(abort=abort)
-
     def shutdown_now(self) -> None:
         """SIGTERM: a connection still in its handshake has nothing in flight; drop it."""
         if not self.established:
@@ -616,18 +616,6 @@ class PassthroughConnection(ClientSide):
             self.close()
         else:
             self.timer = self.loop.call_later(self.idle_timeout - idle_for, self._idle_check)
-
-    def close(self, abort: bool = False) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._cancel_timer()
-        if abort:
-            self.transport.abort()
-        else:
-            self.transport.close()
-        if self.upstream is not None:
-            self.upstream.close(abort=abort)
 
     def shutdown_now(self) -> None:
         """SIGTERM: an established tunnel gets the grace period like any other connection."""
