@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv deploy stop status check certs reload restart-router restart-terminator restart-checker \
-        test test-full test-tools bench bench-tools
+        test test-full test-tools bench bench-tools chromium stats-screenshot
 
 # The venv is rebuilt whenever pyproject.toml (the pinned dependencies) changes.
 $(STAMP): pyproject.toml
@@ -35,6 +35,12 @@ bench-tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# Headless Chromium (Debian's `chromium`), installed only when missing: `make test` loads the
+# stats page in it, and `make stats-screenshot` uses it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 # The slow suite's extra tools: headless Chromium (browser test), testssl.sh (TLS scan), atheris (fuzzing).
 test-tools: $(STAMP)
 	@command -v chromium >/dev/null && command -v testssl >/dev/null || { \
@@ -56,6 +62,12 @@ stop:
 # Processes (pid, uptime, RSS, CPU, fds, connections), server health, certificate expiry.
 status:
 	$(BIN)/frontgate status
+
+# A PNG of the running router's stats page ([admin] in configs/mux-router.toml) in logs/stats.png;
+# another path: make stats-screenshot PNG=/tmp/stats.png. Fails, saying so, when nothing runs.
+PNG ?= logs/stats.png
+stats-screenshot: $(STAMP) chromium
+	$(BIN)/python scripts/stats_screenshot.py $(PNG)
 
 # Validate all three configs (nothing happens if one is invalid), then SIGHUP the stages whose
 # config changed since the last deploy/reload: each re-reads it in place, no connection is dropped.
@@ -79,7 +91,7 @@ check: $(STAMP)
 certs: $(STAMP)
 	$(BIN)/frontgate certs
 
-test: $(STAMP) $(SSLYZE) bench-tools
+test: $(STAMP) $(SSLYZE) bench-tools chromium
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-full: $(STAMP) $(SSLYZE) bench-tools test-tools

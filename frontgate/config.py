@@ -68,6 +68,16 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
 
 
+# --------------------------------------------------------------------------- [admin] (both stages)
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """[admin]: the loopback listener for /metrics (Prometheus) and /stats (the HTML page)."""
+    address: Address
+    refresh: int = 5                   # the stats page reloads itself every this many seconds
+    stats_dir: Path | None = None      # per-process snapshots, so that any worker answers for all
+
+
 # --------------------------------------------------------------------------- mux-router.toml
 
 @dataclass(frozen=True)
@@ -183,6 +193,7 @@ class RouterConfig:
     retry_after: int = 5                   # Retry-After seconds on a 503
     grace: float = 10.0                    # SIGTERM: seconds in-flight requests get to finish
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)   # when no app is chosen
+    admin: AdminConfig | None = None       # [admin]: metrics and stats listener; None = none
 
 
 # --------------------------------------------------------------------------- tls-terminator.toml
@@ -249,6 +260,7 @@ class TerminatorConfig:
     client_auth: tuple[ClientAuthRule, ...] = ()
     passthrough: tuple[PassthroughRoute, ...] = ()
     grace: float = 10.0                   # SIGTERM: seconds busy connections get to finish
+    admin: AdminConfig | None = None      # [admin]: metrics and stats listener; None = none
 
     @property
     def default_certificate(self) -> CertificateEntry | None:
@@ -478,6 +490,29 @@ def _networks(t: _Table, name: str, default: Any, aliases: Mapping[str, tuple[Ne
 
 # --------------------------------------------------------------------------- mux-router.toml
 
+def _admin(root: _Table, default_stats_dir: Path) -> AdminConfig | None:
+    """[admin]; absent: no admin listener. Metrics and the stats page are for the operator only,
+    with no authentication, so the address must be a loopback one."""
+    if "admin" not in root.data:
+        root.used.add("admin")
+        return None
+    t = root.table("admin")
+    address = t.address("address")
+    if address.is_unix:
+        raise t.error("address", f"{address}: must be a TCP loopback address (127.0.0.0/8 or [::1]), not a unix socket")
+    try:
+        loopback = ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise t.error("address", f"{address}: must be a loopback address (127.0.0.0/8 or [::1]); "
+                                 "the admin listener has no authentication")
+    admin = AdminConfig(address=address, refresh=t.int("refresh", 5, 1, 3600),
+                        stats_dir=t.path("stats_dir", None) or default_stats_dir)
+    t.done()
+    return admin
+
+
 _SCHEMES = ("http", "https")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 
@@ -495,6 +530,8 @@ def _build_router(root: _Table) -> RouterConfig:
     grace = r.positive_seconds("grace", 10.0)
     r.done()
     router_error_pages = _error_pages(root.table("error_pages"))
+    # Snapshots of the workers' counters live next to the health state by default.
+    admin = _admin(root, Path(state_file).parent / "stats")
 
     listen = root.table("listen", default_empty=False)
     listeners = []
@@ -617,7 +654,7 @@ def _build_router(root: _Table) -> RouterConfig:
                         trusted_sources=trusted, listeners=tuple(listeners), timeouts=timeouts,
                         redirects=tuple(redirects), apps=tuple(apps), access_log_format=access_log_format,
                         forwarded_for=forwarded_for, forwarded=forwarded, retry_after=retry_after,
-                        error_pages=router_error_pages, grace=grace)
+                        error_pages=router_error_pages, grace=grace, admin=admin)
 
 
 _BALANCERS = ("roundrobin", "leastconn", "source", "uri")
@@ -771,8 +808,9 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
                                  proxy_protocol=pt.bool("proxy_protocol", False))
         pt.done()
         passthrough.append(route)
+    admin = _admin(root, (root.file.parent / "../state/stats").resolve())
     return TerminatorConfig(path=root.file, certificates=tuple(certs), tls=tls, client_auth=tuple(client_auth),
-                            passthrough=tuple(passthrough), **cfg_args)
+                            passthrough=tuple(passthrough), admin=admin, **cfg_args)
 
 
 def _sni_patterns(t: _Table) -> tuple[str, ...]:

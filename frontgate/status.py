@@ -93,12 +93,22 @@ def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:
     stages = [p for p in processes if p.group in STAGES]
     others = [p for p in processes if p.group not in STAGES]
     facts["processes"] = process_facts(sorted(stages, key=lambda p: STAGES.index(p.group)) + others)
+    admin: dict[str, str] = {}
     try:
         router = load_router_config(configs / "mux-router.toml")
         facts["health"] = health_facts(router.state_file, router.state_stale_after, now)
+        if router.admin is not None:
+            admin["mux-router"] = f"http://{router.admin.address}/stats"
     except ConfigError as e:
         facts["health"] = {"error": str(e)}
     facts["certificates"] = certificate_facts(configs)
+    try:
+        terminator = load_terminator_config(configs / "tls-terminator.toml", require_files=False)
+        if terminator.admin is not None:
+            admin["tls-terminator"] = f"http://{terminator.admin.address}/stats"
+    except ConfigError:
+        pass            # reported with the certificates
+    facts["admin"] = admin
     return facts
 
 
@@ -181,4 +191,7 @@ def format_status(facts: dict[str, Any]) -> str:
                      f"{days}{note}"])
     if len(rows) > 1:
         lines += ["  " + line for line in table(rows)]
+    if facts.get("admin"):
+        # /metrics next to each page.
+        lines += ["", "stats pages"] + ["  " + line for line in table([[stage, url] for stage, url in facts["admin"].items()])]
     return "\n".join(lines)

@@ -14,8 +14,9 @@ def main() -> None:
     args = parse_args(NAME, "HTTP/1.1 router: Host/path routing, redirects, balancing, WebSocket tunnels")
     log = setup_logging(NAME)
     config = load_or_exit(load_router_config, args.config)
-    # One access-log line per request on stdout; line buffering so that each is whole and prompt.
-    sys.stdout.reconfigure(line_buffering=True)
+    # One access-log line per request on stdout, written in batches (server.access_log) through a
+    # buffer big enough for a batch, so that each line is whole.
+    sys.stdout.reconfigure(line_buffering=False, write_through=False)
 
     async def serve() -> None:
         router = Router(config)

@@ -4,8 +4,10 @@ Protocol decisions live in the pure modules (http1: framing, routing: apps and r
 balancer: server order, forwarding: the heads we write); this module moves bytes between sockets
 with backpressure (every write is followed by a bounded drain) and never holds a whole body.
 
-A client connection is a loop of requests. Each request is routed on its own, so two requests on
-one keep-alive connection may go to two apps. Backend connections are kept alive and pooled per
+A client connection is a fastpath.ClientProtocol: it serves simple requests itself and hands
+every other one, with its bytes, to ClientConnection.serve_one here (the coroutine engine), one
+request at a time. Each request is routed on its own, so two requests on one keep-alive
+connection may go to two apps. Backend connections are kept alive and pooled per
 server (BackendPool); per-server slots (ServerSlot) count requests in flight for maxconn, the
 queue and leastconn, and refused connects for passive health.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -29,9 +32,11 @@ from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, 
 from frontgate.health_state import StateFollower
 from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
+from mux_router.fastpath import ClientProtocol
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
 from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
+from mux_router.stats import RouterAdmin, RouterStats
 
 log = logging.getLogger("mux-router")
 
@@ -63,11 +68,36 @@ class BackendFailed(Exception):
 
 # --------------------------------------------------------------------------- backend connections
 
+class BackendProtocol(asyncio.StreamReaderProtocol):
+    """A backend connection's protocol: feeds its StreamReader for the coroutine engine, or, while
+    a fast-path exchange holds it (`sink`), hands the bytes straight to that exchange."""
+
+    sink = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.backend_data(data)
+        else:
+            super().data_received(data)
+
+    def eof_received(self):
+        keep_open = super().eof_received()
+        if self.sink is not None:
+            self.sink.backend_eof()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.sink is not None:
+            self.sink.backend_lost(exc)
+
+
 @dataclass
 class BackendConnection:
     server: Server
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    protocol: BackendProtocol
     reused: bool = False
     idle_since: float = 0.0
 
@@ -92,25 +122,35 @@ class BackendPool:
         self.idle_timeout = idle_timeout
         self._idle: dict[Address, list[BackendConnection]] = {}
 
-    async def acquire(self, server: Server, timeout: float, fresh: bool = False) -> BackendConnection:
+    def take_idle(self, server: Server) -> BackendConnection | None:
+        """The most recently used idle connection to the server that is still good, if any."""
         idle = self._idle.get(server.address)
         now = time.monotonic()
-        while idle and not fresh:
+        while idle:
             conn = idle.pop()
             if conn.usable() and now - conn.idle_since < self.idle_timeout:
                 conn.reused = True
                 return conn
             conn.abort()
+        return None
+
+    async def acquire(self, server: Server, timeout: float, fresh: bool = False) -> BackendConnection:
+        conn = None if fresh else self.take_idle(server)
+        if conn is not None:
+            return conn
         address = server.address
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+        protocol = BackendProtocol(reader, loop=loop)
         async with asyncio.timeout(timeout):
             if address.is_unix:
-                reader, writer = await asyncio.open_unix_connection(address.path, limit=READ_SIZE)
+                transport, _ = await loop.create_unix_connection(lambda: protocol, address.path)
             else:
-                reader, writer = await asyncio.open_connection(address.host, address.port, limit=READ_SIZE)
-        sock = writer.get_extra_info("socket")
+                transport, _ = await loop.create_connection(lambda: protocol, address.host, address.port)
+        sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return BackendConnection(server, reader, writer)
+        return BackendConnection(server, reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol)
 
     def release(self, conn: BackendConnection, reusable: bool = False) -> None:
         """Done with a connection. `reusable`: its response was complete, the server keeps it open
@@ -166,6 +206,11 @@ _STALE = object()       # Exchange._exchange: the reused connection was already 
 _NO_RESPONSE = "backend closed the connection without a response"
 
 
+# The fast path's routing decision for a request it hands over: (app, servers in order, a claimed
+# slot or None to queue for one).
+Routed = tuple  # tuple[App, list[Server], ServerSlot | None]
+
+
 class QueueFull(Exception):
     """No server slot within timeouts.queue (or the queue is at its length limit): 503."""
 
@@ -183,11 +228,13 @@ class Router:
         self.backends = BackendPool(config.timeouts.keep_alive)
         self.listeners: dict[Address, Listener] = {}     # by address: a reload may rename or retune
         self.servers: dict[Address, asyncio.Server] = {}
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientProtocol] = set()
         self.stopping = False
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()         # background tasks, referenced until done
+        self.stats = RouterStats()                     # counters: plain ints, read by the admin listener
+        self.admin = RouterAdmin(self)                 # [admin]: /metrics, /stats (inert without it)
 
     # ---- lifecycle
 
@@ -198,20 +245,21 @@ class Router:
             log.info("listening on %s (%s%s)", listener.address, listener.name,
                      ", PROXY v2 required" if listener.proxy_protocol else "")
         self.health.refresh()
+        await self.admin.start()        # the admin listener and the 1 s snapshot task, with [admin]
 
     async def _bind(self, listener: Listener) -> asyncio.Server:
         address = listener.address
+        loop = asyncio.get_running_loop()
 
-        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await ClientConnection(self, listener, reader, writer).run()
+        def new_connection() -> ClientProtocol:
+            return ClientProtocol(self, listener, ClientConnection)
 
         if address.is_unix:
             _remove_stale_socket(address.path)
-            return await asyncio.start_unix_server(on_connect, address.path, limit=READ_SIZE)
+            return await loop.create_unix_server(new_connection, address.path, backlog=1024)
         # SO_REUSEPORT: several worker processes (supervisord numprocs) share the port, and a
         # restarted worker can bind while the old one still drains.
-        return await asyncio.start_server(on_connect, address.host, address.port, reuse_port=True,
-                                          limit=READ_SIZE, backlog=1024)
+        return await loop.create_server(new_connection, address.host, address.port, reuse_port=True, backlog=1024)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -243,20 +291,24 @@ class Router:
         self.stopping = True
         for server in self.servers.values():
             server.close()
-        busy = []
+        busy = {}
         for conn in list(self.connections):
             if conn.idle:
-                conn.task.cancel()
-            busy.append(conn.task)
-        log.info("stopping: %d connections in flight", sum(not c.idle for c in self.connections))
+                conn.close()
+            else:
+                busy[conn.closed] = conn
+        log.info("stopping: %d connections in flight", len(busy))
         if busy:
             done, pending = await asyncio.wait(busy, timeout=grace)
-            for task in pending:
-                task.cancel()
+            for closed in pending:
+                busy[closed].abort()
             if pending:
                 log.warning("stopping: %d connections cut after the %gs grace", len(pending), grace)
                 await asyncio.wait(pending, timeout=1)
         self.backends.close_all()
+        if _pending_log:
+            _flush_access_log()
+        await self.admin.stop()         # last: the page answers during the drain; removes our snapshot
         for address in self.listeners:
             if address.is_unix:
                 with contextlib.suppress(OSError):
@@ -420,23 +472,45 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
 
 
+_pending_log: list[str] = []
+
+
+@functools.lru_cache(maxsize=4)
+def _log_second(second: int) -> str:
+    # httplog's accept date to the second; a busy router logs many requests per second.
+    return time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(second))
+
+
 def access_log(line: str) -> None:
-    sys.stdout.write(line + "\n")
+    """Queue an access-log line; the lines of one event-loop pass go out in one write at its end
+    (a write per line costs a syscall per request), so no line waits longer than that pass."""
+    if not _pending_log:
+        asyncio.get_running_loop().call_soon(_flush_access_log)
+    _pending_log.append(line)
+
+
+def _flush_access_log() -> None:
+    lines = "\n".join(_pending_log) + "\n"
+    _pending_log.clear()
+    sys.stdout.write(lines)
+    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- client connections
 
 class ClientConnection:
-    def __init__(self, router: Router, listener: Listener, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter):
+    """A client connection's state (who, from the socket or the PROXY header; requests so far)
+    and the coroutine engine that serves one request at a time when the fast path
+    (fastpath.ClientProtocol, which owns the socket) hands it over."""
+
+    def __init__(self, router: Router, listener: Listener, transport: asyncio.BaseTransport):
         self.router = router
         self.address = listener.address
         self._listener = listener       # as bound; `listener` gives the current settings
-        self.reader, self.writer = reader, writer
-        self.task = asyncio.current_task()
+        self.reader: asyncio.StreamReader | None = None     # attach()ed on the first hand-over
+        self.writer: asyncio.StreamWriter | None = None
         self.buf = bytearray()          # received from the client, not yet used
-        self.idle = True                # waiting for a request's first byte: safe to close
-        peer = writer.get_extra_info("peername")
+        peer = transport.get_extra_info("peername")
         self.peer_ip = parse_ip(peer[0]) if isinstance(peer, tuple) else None
         self.client = (str(self.peer_ip), peer[1]) if self.peer_ip is not None else ("unknown", 0)
         self.requests = 0
@@ -444,40 +518,59 @@ class ClientConnection:
         # From the PROXY header, computed once for all the connection's requests:
         self.sni_host: str | None = None              # normalised like RequestHead.host; None: no check
         self.client_cert_line: bytes | None = None    # X-Client-Cert-Subject line for the backend
+        self._trusted_in: RouterConfig | None = None  # client_trusted()'s cache
+        self._trusted = False
 
     @property
     def listener(self) -> Listener:
         # The current settings for this address; a reload that dropped it leaves the old ones.
         return self.router.listeners.get(self.address, self._listener)
 
-    def _peer_trusted(self) -> bool:
+    def peer_trusted(self) -> bool:
         # A unix socket's peers are local processes allowed in by the file's permissions.
         return self.peer_ip is None or ip_in(self.peer_ip, self.router.config.trusted_sources)
 
-    async def run(self) -> None:
-        self.router.connections.add(self)
-        sock = self.writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def client_trusted(self, config: RouterConfig) -> bool:
+        """The client (as the PROXY header names it) is in trusted_sources: its forwarding
+        headers are believed. Asked for every request, computed once per config."""
+        if self._trusted_in is not config:
+            self._trusted_in, self._trusted = config, ip_in(self.peer_ip, config.trusted_sources)
+        return self._trusted
+
+    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def take_unused(self) -> bytes:
+        data, self.buf = bytes(self.buf), bytearray()
+        return data
+
+    def hash_key(self, app: App, head: RequestHead) -> bytes:
+        """What the `source` and `uri` balancers hash."""
+        if app.balance == "source":
+            return self.peer_ip.packed if self.peer_ip is not None else b""
+        if app.balance == "uri":
+            return head.path.encode()
+        return b""
+
+    async def serve_one(self, need_proxy: bool, routed: Routed | None = None) -> bool:
+        """Read (the PROXY header and) one request from the attached reader and serve it; True
+        when the connection can carry another. `routed`: the fast path's routing decision for it."""
         try:
-            if self.listener.proxy_protocol and not await self._read_proxy_header():
-                return
-            while not self.router.stopping and await self._one_request():
-                pass
+            if need_proxy and not await self._read_proxy_header():
+                return False
+            return await self._one_request(routed)
         except (ClientGone, ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass
+            return False
         except asyncio.CancelledError:
-            pass        # shutdown closing an idle connection, or the grace period is over
+            return False        # the grace period is over
         except Exception:
             log.exception("connection from %s:%s failed", *self.client)
-        finally:
-            self.router.connections.discard(self)
-            self.writer.close()
+            return False
 
     # ---- PROXY v2
 
     async def _read_proxy_header(self) -> bool:
-        if not self._peer_trusted():
+        if not self.peer_trusted():
             log.warning("refused %s:%s on %s: PROXY headers are accepted only from trusted_sources",
                         *self.client, self.listener.name)
             return False
@@ -497,15 +590,20 @@ class ClientConnection:
             return False
         header, consumed = result
         self.buf = buf[consumed:]
+        self.take_proxy_header(header)
+        return True
+
+    def take_proxy_header(self, header: proxy_protocol.ProxyHeader) -> None:
+        """The client's address, SNI name and certificate subject, for all the connection's requests."""
         if header.command == "PROXY" and header.src is not None:
             # LOCAL (the terminator's own health check) keeps the socket's address.
             self.peer_ip = parse_ip(header.src[0])
             self.client = (str(self.peer_ip), header.src[1])
+            self._trusted_in = None
         if self.listener.sni_host_check:
             self.sni_host = sni_host(header.authority)
         if header.client_cert_subject is not None:
             self.client_cert_line = forwarding.client_cert_subject_line(header.client_cert_subject)
-        return True
 
     # ---- one request
 
@@ -521,11 +619,10 @@ class ClientConnection:
         # idle time; once its first byte is in, the whole head within http_request.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeouts.http_request if received or self.requests == 0 else timeouts.keep_alive)
-        self.idle = not received
         while True:
             if data:
                 if not received:
-                    received, self.idle = True, False
+                    received = True
                     deadline = loop.time() + timeouts.http_request
                     self.request_started = time.monotonic()     # the access log's duration starts here
                 head = parser.feed(data)
@@ -542,7 +639,7 @@ class ClientConnection:
             if not data:
                 return None             # closed, possibly mid-head: nobody to answer
 
-    async def _one_request(self) -> bool:
+    async def _one_request(self, routed: Routed | None = None) -> bool:
         """Serve one request; True when the connection can carry another."""
         try:
             head = await self._read_head()
@@ -560,7 +657,7 @@ class ClientConnection:
         self.requests += 1
         exchange = Exchange(self, head, self.request_started)
         try:
-            return await exchange.run()
+            return await exchange.run(routed)
         finally:
             exchange.log()
 
@@ -614,14 +711,16 @@ class ClientConnection:
     def log_request(self, ex: "Exchange") -> None:
         total = (time.monotonic() - ex.started) * 1000
         self._write_log(ex.started, ex.route, ex.status, ex.sent, ex.head.request_line, ex.note,
-                        ex.termination, ex.t_head, ex.t_queue, ex.t_connect, ex.t_response, total, ex.retries)
+                        ex.termination, ex.t_head, ex.t_queue, ex.t_connect, ex.t_response, total, ex.retries,
+                        len(ex.head.raw) + ex.body_in)
 
     def _write_log(self, started: float, route: str | None, status: int, sent: int, request_line: str,
                    note: str, termination: str, tq: float, tw: float, tc: float, tr: float, tt: float,
-                   retries: int) -> None:
+                   retries: int, received: int = 0) -> None:
         ip, port = self.client
         accepted = time.time() - (time.monotonic() - started)
         backend, _, server = (route or "-/-").partition("/")
+        self.router.stats.request_done(backend, server, status, received, sent)
         if self.router.config.access_log_format == "json":
             access_log(json.dumps({
                 "client_ip": ip, "client_port": port,
@@ -633,7 +732,7 @@ class ClientConnection:
             return
         # HAProxy's httplog: client [accept date] frontend backend/server Tq/Tw/Tc/Tr/Tt status
         # bytes - - termination actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue "request"
-        date = time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(accepted)) + f".{int(accepted * 1000) % 1000:03d}"
+        date = _log_second(int(accepted)) + f".{int(accepted * 1000) % 1000:03d}"
         actconn = len(self.router.connections)
         access_log(f"{ip}:{port} [{date}] {self.listener.name} {backend}/{server or '-'} "
                    f"{tq:.0f}/{tw:.0f}/{tc:.0f}/{tr:.0f}/{tt:.0f} {status} {sent} - - {termination} "
@@ -661,6 +760,7 @@ class Exchange:
         self.response_complete = False         # the backend's response was read to its end
         self.backend_reusable = False          # ... and the backend connection may carry another
         self.retries = 0
+        self.body_in = 0                       # request body (and tunnel) bytes from the client: stats
         # HAProxy httplog timers (ms; -1 = that phase was not reached) and termination state.
         self.t_head = (time.monotonic() - started) * 1000
         self.t_queue = self.t_connect = self.t_response = -1.0
@@ -693,7 +793,12 @@ class Exchange:
             await self.conn.linger()
         return keep
 
-    async def run(self) -> bool:
+    async def run(self, routed: Routed | None = None) -> bool:
+        """`routed`: the fast path already chose the app and the servers (and maybe a slot)."""
+        if routed is not None:
+            app, servers, slot = routed
+            self.app, self.route = app, f"{app.name}/-"
+            return await self._serve(app, servers, slot)
         head, conn, cfg = self.head, self.conn, self.config
         if misdirected(conn.sni_host, head.host):
             # This connection is not for that host: whatever the terminator checked for the SNI
@@ -717,28 +822,25 @@ class Exchange:
             return await self._answer(403, "denied by the app's access rules", termination="PR")
         if app.max_body and (head.content_length or 0) > app.max_body:
             return await self._answer(413, f"the body is larger than {app.max_body} bytes", termination="PR")
-        servers = self.router.server_order(app, self._hash_key(app))
+        servers = self.router.server_order(app, conn.hash_key(app, head))
         if not servers:
             return await self._answer(503, f"no server of {app.name} is up", termination="SC")
+        return await self._serve(app, servers)
+
+    async def _serve(self, app: App, servers: list[Server], slot: ServerSlot | None = None) -> bool:
+        """A server slot (waiting in the queue when all are full), then the backend exchange."""
         queued = time.monotonic()
-        try:
-            slot = await self.router.take_slot(app, servers, cfg.timeouts.queue)
-        except QueueFull as e:
-            self.t_queue = (time.monotonic() - queued) * 1000
-            return await self._answer(503, f"no free server slot for {app.name} ({e})", termination="sQ")
+        if slot is None:
+            try:
+                slot = await self.router.take_slot(app, servers, self.config.timeouts.queue)
+            except QueueFull as e:
+                self.t_queue = (time.monotonic() - queued) * 1000
+                return await self._answer(503, f"no free server slot for {app.name} ({e})", termination="sQ")
         self.t_queue = (time.monotonic() - queued) * 1000
         try:
             return await self._run_on(app, servers, slot)
         finally:
             self.router.release_slot(app, self.slot)
-
-    def _hash_key(self, app: App) -> bytes:
-        if app.balance == "source":
-            ip = self.conn.peer_ip
-            return ip.packed if ip is not None else b""
-        if app.balance == "uri":
-            return self.head.path.encode()
-        return b""
 
     async def _run_on(self, app: App, servers: list[Server], slot: ServerSlot) -> bool:
         self.slot = slot
@@ -786,10 +888,12 @@ class Exchange:
                 reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
                 log.warning("%s/%s: connect failed: %s", app.name, server.address, reason)
                 self.router.connect_failed(app, self.slot, refused=isinstance(e, ConnectionRefusedError))
+                self.router.stats.connect_error(app.name, str(server.address), e)
                 self.termination = "sC" if isinstance(e, TimeoutError) else "SC"
             if attempt == app.retries:
                 break
             self.retries += 1
+            self.router.stats.retry(app.name)
             others = [s for s in servers if s not in tried and not self.router.is_down(app, s)]
             if app.redispatch and others:
                 slot = self.router._claim(app, others)
@@ -809,7 +913,7 @@ class Exchange:
         cfg = self.config
         backend.writer.write(forwarding.backend_request_head(
             head, client_ip=conn.client[0], scheme=conn.listener.scheme,
-            client_trusted=ip_in(conn.peer_ip, cfg.trusted_sources),
+            client_trusted=conn.client_trusted(cfg),
             keep_alive=self.router.backends.keeps_alive and not head.is_websocket_upgrade,
             forwarded_for=cfg.forwarded_for, forwarded=cfg.forwarded, rules=app.request_headers,
             client_cert_line=conn.client_cert_line))
@@ -986,6 +1090,7 @@ class Exchange:
         return data
 
     async def _to_backend(self, backend: BackendConnection, data: bytes) -> None:
+        self.body_in += len(data)
         backend.writer.write(data)
         async with asyncio.timeout(self.config.timeouts.server):
             await backend.writer.drain()
@@ -1039,6 +1144,8 @@ class Exchange:
                 writer.write(data)
                 if to_client:
                     self.sent += len(data)
+                else:
+                    self.body_in += len(data)
                 await writer.drain()
             if writer.can_write_eof():       # pass the half-close on
                 writer.write_eof()
@@ -1047,6 +1154,7 @@ class Exchange:
                  asyncio.create_task(pump(backend.reader, conn.writer, True))}
         idle_limit = self.config.timeouts.tunnel
         pending = pumps
+        self.router.stats.tunnels += 1
         try:
             while pending:
                 limit = idle_limit if len(pending) == 2 else min(idle_limit, HALF_CLOSED_GRACE)
@@ -1058,6 +1166,7 @@ class Exchange:
                 if any(not t.cancelled() and t.exception() is not None for t in done):
                     break
         finally:
+            self.router.stats.tunnels -= 1
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)

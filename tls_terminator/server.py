@@ -43,6 +43,7 @@ from tls_terminator.certs import CertStore, client_cert_subject, files_fingerpri
 from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
 from tls_terminator.privileges import PrivilegeError, drop_privileges
 from tls_terminator.sni import SniIndex, build_index
+from tls_terminator.stats import TerminatorAdmin, TerminatorStats, handshake_failure_reason
 from tls_terminator.tls import Front, drain_output, may_have_plaintext
 
 log = logging.getLogger("tls-terminator")
@@ -89,6 +90,8 @@ class ClientSide(asyncio.Protocol):
     paused_for: set[str]
     client_done: bool
     closed: bool
+    bytes_in = 0        # from / to the client, for the stats (added to the totals when it ends)
+    bytes_out = 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -179,6 +182,7 @@ class ClientConnection(ClientSide):
         if self.closed or self.client_done:
             return
         self.last_activity = self.loop.time()
+        self.bytes_in += len(data)
         if self.sniffed is not None:
             data = self._sniff(data)
             if not data:
@@ -193,6 +197,7 @@ class ClientConnection(ClientSide):
 
     def eof_received(self) -> bool:
         if not self.established:
+            self.terminator.stats.handshake_failed("closed")
             self.close(abort=True)
             return False
         # No close_notify (a truncation, which we cannot tell from a lazy client): the client is
@@ -223,6 +228,7 @@ class ClientConnection(ClientSide):
             return bytes(buf)
         self._cancel_timer()
         self.closed = True          # this object is done; the passthrough takes the transport
+        self.terminator.stats.passthrough += 1
         relay = PassthroughConnection(self.terminator, self.transport, route, hello.server_name, bytes(buf))
         self.transport.set_protocol(relay)
         self.terminator.replace_connection(self, relay)
@@ -238,6 +244,7 @@ class ClientConnection(ClientSide):
             self._flush()
             return False
         self.established = True
+        self.terminator.stats.handshake_ok(self.tls.get_protocol_version_name())
         self._flush()
         self._cancel_timer()
         self.timer = self.loop.call_later(self.cfg.idle_timeout, self._idle_check)
@@ -270,12 +277,15 @@ class ClientConnection(ClientSide):
         """Send what OpenSSL has queued for the client, in one write."""
         out = drain_output(self.tls)
         if out and self.transport is not None:
+            self.bytes_out += len(out)
             self.transport.write(out)
 
     def _tls_failed(self, e: SSL.Error) -> None:
         # A client that cannot or will not speak our TLS (old versions, no common cipher, garbage):
         # not an operator's concern, one client's problem.
         log.debug("TLS error with %s: %s", self._peer(), e)
+        if not self.established:
+            self.terminator.stats.handshake_failed(handshake_failure_reason(e))
         if self.upstream is not None:
             # The client's stream is broken mid-way: the router must not take it for a clean end.
             self.upstream.close(abort=True)
@@ -363,6 +373,7 @@ class ClientConnection(ClientSide):
     def _handshake_timed_out(self) -> None:
         self.timer = None
         log.debug("handshake timeout for %s", self._peer())
+        self.terminator.stats.handshake_failed("timeout")
         self.close(abort=True)
 
     def _idle_check(self) -> None:
@@ -563,6 +574,7 @@ class PassthroughConnection(ClientSide):
         if self.closed:
             return
         self.last_activity = self.loop.time()
+        self.bytes_in += len(data)
         self.awaiting_backend = True
         if self.upstream is not None:
             self.upstream.write(data)
@@ -598,6 +610,7 @@ class PassthroughConnection(ClientSide):
         if not self.closed:
             self.last_activity = self.loop.time()
             self.awaiting_backend = False
+            self.bytes_out += len(data)
             self.transport.write(data)
 
     def upstream_finished(self) -> None:
@@ -680,11 +693,21 @@ class Terminator:
         self.at_limit = RateLimitedWarning(60.0)
         self.tasks: set[asyncio.Task] = set()
         self.poll_task: asyncio.Task | None = None
+        self.stats = TerminatorStats()
+        self.admin = TerminatorAdmin(self)          # [admin]: /metrics, /stats (inert without it)
+        self.admin_sock: socket.socket | None = None
 
     # ---- accepting
 
     def start(self) -> None:
         self.listener = open_listener(self.cfg.listen)
+        if self.cfg.admin is not None:
+            # Bound before the privileges go, like the listener; the stats directory is made now too.
+            try:
+                self.admin_sock = open_listener(self.cfg.admin.address)
+            except OSError as e:
+                raise OSError(e.errno, f"admin listener {self.cfg.admin.address}: {e.strerror or e}") from None
+            self.admin.prepare()
         # Bound to the port (as root if it is 443): now drop to the configured user, before any
         # client byte is read.
         for line in drop_privileges(self.cfg.user, self.cfg.group, self.cfg.chroot):
@@ -704,6 +727,7 @@ class Terminator:
             log.exception("choosing the certificate for %r failed", conn.get_servername())
 
     def replace_connection(self, old: ClientConnection, new: PassthroughConnection) -> None:
+        self.stats.connection_done(old)      # the ClientHello bytes it read
         self.connections.discard(old)
         self.connections.add(new)
 
@@ -723,6 +747,7 @@ class Terminator:
             if len(self.connections) >= self.cfg.max_connections:
                 self.at_limit(f"max_connections ({self.cfg.max_connections}) reached: "
                               "not accepting until a connection ends")
+                self.stats.at_limit += 1
                 self._pause_accepting()
                 return
             try:
@@ -742,6 +767,7 @@ class Terminator:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = ClientConnection(self)
             self.connections.add(conn)
+            self.stats.connections += 1
             task = self.loop.create_task(self._attach(sock, conn))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -755,6 +781,8 @@ class Terminator:
             self.connection_ended(conn)
 
     def connection_ended(self, conn: ClientConnection | PassthroughConnection) -> None:
+        if conn in self.connections:       # once per connection
+            self.stats.connection_done(conn)
         self.connections.discard(conn)
         if self.stopping:
             if not self.connections:
@@ -776,7 +804,7 @@ class Terminator:
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
             return
-        for key in ("listen", "user", "group", "chroot"):
+        for key in ("listen", "user", "group", "chroot", "admin"):
             if getattr(cfg, key) != getattr(self.cfg, key):
                 log.warning("%s changed to %s: that takes a restart; keeping %s", key, getattr(cfg, key),
                             getattr(self.cfg, key))
@@ -870,10 +898,12 @@ async def serve(cfg: TerminatorConfig, store: CertStore) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, terminator.reload)
+    await terminator.admin.start(terminator.admin_sock)
     terminator.report(store, f"listening on {cfg.listen}, forwarding to {cfg.forward_to}; {store.describe()}")
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     await terminator.stop()
+    await terminator.admin.stop()
 
 
 def _passthrough_index(cfg: TerminatorConfig) -> SniIndex[PassthroughRoute | None]:

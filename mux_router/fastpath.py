@@ -1,0 +1,535 @@
+"""The router's client connections as asyncio Protocols, with a fast path for simple requests.
+
+Most requests through a front door are small keep-alive GETs to a backend connection that is
+already open. Serving those with callbacks (no coroutine, no stream objects, no timeout context
+per read) is what lets a Python router keep up; see README "Performance". Every other request (a
+body, an upgrade, a redirect, an error, a server that needs a connect or a queue wait, a head split
+over several reads, a pipelined request) is handed, with the bytes it came in, to the coroutine
+engine in server.py (ClientConnection/Exchange) for that one request; then the connection comes
+back here. Both paths parse with the same http1 parsers, route with the same routing functions,
+write the same heads (forwarding) and log the same line: the fast path only takes a request when
+the slow one would do exactly the same thing with it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from frontgate import proxy_protocol
+from mux_router import forwarding
+from mux_router.http1 import CHUNKED, CLOSE, LENGTH, NO_BODY, ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser
+from mux_router.routing import acl_allows, find_redirect, misdirected, select_app
+
+log = logging.getLogger("mux-router")
+
+READ_SIZE = 64 * 1024
+PIPELINE_LIMIT = 64 * 1024      # client bytes buffered while a request is served: then stop reading
+
+_IDLE, _BUSY, _SLOW, _CLOSED = "idle", "busy", "slow", "closed"
+
+
+class Deadline:
+    """One lazily re-armed timer: moving a deadline costs an assignment; the pending timer, when it
+    fires early, re-arms itself for the new time (per-request timers would cost a heap operation
+    each)."""
+
+    __slots__ = ("_loop", "_callback", "when", "_handle", "_handle_at")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback):
+        self._loop, self._callback = loop, callback
+        self.when: float | None = None
+        self._handle = None
+        self._handle_at = 0.0
+
+    def set(self, delay: float) -> None:
+        when = self._loop.time() + delay
+        self.when = when
+        if self._handle is None or self._handle_at > when:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle_at = when
+            self._handle = self._loop.call_at(when, self._fire)
+
+    def clear(self) -> None:
+        self.when = None
+
+    def cancel(self) -> None:
+        self.when = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self.when is None:
+            return
+        if self._loop.time() < self.when:
+            self._handle_at = self.when
+            self._handle = self._loop.call_at(self.when, self._fire)
+            return
+        self.when = None
+        self._callback()
+
+
+class ClientProtocol(asyncio.Protocol):
+    """One client connection. Modes: idle (between requests, reading a head), busy (a fast
+    exchange in flight), slow (the coroutine engine serves one request), closed."""
+
+    def __init__(self, router, listener, make_connection):
+        self.router = router
+        self.listener = listener        # as bound; the connection follows reloads of its address
+        self._make_connection = make_connection     # server.ClientConnection
+        self.mode = _IDLE
+        self.buf = b""                  # client bytes not yet used
+        self.need_proxy = listener.proxy_protocol
+        self.exchange: FastExchange | None = None
+        self.slow_task: asyncio.Task | None = None
+        self.reader: asyncio.StreamReader | None = None     # for the slow engine, made on first use
+        self.delegate: asyncio.StreamReaderProtocol | None = None
+        self.write_paused = False
+        self.reading_paused = False
+        self.client_eof = False
+        self.closed: asyncio.Future | None = None
+
+    # ---- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.closed = self.loop.create_future()
+        self.conn = self._make_connection(self.router, self.listener, transport)
+        self.timer = Deadline(self.loop, self._timed_out)
+        self.router.connections.add(self)
+        if self.need_proxy and not self.conn.peer_trusted():
+            self._to_slow(b"")          # it refuses and logs why
+            return
+        # The first request (or PROXY header) must come within http_request, later ones within
+        # keep_alive of the previous answer.
+        self.timer.set(self.router.config.timeouts.http_request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.mode is _SLOW:
+            self.delegate.data_received(data)
+            return
+        self.buf = self.buf + data if self.buf else data
+        if self.mode is _IDLE:
+            self._serve_buffer()
+        elif len(self.buf) > PIPELINE_LIMIT and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.mode is _SLOW:
+            self.delegate.eof_received()
+        elif self.mode is _IDLE:
+            if self.buf:
+                self._to_slow(self.buf)     # an incomplete head, then EOF: the engine's story
+            else:
+                self.transport.close()
+        return True                     # keep our side open: a response may still be on its way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        mode, self.mode = self.mode, _CLOSED
+        self.timer.cancel()
+        if self.delegate is not None:
+            self.delegate.connection_lost(exc)
+        if mode is _BUSY and self.exchange is not None:
+            self.exchange.client_lost(exc)
+        self.router.connections.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.delegate is not None:
+            self.delegate.pause_writing()
+        if self.mode is _BUSY and self.exchange is not None:
+            self.exchange.client_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.delegate is not None:
+            self.delegate.resume_writing()
+        if self.mode is _BUSY and self.exchange is not None:
+            self.exchange.client_resumed()
+
+    # ---- for Router.shutdown
+
+    @property
+    def idle(self) -> bool:
+        return self.mode is _IDLE and not self.buf
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        if self.slow_task is not None:
+            self.slow_task.cancel()
+        self.transport.abort()
+
+    # ---- requests
+
+    def _timed_out(self) -> None:
+        if self.mode is _IDLE:
+            self.transport.close()      # nothing asked (or nothing more): close quietly
+        elif self.mode is _BUSY and self.exchange is not None:
+            self.exchange.client_stalled()
+
+    def _serve_buffer(self) -> None:
+        """Serve the request at the start of self.buf here if it is a simple one, else hand it to
+        the coroutine engine."""
+        data = self.buf
+        if self.need_proxy:
+            try:
+                result = proxy_protocol.decode(data)
+            except proxy_protocol.ProxyProtocolError:
+                result = None
+            if result is None:              # incomplete or bad: the engine waits, or answers 400
+                self._to_slow(data)
+                return
+            header, consumed = result
+            self.conn.take_proxy_header(header)
+            self.need_proxy = False
+            data = self.buf = data[consumed:]
+            if not data:
+                return
+        router = self.router
+        started = time.monotonic()
+        parser = RequestHeadParser()
+        try:
+            head = parser.feed(data)
+        except HttpError:
+            head = None
+        if head is None or parser.consumed != len(data) or head.has_body or head.is_websocket_upgrade:
+            self._to_slow(data)
+            return
+        conn = self.conn
+        cfg = router.config
+        listener = conn.listener
+        if (misdirected(conn.sni_host, head.host)
+                or (cfg.redirects and find_redirect(cfg.redirects, listener=listener.name, client_ip=conn.peer_ip,
+                                                    host=head.host, host_as_sent=head.host_as_sent,
+                                                    target=head.origin_target) is not None)):
+            self._to_slow(data)
+            return
+        app = select_app(cfg.apps, head.host, head.path, head.headers)
+        if app is None or not acl_allows(app, conn.peer_ip, head.path):
+            self._to_slow(data)
+            return
+        servers = router.server_order(app, conn.hash_key(app, head))
+        if not servers:
+            self._to_slow(data)             # the engine's 503
+            return
+        # From here on the balancer has spoken: a hand-over carries its choice along.
+        slot = router._claim(app, servers)
+        if slot is None:                    # every server at its maxconn: the engine queues
+            self._to_slow(data, (app, servers, None))
+            return
+        backend = router.backends.take_idle(slot.server)
+        if backend is None:                 # a connect: the engine does retries and redispatch
+            self._to_slow(data, (app, servers, slot))
+            return
+        self.buf = b""
+        self.mode = _BUSY
+        self.timer.clear()
+        conn.requests += 1
+        conn.request_started = started
+        self.exchange = FastExchange(self, cfg, head, data, app, slot, backend, started)
+
+    def exchange_done(self, keep: bool) -> None:
+        self.exchange = None
+        if self.mode is _CLOSED:
+            return
+        if not keep or self.client_eof or self.router.stopping:
+            self.mode = _IDLE
+            self.transport.close()
+            return
+        self._back_to_idle()
+
+    def _back_to_idle(self) -> None:
+        self.mode = _IDLE
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if self.buf:
+            self._serve_buffer()
+        else:
+            self.timer.set(self.router.config.timeouts.keep_alive)
+
+    # ---- the coroutine engine, for one request
+
+    def _to_slow(self, data: bytes, routed=None) -> None:
+        self.buf = b""
+        self.mode = _SLOW
+        self.timer.clear()
+        if self.reader is None:
+            self.reader = asyncio.StreamReader(limit=READ_SIZE, loop=self.loop)
+            self.delegate = asyncio.StreamReaderProtocol(self.reader, loop=self.loop)
+            self.delegate.connection_made(self.transport)
+            if self.write_paused:
+                self.delegate.pause_writing()
+            self.conn.attach(self.reader, asyncio.StreamWriter(self.transport, self.delegate, self.reader, self.loop))
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if data:
+            self.reader.feed_data(data)
+        if self.client_eof:
+            self.reader.feed_eof()
+        need_proxy, self.need_proxy = self.need_proxy, False
+        self.slow_task = self.loop.create_task(self.conn.serve_one(need_proxy, routed))
+        self.slow_task.add_done_callback(self._slow_done)
+
+    def _slow_done(self, task: asyncio.Task) -> None:
+        self.slow_task = None
+        if self.mode is _CLOSED:
+            return
+        keep = not task.cancelled() and task.result()
+        if not keep or self.router.stopping or self.reader.at_eof():
+            self.mode = _IDLE
+            self.transport.close()
+            return
+        # What the engine read but did not use, then what it was fed but did not read.
+        reader = self.reader
+        rest = self.conn.take_unused() + bytes(reader._buffer)     # noqa: SLF001 - our own reader
+        reader._buffer.clear()                                      # noqa: SLF001
+        reader._maybe_resume_transport()                            # noqa: SLF001
+        self.buf = rest
+        self._back_to_idle()
+
+
+class FastExchange:
+    """One simple request on a pooled backend connection, driven by the backend's callbacks
+    (it is the backend protocol's `sink` for the time of the exchange)."""
+
+    __slots__ = ("client", "conn", "router", "config", "head", "raw", "app", "slot", "backend", "started",
+                 "parser", "resp", "framing", "remaining", "decoder", "keep", "status", "sent", "received",
+                 "extra", "note", "termination", "sent_at", "t_response", "server_timer", "finished")
+
+    def __init__(self, client: ClientProtocol, config, head, raw: bytes, app, slot, backend, started: float):
+        self.client = client
+        self.conn = client.conn
+        self.router = client.router
+        self.config = config
+        self.head, self.raw, self.app, self.slot, self.backend = head, raw, app, slot, backend
+        self.started = started
+        self.parser = ResponseHeadParser(head.method)
+        self.resp = None
+        self.framing = NO_BODY
+        self.remaining = 0
+        self.decoder: ChunkedDecoder | None = None
+        self.keep = False
+        self.status = 0
+        self.sent = 0
+        self.received = False           # any byte from the backend
+        self.extra = False              # the backend sent more than its response
+        self.note = ""
+        self.termination = "--"
+        self.t_response = -1.0
+        self.finished = False
+        conn = self.conn
+        self.server_timer = Deadline(client.loop, self._server_timeout)
+        self.server_timer.set(config.timeouts.server)
+        backend.protocol.sink = self
+        self.sent_at = time.monotonic()
+        backend.writer.write(forwarding.backend_request_head(
+            head, client_ip=conn.client[0], scheme=conn.listener.scheme,
+            client_trusted=conn.client_trusted(config), keep_alive=True,
+            forwarded_for=config.forwarded_for, forwarded=config.forwarded, rules=app.request_headers,
+            client_cert_line=conn.client_cert_line))
+
+    # ---- backend callbacks
+
+    def backend_data(self, data: bytes) -> None:
+        if self.finished:
+            self.extra = True
+            return
+        self.server_timer.set(self.config.timeouts.server)
+        if self.resp is None:
+            self.received = True
+            self._response_head(data)
+        elif self.framing is LENGTH:
+            take = data[:self.remaining]
+            self.extra = len(take) < len(data)
+            self.remaining -= len(take)
+            self._send(take)
+            if self.remaining == 0:
+                self._finish(complete=True, keep=self.keep)
+        elif self.framing is CHUNKED:
+            self._chunked(data)
+        else:       # CLOSE: until the backend closes
+            self._send(data)
+
+    def backend_eof(self) -> None:
+        self.backend_lost(None)
+
+    def backend_lost(self, exc: Exception | None) -> None:
+        if self.finished:
+            return
+        if self.resp is None:
+            if not self.received and not self.sent:
+                # A pooled connection the server closed meanwhile (it can have processed nothing:
+                # no body, no byte back): the engine retries the request on a fresh connection.
+                self._give_back_to_engine()
+                return
+            reason = f"read failed: {exc}" if exc is not None else "backend closed the connection without a response"
+            self._answer(502, reason, "SH")
+        elif self.framing is CLOSE and exc is None:
+            self._finish(complete=True, keep=False)
+        else:
+            what = (f"backend closed with {self.remaining} body bytes missing" if self.framing is LENGTH
+                    else "backend closed in the middle of a chunked body")
+            self._cut(f"read failed: {exc}" if exc is not None else what, "SD")
+
+    # ---- client events (from ClientProtocol)
+
+    def client_paused(self) -> None:
+        self.backend.writer.transport.pause_reading()
+        self.client.timer.set(self.config.timeouts.client)
+
+    def client_resumed(self) -> None:
+        self.client.timer.clear()
+        if not self.finished:
+            self.backend.writer.transport.resume_reading()
+
+    def client_stalled(self) -> None:
+        """The client took nothing for timeouts.client."""
+        self.termination = "cD"
+        self.client.transport.abort()
+
+    def client_lost(self, exc: Exception | None) -> None:
+        if not self.finished:
+            self.termination = "CD"
+            self.note = self.note or "client went away"
+            self._finish(complete=False, keep=False)
+
+    # ---- the response
+
+    def _response_head(self, data: bytes) -> None:
+        try:
+            resp = self.parser.feed(data)
+        except HttpError as e:
+            self._answer(502, e.reason, "SH")
+            return
+        if resp is None:
+            return
+        rest = self.parser.leftover
+        head = self.head
+        if resp.informational:
+            if resp.status == 101:
+                self._answer(502, "backend switched protocols without an upgrade request", "SH")
+                return
+            self._send(forwarding.client_response_head(resp, keep_alive=True, client_version=head.version))
+            self.parser = ResponseHeadParser(head.method)
+            if rest:
+                self._response_head(rest)
+            return
+        self.t_response = (time.monotonic() - self.sent_at) * 1000
+        self.resp = resp
+        self.status = resp.status
+        self.framing = resp.body
+        self.keep = head.keep_alive and resp.body is not CLOSE and not self.router.stopping
+        out = forwarding.client_response_head(resp, keep_alive=self.keep, client_version=head.version,
+                                              rules=self.app.response_headers)
+        if resp.body is LENGTH:
+            self.remaining = resp.content_length
+            take = rest[:self.remaining]
+            self.extra = len(take) < len(rest)
+            self.remaining -= len(take)
+            self._send(out + take if take else out)
+            if self.remaining == 0:
+                self._finish(complete=True, keep=self.keep)
+        elif resp.body is CHUNKED:
+            self._send(out)
+            self.decoder = ChunkedDecoder(error_status=502)
+            if rest:
+                self._chunked(rest)
+        elif resp.body is CLOSE:
+            self._send(out + rest if rest else out)
+        else:
+            self.extra = bool(rest)
+            self._send(out)
+            self._finish(complete=True, keep=self.keep)
+
+    def _chunked(self, data: bytes) -> None:
+        try:
+            _, used = self.decoder.feed(data)
+        except HttpError as e:
+            self._cut(f"bad chunked body: {e.reason}", "SD")
+            return
+        if used:
+            self._send(data[:used] if used < len(data) else data)
+        if self.decoder.done:
+            self.extra = used < len(data)
+            self._finish(complete=True, keep=self.keep)
+
+    def _send(self, data: bytes) -> None:
+        self.client.transport.write(data)
+        self.sent += len(data)
+
+    def _server_timeout(self) -> None:
+        if self.finished:
+            return
+        if self.resp is None:
+            self._answer(504, "backend response timeout", "sH")
+        else:
+            self._cut("backend timeout", "sD")
+
+    # ---- endings
+
+    def _answer(self, status: int, reason: str, termination: str) -> None:
+        """No (usable) response head from the backend: the router's own answer, as the engine's."""
+        log.warning("%s/%s: %s", self.app.name, self.backend.server.address, reason)
+        self.status, self.note, self.termination = status, reason, termination
+        self.keep = self.head.keep_alive and not self.router.stopping
+        page = self.app.error_pages.get(status) or self.config.error_pages.get(status)
+        self._send(forwarding.simple_response(status, close=not self.keep, detail=reason,
+                                              with_body=self.head.method != "HEAD", page=page,
+                                              retry_after=self.config.retry_after))
+        self._finish(complete=False, keep=self.keep)
+
+    def _cut(self, reason: str, termination: str) -> None:
+        """The response started and cannot be completed: the client connection closes."""
+        self.note, self.termination = f"response cut: {reason}", termination
+        self._finish(complete=False, keep=False)
+
+    def _give_back_to_engine(self) -> None:
+        self.finished = True
+        self.server_timer.cancel()
+        self.backend.protocol.sink = None
+        self.backend.abort()
+        self.router.backends.release(self.backend)
+        self.conn.requests -= 1
+        client = self.client
+        client.exchange = None
+        if client.mode is _CLOSED:
+            self.router.release_slot(self.app, self.slot)
+        else:
+            client._to_slow(self.raw + client.buf, (self.app, [self.backend.server], self.slot))
+
+    def _finish(self, complete: bool, keep: bool) -> None:
+        """`complete`: the backend's response was read to its end; `keep`: the client connection
+        can carry another request."""
+        self.finished = True
+        self.server_timer.cancel()
+        backend = self.backend
+        backend.protocol.sink = None
+        reusable = complete and not self.extra and self.resp is not None and self.resp.keep_alive
+        if not reusable:
+            backend.abort()
+        elif self.client.write_paused:
+            backend.writer.transport.resume_reading()
+        self.router.backends.release(backend, reusable=reusable)
+        self.router.release_slot(self.app, self.slot)
+        self.router.stats.fast_path += 1
+        # Tq/Tw/Tc: the head came in one read, a slot was free, the connection was pooled.
+        self.conn._write_log(self.started, f"{self.app.name}/{backend.server.address}", self.status, self.sent,
+                             self.head.request_line, self.note, self.termination, 0.0, 0.0, 0.0, self.t_response,
+                             (time.monotonic() - self.started) * 1000, 0, len(self.raw))
+        self.client.exchange_done(keep)
