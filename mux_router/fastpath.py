@@ -26,8 +26,9 @@ log = logging.getLogger("mux-router")
 
 READ_SIZE = 64 * 1024
 PIPELINE_LIMIT = 64 * 1024      # client bytes buffered while a request is served: then stop reading
+HALF_CLOSED_GRACE = 10.0        # a tunnel with one side closed waits at most this for the other
 
-_IDLE, _BUSY, _SLOW, _CLOSED = "idle", "busy", "slow", "closed"
+_IDLE, _BUSY, _SLOW, _TUNNEL, _CLOSED = "idle", "busy", "slow", "tunnel", "closed"
 
 
 class Deadline:
@@ -75,7 +76,8 @@ class Deadline:
 
 class ClientProtocol(asyncio.Protocol):
     """One client connection. Modes: idle (between requests, reading a head), busy (a fast
-    exchange in flight), slow (the coroutine engine serves one request), closed."""
+    exchange in flight), slow (the coroutine engine serves one request), tunnel (after a
+    WebSocket upgrade), closed."""
 
     def __init__(self, router, listener, make_connection):
         self.router = router
@@ -85,6 +87,7 @@ class ClientProtocol(asyncio.Protocol):
         self.buf = b""                  # client bytes not yet used
         self.need_proxy = listener.proxy_protocol
         self.exchange: FastExchange | None = None
+        self.tunnel: Tunnel | None = None
         self.slow_task: asyncio.Task | None = None
         self.reader: asyncio.StreamReader | None = None     # for the slow engine, made on first use
         self.delegate: asyncio.StreamReaderProtocol | None = None
@@ -113,6 +116,9 @@ class ClientProtocol(asyncio.Protocol):
         self.timer.set(self.router.config.timeouts.http_request)
 
     def data_received(self, data: bytes) -> None:
+        if self.mode is _TUNNEL:
+            self.tunnel.from_client(data)
+            return
         if self.mode is _SLOW:
             self.delegate.data_received(data)
             return
@@ -125,7 +131,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
-        if self.mode is _SLOW:
+        if self.mode is _TUNNEL:
+            self.tunnel.client_eof()
+        elif self.mode is _SLOW:
             self.delegate.eof_received()
         elif self.mode is _IDLE:
             if self.buf:
@@ -141,6 +149,8 @@ class ClientProtocol(asyncio.Protocol):
             self.delegate.connection_lost(exc)
         if mode is _BUSY and self.exchange is not None:
             self.exchange.client_lost(exc)
+        elif mode is _TUNNEL:
+            self.tunnel.end("client closed" if exc is None else f"client: {exc}")
         self.router.connections.discard(self)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -151,6 +161,8 @@ class ClientProtocol(asyncio.Protocol):
             self.delegate.pause_writing()
         if self.mode is _BUSY and self.exchange is not None:
             self.exchange.client_paused()
+        elif self.mode is _TUNNEL:
+            self.tunnel.backend.writer.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -158,6 +170,8 @@ class ClientProtocol(asyncio.Protocol):
             self.delegate.resume_writing()
         if self.mode is _BUSY and self.exchange is not None:
             self.exchange.client_resumed()
+        elif self.mode is _TUNNEL:
+            self.tunnel.backend.writer.transport.resume_reading()
 
     # ---- for Router.shutdown
 
@@ -291,6 +305,9 @@ class ClientProtocol(asyncio.Protocol):
         if self.mode is _CLOSED:
             return
         keep = not task.cancelled() and task.result()
+        if keep not in (True, False):
+            self._start_tunnel(keep)
+            return
         if not keep or self.router.stopping or self.reader.at_eof():
             self.mode = _IDLE
             self.transport.close()
@@ -302,6 +319,127 @@ class ClientProtocol(asyncio.Protocol):
         reader._maybe_resume_transport()                            # noqa: SLF001
         self.buf = rest
         self._back_to_idle()
+
+
+    def _start_tunnel(self, exchange) -> None:
+        """The engine answered a WebSocket upgrade with the backend's 101: from now on the bytes
+        move here. What arrived on either side since the engine stopped reading goes first."""
+        reader = self.reader
+        from_client = self.conn.take_unused() + bytes(reader._buffer)      # noqa: SLF001 - our reader
+        client_done = reader._eof                                          # noqa: SLF001
+        reader._buffer.clear()                                             # noqa: SLF001
+        reader._maybe_resume_transport()                                   # noqa: SLF001
+        backend = exchange.tunnel_backend
+        breader = backend.reader
+        to_client = bytes(breader._buffer)                                 # noqa: SLF001
+        backend_done = breader._eof                                        # noqa: SLF001
+        breader._buffer.clear()                                            # noqa: SLF001
+        breader._maybe_resume_transport()                                  # noqa: SLF001
+        self.mode = _TUNNEL
+        self.tunnel = Tunnel(self, exchange, backend)
+        self.tunnel.start(from_client, client_done, to_client, backend_done)
+
+
+class Tunnel:
+    """A WebSocket connection after the 101: bytes both ways between the client's and the
+    backend's transports, until both sides are done (or one is and the other lingers past
+    HALF_CLOSED_GRACE), or nothing moved for timeouts.tunnel. The backend protocol's sink."""
+
+    __slots__ = ("client", "exchange", "backend", "router", "idle_limit", "timer", "client_done",
+                 "backend_done", "bytes_to_client", "bytes_from_client", "ended")
+
+    def __init__(self, client: ClientProtocol, exchange, backend):
+        self.client, self.exchange, self.backend = client, exchange, backend
+        self.router = client.router
+        self.idle_limit = exchange.config.timeouts.tunnel
+        self.timer = Deadline(client.loop, self._idle)
+        self.client_done = self.backend_done = self.ended = False
+        self.bytes_to_client = self.bytes_from_client = 0
+
+    def start(self, from_client: bytes, client_done: bool, to_client: bytes, backend_done: bool) -> None:
+        self.router.stats.tunnels += 1
+        self.backend.protocol.sink = self
+        if self.client.write_paused:
+            self.backend.writer.transport.pause_reading()
+        self.timer.set(self.idle_limit)
+        if from_client:
+            self.from_client(from_client)
+        if to_client:
+            self.backend_data(to_client)
+        if client_done:
+            self.client_eof()
+        if backend_done and not self.ended:
+            self.backend_eof()
+
+    def _activity(self) -> None:
+        self.timer.set(self.idle_limit if not (self.client_done or self.backend_done)
+                       else min(self.idle_limit, HALF_CLOSED_GRACE))
+
+    # ---- client side (from ClientProtocol)
+
+    def from_client(self, data: bytes) -> None:
+        self.bytes_from_client += len(data)
+        self.backend.writer.transport.write(data)
+        self._activity()
+
+    def client_eof(self) -> None:
+        self.client_done = True
+        transport = self.backend.writer.transport
+        if transport.can_write_eof():       # pass the half-close on
+            transport.write_eof()
+        self._one_side_done()
+
+    # ---- backend side (BackendProtocol's sink)
+
+    def backend_data(self, data: bytes) -> None:
+        self.bytes_to_client += len(data)
+        self.client.transport.write(data)
+        self._activity()
+
+    def backend_eof(self) -> None:
+        if self.backend_done:
+            return
+        self.backend_done = True
+        if self.client.transport.can_write_eof():
+            self.client.transport.write_eof()
+        self._one_side_done()
+
+    def backend_lost(self, exc: Exception | None) -> None:
+        if exc is None and not self.backend_done:
+            self.backend_eof()
+        if exc is not None or self.client_done:
+            self.end("" if exc is None else f"backend: {exc}")
+
+    def backend_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.client.transport.pause_reading()
+        else:
+            self.client.transport.resume_reading()
+
+    # ---- endings
+
+    def _one_side_done(self) -> None:
+        if self.client_done and self.backend_done:
+            self.end("")
+        else:
+            self._activity()
+
+    def _idle(self) -> None:
+        self.end("" if (self.client_done or self.backend_done) else "tunnel idle timeout")
+
+    def end(self, note: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.timer.cancel()
+        self.router.stats.tunnels -= 1
+        self.backend.protocol.sink = None
+        client = self.client
+        client.tunnel = None
+        if client.mode is not _CLOSED:
+            client.mode = _IDLE
+            client.transport.close()
+        self.exchange.tunnel_ended(note, self.bytes_to_client, self.bytes_from_client)
 
 
 class FastExchange:
@@ -387,16 +525,22 @@ class FastExchange:
                     else "backend closed in the middle of a chunked body")
             self._cut(f"read failed: {exc}" if exc is not None else what, "SD")
 
+    def backend_write_paused(self, paused: bool) -> None:
+        pass                            # only a small head goes to the backend
+
     # ---- client events (from ClientProtocol)
 
     def client_paused(self) -> None:
+        # The client's pace is judged by timeouts.client; the server cannot send meanwhile.
         self.backend.writer.transport.pause_reading()
+        self.server_timer.clear()
         self.client.timer.set(self.config.timeouts.client)
 
     def client_resumed(self) -> None:
         self.client.timer.clear()
         if not self.finished:
             self.backend.writer.transport.resume_reading()
+            self.server_timer.set(self.config.timeouts.server)
 
     def client_stalled(self) -> None:
         """The client took nothing for timeouts.client."""

@@ -33,7 +33,7 @@ from frontgate.health_state import StateFollower
 from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.fastpath import ClientProtocol
-from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, ChunkedDecoder, HttpError, RequestHead,
+from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
 from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
 from mux_router.stats import RouterAdmin, RouterStats
@@ -44,7 +44,6 @@ READ_SIZE = 64 * 1024
 STATE_REFRESH_INTERVAL = 0.5   # how often the health state file is stat'ed
 LINGER_TIME = 2.0              # reading (and dropping) a client's unread input before closing ...
 LINGER_BYTES = 256 * 1024      # ... so that the kernel does not RST away our error response
-HALF_CLOSED_GRACE = 10.0       # a tunnel with one side closed waits at most this for the other
 UPLOAD_FINISH_WAIT = 2.0       # response sent, request body still arriving: how long to wait for it
 MAX_SERVER_WAITS = 100000     # bound on server-timeout periods spent waiting for a slow upload
 POOL_MAX_IDLE = 64             # idle kept-alive connections per backend server
@@ -90,6 +89,16 @@ class BackendProtocol(asyncio.StreamReaderProtocol):
         super().connection_lost(exc)
         if self.sink is not None:
             self.sink.backend_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.sink is not None:
+            self.sink.backend_write_paused(True)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.sink is not None:
+            self.sink.backend_write_paused(False)
 
 
 @dataclass
@@ -657,9 +666,12 @@ class ClientConnection:
         self.requests += 1
         exchange = Exchange(self, head, self.request_started)
         try:
-            return await exchange.run(routed)
+            keep = await exchange.run(routed)
         finally:
-            exchange.log()
+            if exchange.tunnel_backend is None:
+                exchange.log()
+        # A WebSocket tunnel is handed to the connection's protocol, which logs it when it ends.
+        return exchange if exchange.tunnel_backend is not None else keep
 
     # ---- sending
 
@@ -759,8 +771,10 @@ class Exchange:
         self.upload: asyncio.Task | None = None
         self.response_complete = False         # the backend's response was read to its end
         self.backend_reusable = False          # ... and the backend connection may carry another
+        self.surplus = False                   # the backend sent bytes after its response
         self.retries = 0
         self.body_in = 0                       # request body (and tunnel) bytes from the client: stats
+        self.tunnel_backend: BackendConnection | None = None   # after a 101: fastpath.Tunnel's to drive
         # HAProxy httplog timers (ms; -1 = that phase was not reached) and termination state.
         self.t_head = (time.monotonic() - started) * 1000
         self.t_queue = self.t_connect = self.t_response = -1.0
@@ -840,7 +854,8 @@ class Exchange:
         try:
             return await self._run_on(app, servers, slot)
         finally:
-            self.router.release_slot(app, self.slot)
+            if self.tunnel_backend is None:      # a tunnel keeps its slot until tunnel_ended
+                self.router.release_slot(app, self.slot)
 
     async def _run_on(self, app: App, servers: list[Server], slot: ServerSlot) -> bool:
         self.slot = slot
@@ -865,9 +880,10 @@ class Exchange:
             if self.upload is not None:
                 self.upload.cancel()
                 await asyncio.gather(self.upload, return_exceptions=True)   # collects its error too
-            if not self.response_complete:
-                backend.abort()         # mid-message: the connection is good for nothing else
-            self.router.backends.release(backend, reusable=self.backend_reusable)
+            if self.tunnel_backend is None:      # a tunnel's connection closes in tunnel_ended
+                if not self.response_complete:
+                    backend.abort()         # mid-message: the connection is good for nothing else
+                self.router.backends.release(backend, reusable=self.backend_reusable)
 
     async def _connect(self, app: App, servers: list[Server], fresh: bool = False) -> BackendConnection | None:
         """A connection to the slot's server; on failure up to app.retries more attempts, each on
@@ -954,7 +970,7 @@ class Exchange:
             await asyncio.wait({self.upload}, timeout=UPLOAD_FINISH_WAIT)
         upload_ok = self.upload is None or (self.upload.done() and not self.upload.cancelled()
                                             and self.upload.exception() is None)
-        self.backend_reusable = resp.keep_alive and upload_ok and self.body_done
+        self.backend_reusable = resp.keep_alive and upload_ok and self.body_done and not self.surplus
         if not self.body_done:
             # Unread body bytes would be taken for the next request: close instead.
             self.note = self.note or "response before the end of the request body"
@@ -1019,10 +1035,14 @@ class Exchange:
         self.sent += len(data)
 
     async def _response_body(self, backend: BackendConnection, resp: ResponseHead, rest: bytes) -> None:
+        """Forward the body. Bytes after its end (`surplus`) mean the backend and the router
+        disagree about where the response ended: that connection is not reused."""
         if resp.body == LENGTH:
             remaining = resp.content_length
-            data = rest[:remaining]
+            data = rest
             while True:
+                if len(data) > remaining:
+                    self.surplus, data = True, data[:remaining]
                 if data:
                     remaining -= len(data)
                     await self._send(data)
@@ -1031,7 +1051,6 @@ class Exchange:
                 data = await self._read_backend(backend)
                 if not data:
                     raise BackendFailed(f"backend closed with {remaining} body bytes missing")
-                data = data[:remaining]
         elif resp.body == CHUNKED:
             decoder = ChunkedDecoder(error_status=502)
             data = rest
@@ -1043,10 +1062,13 @@ class Exchange:
                 if used:
                     await self._send(data[:used])
                 if decoder.done:
+                    self.surplus = used < len(data)
                     return
                 data = await self._read_backend(backend)
                 if not data:
                     raise BackendFailed("backend closed in the middle of a chunked body")
+        elif resp.body == NO_BODY:
+            self.surplus = bool(rest)
         elif resp.body == CLOSE:
             data = rest
             while True:
@@ -1136,38 +1158,18 @@ class Exchange:
         if conn.buf:
             backend.writer.write(bytes(conn.buf))
             conn.buf.clear()
-        last_activity = [time.monotonic()]
-
-        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_client: bool) -> None:
-            while data := await reader.read(READ_SIZE):
-                last_activity[0] = time.monotonic()
-                writer.write(data)
-                if to_client:
-                    self.sent += len(data)
-                else:
-                    self.body_in += len(data)
-                await writer.drain()
-            if writer.can_write_eof():       # pass the half-close on
-                writer.write_eof()
-
-        pumps = {asyncio.create_task(pump(conn.reader, backend.writer, False)),
-                 asyncio.create_task(pump(backend.reader, conn.writer, True))}
-        idle_limit = self.config.timeouts.tunnel
-        pending = pumps
-        self.router.stats.tunnels += 1
-        try:
-            while pending:
-                limit = idle_limit if len(pending) == 2 else min(idle_limit, HALF_CLOSED_GRACE)
-                wait = last_activity[0] + limit - time.monotonic()
-                if wait <= 0:
-                    self.note = "tunnel idle timeout"
-                    break
-                done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                if any(not t.cancelled() and t.exception() is not None for t in done):
-                    break
-        finally:
-            self.router.stats.tunnels -= 1
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+        # From here bytes move by callbacks (fastpath.Tunnel, started by the client connection's
+        # protocol when serve_one returns): no task or coroutine is held per tunnel.
+        self.tunnel_backend = backend
         return False
+
+    def tunnel_ended(self, note: str, to_client: int, from_client: int) -> None:
+        """What the exchange's coroutine would have done at the end of a tunnel it had driven."""
+        backend = self.tunnel_backend
+        backend.abort()
+        self.router.backends.release(backend)
+        self.router.release_slot(self.app, self.slot)
+        self.sent += to_client
+        self.body_in += from_client
+        self.note = self.note or note
+        self.log()
