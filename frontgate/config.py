@@ -7,6 +7,7 @@ so a config means the same thing whatever directory a daemon is started from.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import tomllib
@@ -63,6 +64,11 @@ class Address:
         return self.path is not None
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
+        # Written once per address: the router names servers in every log line and state lookup.
         if self.path is not None:
             return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
@@ -161,7 +167,13 @@ class App:
 
     def server_key(self, server: Server) -> str:
         """The key of this server in the health state file."""
-        return f"{self.name}/{server.address}"
+        key = self._server_keys.get(id(server))     # the router asks several times per request
+        return key if key is not None else f"{self.name}/{server.address}"
+
+    @functools.cached_property
+    def _server_keys(self) -> dict[int, str]:
+        # By id: the servers are this app's own (held in self.servers) for as long as it lives.
+        return {id(s): f"{self.name}/{s.address}" for s in self.servers}
 
 
 @dataclass(frozen=True)
