@@ -260,19 +260,22 @@ class ClientProtocol(asyncio.Protocol):
         self.exchange = None
         if self.mode is _CLOSED:
             return
-        if not keep or self.client_eof or self.router.stopping:
+        if not keep or self.router.stopping:
             self.mode = _IDLE
             self.transport.close()
             return
         self._back_to_idle()
 
     def _back_to_idle(self) -> None:
+        """Between requests: serve what is buffered (pipelined), else wait for the next one."""
         self.mode = _IDLE
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
         if self.buf:
             self._serve_buffer()
+        elif self.client_eof:
+            self.transport.close()
         else:
             self.timer.set(self.router.config.timeouts.keep_alive)
 
@@ -293,6 +296,9 @@ class ClientProtocol(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
         if data:
+            if self.reader._eof:                                    # noqa: SLF001 - our own reader
+                # Requests pipelined before the client's EOF, which an earlier hand-over fed.
+                self.reader._eof = False                            # noqa: SLF001
             self.reader.feed_data(data)
         if self.client_eof:
             self.reader.feed_eof()
@@ -302,13 +308,16 @@ class ClientProtocol(asyncio.Protocol):
 
     def _slow_done(self, task: asyncio.Task) -> None:
         self.slow_task = None
-        if self.mode is _CLOSED:
-            return
         keep = not task.cancelled() and task.result()
-        if keep not in (True, False):
+        tunnel = keep not in (True, False)          # serve_one's answer to a WebSocket 101
+        if self.mode is _CLOSED:
+            if tunnel:
+                keep.tunnel_ended("client closed", 0, 0)
+            return
+        if tunnel:
             self._start_tunnel(keep)
             return
-        if not keep or self.router.stopping or self.reader.at_eof():
+        if not keep or self.router.stopping:
             self.mode = _IDLE
             self.transport.close()
             return
@@ -319,7 +328,6 @@ class ClientProtocol(asyncio.Protocol):
         reader._maybe_resume_transport()                            # noqa: SLF001
         self.buf = rest
         self._back_to_idle()
-
 
     def _start_tunnel(self, exchange) -> None:
         """The engine answered a WebSocket upgrade with the backend's 101: from now on the bytes

@@ -999,3 +999,23 @@ def test_sigterm_with_only_idle_fast_path_clients_exits_at_once(own):
     assert all(c.closed() for c in clients)
     for c in clients:
         c.close()
+
+
+@pytest.mark.parametrize("first", ["/slow", "/len"])
+def test_requests_pipelined_before_the_clients_eof_are_all_answered(fp, first):
+    """A client may send its requests and half-close at once: every request is still answered,
+    whichever path each takes, and then the connection closes."""
+    fp.warm()
+    c = Client(fp.port)
+    t1, t2, t3 = uid(first) + ("&sleep=0.2" if first == "/slow" else ""), uid("/len"), uid("/len")
+    c.send(f"GET {t1} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    if first == "/slow":        # the others arrive, with the EOF, while the first is on its way
+        wait_until(lambda: any(t1 == target for _, _, target, _ in fp.ka.seen), what="first request at the backend")
+    c.send(f"GET {t2} HTTP/1.1\r\nHost: ka.localhost\r\n\r\nGET {t3} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.sock.shutdown(socket.SHUT_WR)
+    assert c.response()[0] == 200
+    assert c.response() == (200, {"content-length": "1024"}, LEN_BODY)
+    assert c.response() == (200, {"content-length": "1024"}, LEN_BODY)
+    assert c.sock.recv(1) == b""        # then closed
+    c.close()
+    assert [target for _, _, target, _ in fp.ka.seen[-3:]] == [t1, t2, t3]
