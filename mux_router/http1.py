@@ -48,8 +48,9 @@ _TOKEN_RE = re.compile(_TOKEN)
 # field-value: VCHAR, SP, HTAB, obs-text. Anything else (NUL, CR, LF, other controls, DEL) is refused.
 _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _OWS = b" \t"
-# A whole field line that parse_field_line would accept, with the value's OWS outside the group.
-_FIELD_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+# Field lines that parse_field_line would all accept, each ending in CRLF: a token, a colon right
+# after it, then only characters allowed in a value (HTAB, SP, VCHAR, obs-text).
+_FIELD_LINES_RE = re.compile(rb"(?:" + _TOKEN + rb":[\t \x21-\x7e\x80-\xff]*\r\n)*")
 _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
 _HTTP_VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _STATUS_LINE_RE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
@@ -213,25 +214,26 @@ class _HeadParser:
             self._pos = lf + 1
 
     def _whole(self, data: bytes) -> bool:
-        """The common case, a whole plain head in one piece: validated line by line with one regex
-        each instead of the byte scanner. Only heads the scanner accepts, well inside every limit,
-        are taken here (True); for anything else (False) the scanner runs and gives its verdict."""
+        """The common case, a whole plain head in one piece: its field lines validated by one regex
+        instead of the byte scanner. Only heads the scanner accepts, well inside every limit, are
+        taken here (True); for anything else (False) the scanner runs and gives its verdict."""
         end = data.find(b"\r\n\r\n")
         if end <= 0 or end + 4 >= self.max_head:
             return False
-        lines = data[:end].split(b"\r\n")
-        start = lines[0]
-        if len(start) >= self.max_line or len(lines) > self.max_fields or not start:
-            return False
-        if data.count(b"\n", 0, end) != len(lines) - 1:
-            return False            # a bare LF: the scanner names it
-        fields = []
-        match = _FIELD_LINE_RE.fullmatch
-        for line in lines[1:]:
-            m = match(line)
-            if m is None:
+        first = data.find(b"\r\n")            # the start line's end (== end without fields)
+        start = data[:first]
+        if first <= 0 or first >= self.max_line or b"\n" in start:
+            return False            # empty lines first, too long, or a bare LF: the scanner's job
+        if first < end:
+            if (data.count(b"\r\n", first + 2, end + 2) > self.max_fields
+                    or not _FIELD_LINES_RE.fullmatch(data, first + 2, end + 2)):
                 return False
-            fields.append(m.groups())
+            fields = []
+            for line in data[first + 2:end].split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                fields.append((name, value.strip(_OWS)))
+        else:
+            fields = []
         self._first_line(start)
         self._start_line, self._fields = start, fields
         self._buf, self._start, self._end = data, 0, end + 4

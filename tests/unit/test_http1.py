@@ -492,3 +492,33 @@ def test_chunked_same_result_for_any_split(data):
 def test_chunked_roundtrip(chunks, data):
     encoded = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
     assert decode_all(b"", data.draw(splits(encoded + b"tail"))) == (b"".join(chunks), (), len(encoded), True)
+
+
+# The whole-head shortcut (_HeadParser._whole) must take exactly the heads the byte scanner takes,
+# with the same result, and leave every verdict on the others to the scanner.
+WHOLE_HEAD_CASES = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",                       # leading empty line
+    b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /\nx HTTP/1.1\r\nHost: a\r\n\r\n",                        # bare LF in the request line
+    b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",                     # bare LF between fields
+    b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",               # obs-fold
+    b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",                          # space before the colon
+    b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",                        # bare CR in a value
+    b"GET / HTTP/1.1\r\nHost: a\x00\r\n\r\n",                       # NUL in a value
+    b"GET / HTTP/1.1\r\nHost: a\r\nX:\t v \t\r\nY:\r\n\r\nBODY",   # OWS trimmed, empty value
+    b"GET / HTTP/1.1\r\nHost: a\r\n: nameless\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\x80\xff\r\n\r\n",                   # obs-text
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(MAX_FIELDS)) + b"Host: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(MAX_FIELDS - 2)) + b"Host: a\r\n\r\n",
+    b"GET /" + b"a" * (MAX_REQUEST_LINE - 14) + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"BAD\r\nHost: a\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", WHOLE_HEAD_CASES)
+def test_whole_head_shortcut_agrees_with_the_byte_scanner(raw):
+    assert request_outcome(raw, [raw]) == request_outcome(raw, [bytes([b]) for b in raw])
+    status_raw = raw.replace(b"GET / HTTP/1.1", b"HTTP/1.1 200 OK", 1).replace(b"GET / HTTP/1.0", b"HTTP/1.0 204 No", 1)
+    assert response_outcome(status_raw, [status_raw]) == response_outcome(status_raw, [bytes([b]) for b in status_raw])
