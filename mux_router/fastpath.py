@@ -57,14 +57,17 @@ class Deadline:
         self.when = None
 
     def cancel(self) -> None:
+        """For good: the callback (usually a method of the owner) is dropped too, so that no
+        reference cycle keeps the owner for the garbage collector."""
         self.when = None
+        self._callback = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
     def _fire(self) -> None:
         self._handle = None
-        if self.when is None:
+        if self.when is None or self._callback is None:
             return
         if self._loop.time() < self.when:
             self._handle_at = self.when
@@ -107,6 +110,7 @@ class ClientProtocol(asyncio.Protocol):
         self.closed = self.loop.create_future()
         self.conn = self._make_connection(self.router, self.listener, transport)
         self.timer = Deadline(self.loop, self._timed_out)
+        self.server_timer = Deadline(self.loop, self._server_timed_out)     # for fast exchanges
         self.router.connections.add(self)
         if self.need_proxy and not self.conn.peer_trusted():
             self._to_slow(b"")          # it refuses and logs why
@@ -145,6 +149,7 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         mode, self.mode = self.mode, _CLOSED
         self.timer.cancel()
+        self.server_timer.cancel()
         if self.delegate is not None:
             self.delegate.connection_lost(exc)
         if mode is _BUSY and self.exchange is not None:
@@ -188,6 +193,10 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.abort()
 
     # ---- requests
+
+    def _server_timed_out(self) -> None:
+        if self.mode is _BUSY and self.exchange is not None:
+            self.exchange.server_timeout()
 
     def _timed_out(self) -> None:
         if self.mode is _IDLE:
@@ -457,6 +466,7 @@ class FastExchange:
     __slots__ = ("client", "conn", "router", "config", "head", "raw", "app", "slot", "backend", "started",
                  "parser", "resp", "framing", "remaining", "decoder", "keep", "status", "sent", "received",
                  "extra", "note", "termination", "sent_at", "t_response", "server_timer", "finished")
+    # server_timer: the client connection's, one Deadline for all its exchanges
 
     def __init__(self, client: ClientProtocol, config, head, raw: bytes, app, slot, backend, started: float):
         self.client = client
@@ -480,7 +490,7 @@ class FastExchange:
         self.t_response = -1.0
         self.finished = False
         conn = self.conn
-        self.server_timer = Deadline(client.loop, self._server_timeout)
+        self.server_timer = client.server_timer
         self.server_timer.set(config.timeouts.server)
         backend.protocol.sink = self
         self.sent_at = time.monotonic()
@@ -625,7 +635,7 @@ class FastExchange:
         self.client.transport.write(data)
         self.sent += len(data)
 
-    def _server_timeout(self) -> None:
+    def server_timeout(self) -> None:
         if self.finished:
             return
         if self.resp is None:
@@ -653,7 +663,7 @@ class FastExchange:
 
     def _give_back_to_engine(self) -> None:
         self.finished = True
-        self.server_timer.cancel()
+        self.server_timer.clear()
         self.backend.protocol.sink = None
         self.backend.abort()
         self.router.backends.release(self.backend)
@@ -669,7 +679,7 @@ class FastExchange:
         """`complete`: the backend's response was read to its end; `keep`: the client connection
         can carry another request."""
         self.finished = True
-        self.server_timer.cancel()
+        self.server_timer.clear()
         backend = self.backend
         backend.protocol.sink = None
         reusable = complete and not self.extra and self.resp is not None and self.resp.keep_alive

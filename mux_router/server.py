@@ -129,11 +129,12 @@ class BackendPool:
 
     def __init__(self, idle_timeout: float):
         self.idle_timeout = idle_timeout
-        self._idle: dict[Address, list[BackendConnection]] = {}
+        # By the address's text: formatted once (Address), its hash cached by str.
+        self._idle: dict[str, list[BackendConnection]] = {}
 
     def take_idle(self, server: Server) -> BackendConnection | None:
         """The most recently used idle connection to the server that is still good, if any."""
-        idle = self._idle.get(server.address)
+        idle = self._idle.get(str(server.address))
         now = time.monotonic()
         while idle:
             conn = idle.pop()
@@ -167,7 +168,7 @@ class BackendPool:
         if not reusable or not conn.usable():
             conn.writer.close()
             return
-        idle = self._idle.setdefault(conn.server.address, [])
+        idle = self._idle.setdefault(str(conn.server.address), [])
         if len(idle) >= POOL_MAX_IDLE:
             idle.pop(0).writer.close()      # the oldest goes
         conn.idle_since = time.monotonic()
@@ -193,7 +194,7 @@ class BackendPool:
         self._idle.clear()
 
     def idle_count(self, address: Address) -> int:
-        return len(self._idle.get(address, ()))
+        return len(self._idle.get(str(address), ()))
 
 
 class ServerSlot:
@@ -747,7 +748,7 @@ class ClientConnection:
         date = _log_second(int(accepted)) + f".{int(accepted * 1000) % 1000:03d}"
         actconn = len(self.router.connections)
         access_log(f"{ip}:{port} [{date}] {self.listener.name} {backend}/{server or '-'} "
-                   f"{tq:.0f}/{tw:.0f}/{tc:.0f}/{tr:.0f}/{tt:.0f} {status} {sent} - - {termination} "
+                   f"{round(tq)}/{round(tw)}/{round(tc)}/{round(tr)}/{round(tt)} {status} {sent} - - {termination} "
                    f"{actconn}/{actconn}/0/0/{retries} 0/0 \"{request_line}\"" + (f" ({note})" if note else ""))
 
 
