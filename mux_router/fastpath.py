@@ -263,7 +263,7 @@ class ClientProtocol(asyncio.Protocol):
         self.timer.clear()
         conn.requests += 1
         conn.request_started = started
-        self.exchange = FastExchange(self, cfg, head, data, app, slot, backend, started)
+        self.exchange = FastExchange(self, cfg, head, data, app, servers, slot, backend, started)
 
     def exchange_done(self, keep: bool) -> None:
         self.exchange = None
@@ -463,17 +463,19 @@ class FastExchange:
     """One simple request on a pooled backend connection, driven by the backend's callbacks
     (it is the backend protocol's `sink` for the time of the exchange)."""
 
-    __slots__ = ("client", "conn", "router", "config", "head", "raw", "app", "slot", "backend", "started",
+    __slots__ = ("client", "conn", "router", "config", "head", "raw", "app", "servers", "slot", "backend", "started",
                  "parser", "resp", "framing", "remaining", "decoder", "keep", "status", "sent", "received",
                  "extra", "note", "termination", "sent_at", "t_response", "server_timer", "finished")
     # server_timer: the client connection's, one Deadline for all its exchanges
 
-    def __init__(self, client: ClientProtocol, config, head, raw: bytes, app, slot, backend, started: float):
+    def __init__(self, client: ClientProtocol, config, head, raw: bytes, app, servers, slot, backend,
+                 started: float):
         self.client = client
         self.conn = client.conn
         self.router = client.router
         self.config = config
         self.head, self.raw, self.app, self.slot, self.backend = head, raw, app, slot, backend
+        self.servers = servers          # the balancer's order: a stale connection's retry may redispatch
         self.started = started
         self.parser = ResponseHeadParser(head.method)
         self.resp = None
@@ -673,7 +675,7 @@ class FastExchange:
         if client.mode is _CLOSED:
             self.router.release_slot(self.app, self.slot)
         else:
-            client._to_slow(self.raw + client.buf, (self.app, [self.backend.server], self.slot))
+            client._to_slow(self.raw + client.buf, (self.app, self.servers, self.slot))
 
     def _finish(self, complete: bool, keep: bool) -> None:
         """`complete`: the backend's response was read to its end; `keep`: the client connection

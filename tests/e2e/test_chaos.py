@@ -268,8 +268,9 @@ def test_killed_backend_server_is_redispatched_marked_down_and_back(supervised):
     key = f"chaos/127.0.0.1:{s.p.maps_ports[1]}"
     with Load(s.p) as load:
         time.sleep(1.0)
+        pid = s.pid("maps-b")           # asks supervisorctl: can take a while, so before the clock starts
         killed_at = time.monotonic()
-        os.kill(s.pid("maps-b"), signal.SIGKILL)      # autorestart is off for maps-b
+        os.kill(pid, signal.SIGKILL)    # autorestart is off for maps-b
         wait_until(lambda: health_state.read(s.p.state_file).servers[key].state == "down", timeout=10,
                    what="checker marks the killed server down")
         marked_down = time.monotonic() - killed_at

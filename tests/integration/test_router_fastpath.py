@@ -218,6 +218,13 @@ class KeepAliveBackend:
                     writer.transport.abort()
                 return False
             w(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+        elif path == "/die":
+            # rr1 dies as the request arrives (no more connects, this one reset); others answer.
+            if self.name == "rr1":
+                self.server.close()
+                writer.transport.abort()
+                return False
+            w(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsurvivor")
         elif path == "/extra":
             w(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokXYZ")
         else:       # echo: what the request looked like when it arrived here
@@ -1019,3 +1026,17 @@ def test_requests_pipelined_before_the_clients_eof_are_all_answered(fp, first):
     assert c.sock.recv(1) == b""        # then closed
     c.close()
     assert [target for _, _, target, _ in fp.ka.seen[-3:]] == [t1, t2, t3]
+
+
+def test_a_server_dying_under_a_pooled_request_is_redispatched_to_another(own):
+    """The pooled connection is reset as the request arrives and the server takes no new
+    connections: the request (nothing of it processed) goes to the other server of the app."""
+    c = Client(own.port)
+    for i in range(4):                  # both servers' pools warm: the last two on the fast path
+        assert c.request(uid(f"/len?w{i}"), host="rr.localhost")[0] == 200
+    answers = [c.request(uid("/die"), host="rr.localhost") for _ in range(2)]
+    c.close()
+    assert [(status, body) for status, _, body in answers] == [(200, b"survivor")] * 2
+    died = [t for _, _, t, _ in own.backends["rr1"].seen if t.startswith("/die")]
+    assert len(died) == 1 and own.router.markers(died[0]) == ["FASTPATH", "ENGINE"]
+    assert own.router.log_line(died[0])["status"] == "200"
