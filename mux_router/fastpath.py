@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 import time
+from typing import NamedTuple
 
 from frontgate import proxy_protocol
 from mux_router import forwarding
@@ -29,6 +30,24 @@ PIPELINE_LIMIT = 64 * 1024      # client bytes buffered while a request is serve
 HALF_CLOSED_GRACE = 10.0        # a tunnel with one side closed waits at most this for the other
 
 _IDLE, _BUSY, _SLOW, _TUNNEL, _CLOSED = "idle", "busy", "slow", "tunnel", "closed"
+
+
+class Routed(NamedTuple):
+    """The fast path's routing decision for a request it hands to the engine: the balancer has
+    spoken, so the engine must not ask it again."""
+    app: object
+    servers: list                   # in the balancer's order
+    slot: object | None             # a claimed server slot, or None: queue for one
+
+
+def _take_unread(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """What a StreamReader holds that nobody read, and whether EOF came: taken out of it, the
+    transport's reading resumed if the reader had paused it. For readers this module made and
+    that the engine has stopped reading."""
+    data = bytes(reader._buffer)                    # noqa: SLF001
+    reader._buffer.clear()                          # noqa: SLF001
+    reader._maybe_resume_transport()                # noqa: SLF001
+    return data, reader._eof                        # noqa: SLF001
 
 
 class Deadline:
@@ -152,10 +171,9 @@ class ClientProtocol(asyncio.Protocol):
         self.server_timer.cancel()
         if self.delegate is not None:
             self.delegate.connection_lost(exc)
-        if mode is _BUSY and self.exchange is not None:
-            self.exchange.client_lost(exc)
-        elif mode is _TUNNEL:
-            self.tunnel.end("client closed" if exc is None else f"client: {exc}")
+        active = self._active(mode)
+        if active is not None:
+            active.client_lost(exc)
         self.router.connections.discard(self)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -164,19 +182,21 @@ class ClientProtocol(asyncio.Protocol):
         self.write_paused = True
         if self.delegate is not None:
             self.delegate.pause_writing()
-        if self.mode is _BUSY and self.exchange is not None:
-            self.exchange.client_paused()
-        elif self.mode is _TUNNEL:
-            self.tunnel.backend.writer.transport.pause_reading()
+        active = self._active(self.mode)
+        if active is not None:
+            active.client_paused()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.delegate is not None:
             self.delegate.resume_writing()
-        if self.mode is _BUSY and self.exchange is not None:
-            self.exchange.client_resumed()
-        elif self.mode is _TUNNEL:
-            self.tunnel.backend.writer.transport.resume_reading()
+        active = self._active(self.mode)
+        if active is not None:
+            active.client_resumed()
+
+    def _active(self, mode: str) -> "FastExchange | Tunnel | None":
+        """What the client's events go to in `mode`: the fast exchange, the tunnel, or nothing."""
+        return self.exchange if mode is _BUSY else self.tunnel if mode is _TUNNEL else None
 
     # ---- for Router.shutdown
 
@@ -250,13 +270,13 @@ class ClientProtocol(asyncio.Protocol):
             self._to_slow(data)             # the engine's 503
             return
         # From here on the balancer has spoken: a hand-over carries its choice along.
-        slot = router._claim(app, servers)
+        slot = router.claim_slot(app, servers)
         if slot is None:                    # every server at its maxconn: the engine queues
-            self._to_slow(data, (app, servers, None))
+            self._to_slow(data, Routed(app, servers, None))
             return
         backend = router.backends.take_idle(slot.server)
         if backend is None:                 # a connect: the engine does retries and redispatch
-            self._to_slow(data, (app, servers, slot))
+            self._to_slow(data, Routed(app, servers, slot))
             return
         self.buf = b""
         self.mode = _BUSY
@@ -290,7 +310,7 @@ class ClientProtocol(asyncio.Protocol):
 
     # ---- the coroutine engine, for one request
 
-    def _to_slow(self, data: bytes, routed=None) -> None:
+    def _to_slow(self, data: bytes, routed: Routed | None = None) -> None:
         self.buf = b""
         self.mode = _SLOW
         self.timer.clear()
@@ -317,41 +337,30 @@ class ClientProtocol(asyncio.Protocol):
 
     def _slow_done(self, task: asyncio.Task) -> None:
         self.slow_task = None
-        keep = not task.cancelled() and task.result()
-        tunnel = keep not in (True, False)          # serve_one's answer to a WebSocket 101
+        result = not task.cancelled() and task.result()
+        if not isinstance(result, bool):            # serve_one's answer to a WebSocket 101: the exchange
+            if self.mode is _CLOSED:
+                result.tunnel_ended("client closed", 0, 0)
+            else:
+                self._start_tunnel(result)
+            return
         if self.mode is _CLOSED:
-            if tunnel:
-                keep.tunnel_ended("client closed", 0, 0)
             return
-        if tunnel:
-            self._start_tunnel(keep)
-            return
-        if not keep or self.router.stopping:
+        if not result or self.router.stopping:
             self.mode = _IDLE
             self.transport.close()
             return
         # What the engine read but did not use, then what it was fed but did not read.
-        reader = self.reader
-        rest = self.conn.take_unused() + bytes(reader._buffer)     # noqa: SLF001 - our own reader
-        reader._buffer.clear()                                      # noqa: SLF001
-        reader._maybe_resume_transport()                            # noqa: SLF001
-        self.buf = rest
+        self.buf = self.conn.take_unused() + _take_unread(self.reader)[0]
         self._back_to_idle()
 
     def _start_tunnel(self, exchange) -> None:
         """The engine answered a WebSocket upgrade with the backend's 101: from now on the bytes
         move here. What arrived on either side since the engine stopped reading goes first."""
-        reader = self.reader
-        from_client = self.conn.take_unused() + bytes(reader._buffer)      # noqa: SLF001 - our reader
-        client_done = reader._eof                                          # noqa: SLF001
-        reader._buffer.clear()                                             # noqa: SLF001
-        reader._maybe_resume_transport()                                   # noqa: SLF001
+        unread, client_done = _take_unread(self.reader)
+        from_client = self.conn.take_unused() + unread
         backend = exchange.tunnel_backend
-        breader = backend.reader
-        to_client = bytes(breader._buffer)                                 # noqa: SLF001
-        backend_done = breader._eof                                        # noqa: SLF001
-        breader._buffer.clear()                                            # noqa: SLF001
-        breader._maybe_resume_transport()                                  # noqa: SLF001
+        to_client, backend_done = _take_unread(backend.reader)
         self.mode = _TUNNEL
         self.tunnel = Tunnel(self, exchange, backend)
         self.tunnel.start(from_client, client_done, to_client, backend_done)
@@ -405,6 +414,15 @@ class Tunnel:
         if transport.can_write_eof():       # pass the half-close on
             transport.write_eof()
         self._one_side_done()
+
+    def client_paused(self) -> None:
+        self.backend.writer.transport.pause_reading()
+
+    def client_resumed(self) -> None:
+        self.backend.writer.transport.resume_reading()
+
+    def client_lost(self, exc: Exception | None) -> None:
+        self.end("client closed" if exc is None else f"client: {exc}")
 
     # ---- backend side (BackendProtocol's sink)
 
@@ -513,12 +531,7 @@ class FastExchange:
             self.received = True
             self._response_head(data)
         elif self.framing is LENGTH:
-            take = data[:self.remaining]
-            self.extra = len(take) < len(data)
-            self.remaining -= len(take)
-            self._send(take)
-            if self.remaining == 0:
-                self._finish(complete=True, keep=self.keep)
+            self._length_body(data)
         elif self.framing is CHUNKED:
             self._chunked(data)
         else:       # CLOSE: until the backend closes
@@ -603,12 +616,7 @@ class FastExchange:
                                               rules=self.app.response_headers)
         if resp.body is LENGTH:
             self.remaining = resp.content_length
-            take = rest[:self.remaining]
-            self.extra = len(take) < len(rest)
-            self.remaining -= len(take)
-            self._send(out + take if take else out)
-            if self.remaining == 0:
-                self._finish(complete=True, keep=self.keep)
+            self._length_body(rest, out)
         elif resp.body is CHUNKED:
             self._send(out)
             self.decoder = ChunkedDecoder(error_status=502)
@@ -619,6 +627,15 @@ class FastExchange:
         else:
             self.extra = bool(rest)
             self._send(out)
+            self._finish(complete=True, keep=self.keep)
+
+    def _length_body(self, data: bytes, head: bytes = b"") -> None:
+        """Up to `remaining` body bytes of `data` to the client (after `head`, in one write)."""
+        take = data[:self.remaining]
+        self.extra = len(take) < len(data)
+        self.remaining -= len(take)
+        self._send(head + take if head else take)
+        if self.remaining == 0:
             self._finish(complete=True, keep=self.keep)
 
     def _chunked(self, data: bytes) -> None:
@@ -652,7 +669,7 @@ class FastExchange:
         log.warning("%s/%s: %s", self.app.name, self.backend.server.address, reason)
         self.status, self.note, self.termination = status, reason, termination
         self.keep = self.head.keep_alive and not self.router.stopping
-        page = self.app.error_pages.get(status) or self.config.error_pages.get(status)
+        page = forwarding.error_page(status, self.app.error_pages, self.config.error_pages)
         self._send(forwarding.simple_response(status, close=not self.keep, detail=reason,
                                               with_body=self.head.method != "HEAD", page=page,
                                               retry_after=self.config.retry_after))
@@ -675,7 +692,7 @@ class FastExchange:
         if client.mode is _CLOSED:
             self.router.release_slot(self.app, self.slot)
         else:
-            client._to_slow(self.raw + client.buf, (self.app, self.servers, self.slot))
+            client._to_slow(self.raw + client.buf, Routed(self.app, self.servers, self.slot))
 
     def _finish(self, complete: bool, keep: bool) -> None:
         """`complete`: the backend's response was read to its end; `keep`: the client connection
@@ -693,7 +710,7 @@ class FastExchange:
         self.router.release_slot(self.app, self.slot)
         self.router.stats.fast_path += 1
         # Tq/Tw/Tc: the head came in one read, a slot was free, the connection was pooled.
-        self.conn._write_log(self.started, f"{self.app.name}/{backend.server.address}", self.status, self.sent,
+        self.conn.write_log(self.started, f"{self.app.name}/{backend.server.address}", self.status, self.sent,
                              self.head.request_line, self.note, self.termination, 0.0, 0.0, 0.0, self.t_response,
                              (time.monotonic() - self.started) * 1000, 0, len(self.raw))
         self.client.exchange_done(keep)

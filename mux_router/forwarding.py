@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from http import HTTPStatus
+from typing import Mapping
 
 from frontgate.config import CLIENT_CERT_SUBJECT_FIELD, ErrorPage, HeaderRules
 from mux_router.http1 import RequestHead, ResponseHead
@@ -143,6 +144,11 @@ def client_response_head(resp: ResponseHead, *, keep_alive: bool, client_version
         elif client_version == "HTTP/1.0":
             lines.append(b"Connection: keep-alive")
     return CRLF.join(lines) + CRLF + CRLF
+
+
+def error_page(status: int, app_pages: Mapping[int, ErrorPage], router_pages: Mapping[int, ErrorPage]) -> ErrorPage | None:
+    """The page for one of the router's own answers: the app's for that status, else the router's."""
+    return app_pages.get(status) or router_pages.get(status)
 
 
 def simple_response(status: int, *, close: bool, location: str | None = None, detail: str = "",

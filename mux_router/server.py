@@ -32,7 +32,7 @@ from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, 
 from frontgate.health_state import StateFollower
 from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
-from mux_router.fastpath import ClientProtocol
+from mux_router.fastpath import READ_SIZE, ClientProtocol, Routed
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
 from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
@@ -40,7 +40,6 @@ from mux_router.stats import RouterAdmin, RouterStats
 
 log = logging.getLogger("mux-router")
 
-READ_SIZE = 64 * 1024
 STATE_REFRESH_INTERVAL = 0.5   # how often the health state file is stat'ed
 LINGER_TIME = 2.0              # reading (and dropping) a client's unread input before closing ...
 LINGER_BYTES = 256 * 1024      # ... so that the kernel does not RST away our error response
@@ -214,11 +213,6 @@ class ServerSlot:
 
 _STALE = object()       # Exchange._exchange: the reused connection was already closed
 _NO_RESPONSE = "backend closed the connection without a response"
-
-
-# The fast path's routing decision for a request it hands over: (app, servers in order, a claimed
-# slot or None to queue for one).
-Routed = tuple  # tuple[App, list[Server], ServerSlot | None]
 
 
 class QueueFull(Exception):
@@ -428,7 +422,8 @@ class Router:
 
     # ---- server slots: maxconn and the queue
 
-    def _claim(self, app: App, servers: list[Server]) -> ServerSlot | None:
+    def claim_slot(self, app: App, servers: list[Server]) -> ServerSlot | None:
+        """A slot on the first of `servers` below its maxconn, at once; None when all are full."""
         for server in servers:
             slot = self.slots[app.server_key(server)]
             if not slot.full:
@@ -439,7 +434,7 @@ class Router:
     async def take_slot(self, app: App, servers: list[Server], timeout: float) -> ServerSlot:
         """A slot on the first of `servers` below its maxconn; else wait in the app's queue (FIFO)
         for one to be handed over, at most `timeout` seconds. QueueFull when none came."""
-        slot = self._claim(app, servers)
+        slot = self.claim_slot(app, servers)
         if slot is not None:
             return slot
         queue = self.queues[app.name]
@@ -719,15 +714,15 @@ class ClientConnection:
              note: str = "", termination: str = "--") -> None:
         """A request that never became an Exchange (bad or timed-out head)."""
         ms = (time.monotonic() - started) * 1000
-        self._write_log(started, route, status, sent, request_line, note, termination, ms, -1, -1, -1, ms, 0)
+        self.write_log(started, route, status, sent, request_line, note, termination, ms, -1, -1, -1, ms, 0)
 
     def log_request(self, ex: "Exchange") -> None:
         total = (time.monotonic() - ex.started) * 1000
-        self._write_log(ex.started, ex.route, ex.status, ex.sent, ex.head.request_line, ex.note,
+        self.write_log(ex.started, ex.route, ex.status, ex.sent, ex.head.request_line, ex.note,
                         ex.termination, ex.t_head, ex.t_queue, ex.t_connect, ex.t_response, total, ex.retries,
                         len(ex.head.raw) + ex.body_in)
 
-    def _write_log(self, started: float, route: str | None, status: int, sent: int, request_line: str,
+    def write_log(self, started: float, route: str | None, status: int, sent: int, request_line: str,
                    note: str, termination: str, tq: float, tw: float, tc: float, tr: float, tt: float,
                    retries: int, received: int = 0) -> None:
         ip, port = self.client
@@ -795,8 +790,8 @@ class Exchange:
         self.note = self.note or detail
         if termination is not None:
             self.termination = termination
-        pages = self.app.error_pages if self.app is not None else {}
-        page = pages.get(status) or self.config.error_pages.get(status)
+        page = forwarding.error_page(status, self.app.error_pages if self.app is not None else {},
+                                     self.config.error_pages)
         self.sent += await self.conn.answer(status, close=not keep, method=self.head.method,
                                             detail=detail if status >= 400 else "", location=location,
                                             page=page, retry_after=self.config.retry_after)
@@ -913,7 +908,7 @@ class Exchange:
             self.router.stats.retry(app.name)
             others = [s for s in servers if s not in tried and not self.router.is_down(app, s)]
             if app.redispatch and others:
-                slot = self.router._claim(app, others)
+                slot = self.router.claim_slot(app, others)
                 if slot is None:
                     continue                  # every other server is full: the same one again
                 self.router.release_slot(app, self.slot)
