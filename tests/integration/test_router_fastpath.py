@@ -249,6 +249,10 @@ class Client:
     def send(self, data: bytes):
         self.sock.sendall(data)
 
+    def send_get(self, target: str, host: str = "ka.localhost"):
+        """A GET head only; the test reads the answer its own way."""
+        self.send(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+
     def fill(self, size: int = 65536) -> bool:
         data = self.sock.recv(size)
         self.buf += data
@@ -428,7 +432,7 @@ def test_chunked_with_extensions_and_trailers_then_the_next_request(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/chunked")
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     status, headers, _ = c.head()
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     assert c.until(b"X-Trailer-Two: 2\r\n\r\n") == CHUNKED_BODY
@@ -445,7 +449,7 @@ def test_early_hints_then_the_final_response(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/early-hints")
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     first = c.until(b"\r\n\r\n")
     assert first == b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
     status, headers, body = c.response()
@@ -459,7 +463,7 @@ def test_interim_and_final_response_in_one_read(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/hints-together")
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     assert c.until(b"\r\n\r\n") == b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n"
     assert c.response() == (200, {"content-length": "3"}, b"yes")
     t2 = uid("/len")
@@ -486,7 +490,7 @@ def test_204_has_no_body_and_the_backend_connection_is_reused(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/no-content")
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     status, headers, _ = c.head()
     assert status == 204 and headers == {"x-a": "1"}
     t2 = uid("/len")
@@ -514,7 +518,7 @@ def test_request_then_half_close_still_gets_its_response(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/slow") + "&sleep=0.2"
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     wait_until(lambda: any(t == target for _, _, target, _ in fp.ka.seen), what="request at the backend")
     c.sock.shutdown(socket.SHUT_WR)
     status, headers, body = c.response()
@@ -530,7 +534,7 @@ def test_close_delimited_body_then_the_connection_closes(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/close-delimited")
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     status, headers, _ = c.head()
     assert status == 200 and headers.get("connection") == "close" and "content-length" not in headers
     assert c.rest_until_closed() == b"until the end of the connection"
@@ -544,7 +548,7 @@ def test_body_cut_by_the_backend_closes_the_client_connection(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/cut")
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     status, headers, _ = c.head()
     assert status == 200 and headers["content-length"] == "1000"
     assert c.rest_until_closed() == b"0123456789"
@@ -639,7 +643,7 @@ def test_server_timeout_in_the_body_closes_the_client_connection(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/stall-body") + "&sleep=4"
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     status, headers, _ = c.head()
     started = time.monotonic()
     assert status == 200 and headers["content-length"] == "100"
@@ -722,9 +726,9 @@ def test_request_pipelined_while_a_fast_path_response_is_on_its_way(fp):
     fp.warm()
     c = Client(fp.port)
     t1, t2 = uid("/slow") + "&sleep=0.3", uid("/len")
-    c.send(f"GET {t1} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t1)
     wait_until(lambda: any(t1 == target for _, _, target, _ in fp.ka.seen), what="first request at the backend")
-    c.send(f"GET {t2} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t2)
     assert c.response() == (200, {"content-length": "4"}, b"slow")
     assert c.response() == (200, {"content-length": "1024"}, LEN_BODY)
     c.close()
@@ -784,7 +788,7 @@ def test_big_body_to_a_slow_reader_arrives_intact_with_bounded_memory(fp, target
     try:
         c = Client(fp.port, rcvbuf=64 << 10)
         t = target + f"t={next(_unique)}" if target.endswith("&") else uid(target)
-        c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+        c.send_get(t)
         status, headers, _ = c.head()
         assert status == 200 and headers["content-length"] == str(size)
         body = bytearray(c.buf)
@@ -856,7 +860,7 @@ def test_client_gone_mid_huge_response_then_the_router_carries_on(fp):
     fp.warm()
     c = Client(fp.port, rcvbuf=64 << 10)
     t = uid("/huge")
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     assert c.head()[0] == 200
     c.exactly(100_000)
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -974,7 +978,7 @@ def test_sigterm_lets_a_fast_path_request_finish_then_exits_0(own):
     assert idle.request(uid("/len"))[0] == 200            # fast path; now idle keep-alive
     c = Client(own.port)
     t = uid("/slow") + "&sleep=1.2"
-    c.send(f"GET {t} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t)
     wait_until(lambda: any(target == t for _, _, target, _ in own.ka.seen), what="request at the backend")
     sent = time.monotonic()
     own.router.proc.send_signal(signal.SIGTERM)
@@ -1015,7 +1019,7 @@ def test_requests_pipelined_before_the_clients_eof_are_all_answered(fp, first):
     fp.warm()
     c = Client(fp.port)
     t1, t2, t3 = uid(first) + ("&sleep=0.2" if first == "/slow" else ""), uid("/len"), uid("/len")
-    c.send(f"GET {t1} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
+    c.send_get(t1)
     if first == "/slow":        # the others arrive, with the EOF, while the first is on its way
         wait_until(lambda: any(t1 == target for _, _, target, _ in fp.ka.seen), what="first request at the backend")
     c.send(f"GET {t2} HTTP/1.1\r\nHost: ka.localhost\r\n\r\nGET {t3} HTTP/1.1\r\nHost: ka.localhost\r\n\r\n".encode())
