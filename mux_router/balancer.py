@@ -23,6 +23,9 @@ class RoundRobin:
         """The servers to try for one request, best first: this turn's pick, then the other
         servers that are up in list order after it (the caller tries them when a connect fails).
         Servers marked down or with weight 0 are left out; empty when none is left."""
+        if len(self.servers) == 1:          # an app with one server (common): nothing to weigh
+            server = self.servers[0]
+            return [] if server.weight <= 0 or is_down(server) else [server]
         candidates = [i for i, s in enumerate(self.servers) if s.weight > 0 and not is_down(s)]
         if not candidates:
             return []

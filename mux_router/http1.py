@@ -12,8 +12,8 @@ the bytes are split; `parse_request_head` / `parse_response_head` are the one-sh
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple
 
 MAX_REQUEST_LINE = 8 * 1024       # longer: 414
 MAX_HEAD = 32 * 1024              # request line + fields; longer: 431
@@ -50,7 +50,12 @@ _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _OWS = b" \t"
 # Field lines that parse_field_line would all accept, each ending in CRLF: a token, a colon right
 # after it, then only characters allowed in a value (HTAB, SP, VCHAR, obs-text).
-_FIELD_LINES_RE = re.compile(rb"(?:" + _TOKEN + rb":[\t \x21-\x7e\x80-\xff]*\r\n)*")
+# A field line that parse_field_line would accept, from its start (^ in MULTILINE: after an LF) to
+# its CRLF, as (name, value without leading OWS): a token, a colon right after it, then only
+# characters allowed in a value (HTAB, SP, VCHAR, obs-text). Trailing OWS (rare) is trimmed apart:
+# in the pattern it costs a backtrack per value.
+_FIELD_RE = re.compile(rb"^(" + _TOKEN + rb"):[\t ]*([\t \x21-\x7e\x80-\xff]*)\r\n", re.MULTILINE)
+_TRAILING_OWS_RE = re.compile(rb"[\t ]\r\n")
 _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
 _HTTP_VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _STATUS_LINE_RE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
@@ -93,8 +98,12 @@ def split_host(value: str) -> tuple[str, str | None]:
 
 # --------------------------------------------------------------------------- messages
 
-@dataclass(frozen=True)
-class RequestHead:
+# The heads are NamedTuples: immutable and compared by value like frozen dataclasses, and made at a
+# fraction of their cost (two per proxied request).
+NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+class RequestHead(NamedTuple):
     method: str
     target: str                 # as sent: origin-form, absolute-form, or "*"
     version: str                # "HTTP/1.1" | "HTTP/1.0"
@@ -108,7 +117,7 @@ class RequestHead:
     chunked: bool
     keep_alive: bool            # what the client asked for (version default, Connection header)
     is_websocket_upgrade: bool
-    connection_tokens: frozenset[bytes] = field(default=frozenset())   # lower-cased
+    connection_tokens: frozenset[bytes] = NO_TOKENS     # lower-cased
 
     @property
     def has_body(self) -> bool:
@@ -126,8 +135,7 @@ class RequestHead:
 NO_BODY, LENGTH, CHUNKED, CLOSE = "none", "length", "chunked", "close"
 
 
-@dataclass(frozen=True)
-class ResponseHead:
+class ResponseHead(NamedTuple):
     version: str
     status: int
     reason: str
@@ -136,7 +144,7 @@ class ResponseHead:
     body: str                   # NO_BODY | LENGTH | CHUNKED | CLOSE (read until the server closes)
     content_length: int | None  # for LENGTH
     keep_alive: bool            # the server will keep the connection open after this response
-    connection_tokens: frozenset[bytes] = field(default=frozenset())
+    connection_tokens: frozenset[bytes] = NO_TOKENS
 
     @property
     def informational(self) -> bool:
@@ -225,13 +233,13 @@ class _HeadParser:
         if first <= 0 or first >= self.max_line or b"\n" in start:
             return False            # empty lines first, too long, or a bare LF: the scanner's job
         if first < end:
-            if (data.count(b"\r\n", first + 2, end + 2) > self.max_fields
-                    or not _FIELD_LINES_RE.fullmatch(data, first + 2, end + 2)):
+            # Every match is one whole line (from just after an LF to its CRLF), so as many matches
+            # as LFs means every line is valid (and none ends in a bare LF).
+            fields = _FIELD_RE.findall(data, first + 2, end + 2)
+            if len(fields) > self.max_fields or len(fields) != data.count(b"\n", first + 2, end + 2):
                 return False
-            fields = []
-            for line in data[first + 2:end].split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                fields.append((name, value.strip(_OWS)))
+            if _TRAILING_OWS_RE.search(data, first + 2, end + 2):
+                fields = [(name, value.rstrip(_OWS)) for name, value in fields]
         else:
             fields = []
         self._first_line(start)
@@ -294,6 +302,8 @@ def _content_length(values: list[bytes], status: int) -> int | None:
     """Several Content-Length fields (or a list) are allowed only when all are the same number."""
     if not values:
         return None
+    if len(values) == 1 and _DIGITS_RE.fullmatch(values[0]):
+        return int(values[0])           # the usual single number
     numbers = set()
     for value in values:
         for part in value.split(b","):
@@ -306,10 +316,26 @@ def _content_length(values: list[bytes], status: int) -> int | None:
     return numbers.pop()
 
 
-def _fields_by_name(fields: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+# The fields whose values the parsers read; the others are only checked and passed on.
+_REQUEST_FIELDS = frozenset({b"host", b"transfer-encoding", b"content-length", b"connection", b"upgrade"})
+_RESPONSE_FIELDS = frozenset({b"transfer-encoding", b"content-length", b"connection"})
+
+
+def _fields_named(fields: list[tuple[bytes, bytes]], wanted: frozenset[bytes],
+                  refuse_lookalikes: bool = False) -> dict[bytes, list[bytes]]:
+    """The values of the `wanted` fields by lower-case name. `refuse_lookalikes` (requests): a
+    name that CGI/WSGI maps to a framing or Host field is a 400 ('Transfer_Encoding' would frame
+    the message for such a backend although the router ignored it)."""
     out: dict[bytes, list[bytes]] = {}
     for name, value in fields:
-        out.setdefault(name.lower(), []).append(value)
+        lname = name.lower()
+        if lname in wanted:
+            if lname in out:
+                out[lname].append(value)
+            else:
+                out[lname] = [value]
+        elif refuse_lookalikes and b"_" in lname and lname.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
+            raise HttpError(400, f"{lname.decode()} looks like a framing header")
     return out
 
 
@@ -345,9 +371,8 @@ class RequestHeadParser(_HeadParser):
 
     def _finish(self, raw: bytes) -> RequestHead:
         method, target, version = self._start_line.split(b" ")
-        fields = self._fields
-        by_name = _fields_by_name(fields)
-        hosts = by_name.get(b"host", [])
+        by_name = _fields_named(self._fields, _REQUEST_FIELDS, refuse_lookalikes=True)
+        hosts = by_name.get(b"host", ())
         if len(hosts) > 1:
             raise HttpError(400, "several Host headers")
         if not hosts and version == b"HTTP/1.1":
@@ -357,7 +382,7 @@ class RequestHeadParser(_HeadParser):
             raise HttpError(400, "invalid Host header")
 
         path_and_query = target
-        absolute = _ABSOLUTE_RE.fullmatch(target)
+        absolute = None if target[:1] == b"/" else _ABSOLUTE_RE.fullmatch(target)
         if absolute:
             authority, path_and_query = absolute.groups()
             # RFC 9112 3.2.2 says the target's authority wins over Host; refusing a mismatch keeps
@@ -370,13 +395,8 @@ class RequestHeadParser(_HeadParser):
             path_and_query = path_and_query or b"/"
         path = path_and_query.partition(b"?")[0]
 
-        for name in by_name:
-            # CGI/WSGI map '_' and '-' to the same variable: 'Transfer_Encoding' would frame the
-            # message for such a backend although the router ignored it.
-            if b"_" in name and name.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
-                raise HttpError(400, f"{name.decode()} looks like a framing header")
-        transfer_encoding = by_name.get(b"transfer-encoding", [])
-        content_lengths = by_name.get(b"content-length", [])
+        transfer_encoding = by_name.get(b"transfer-encoding")
+        content_lengths = by_name.get(b"content-length")
         chunked = False
         if transfer_encoding:
             if version == b"HTTP/1.0":
@@ -391,21 +411,23 @@ class RequestHeadParser(_HeadParser):
                 # decode other transfer codings.
                 raise HttpError(501, "transfer codings other than chunked are not supported")
             chunked = True
-        content_length = _content_length(content_lengths, 400)
+        content_length = _content_length(content_lengths, 400) if content_lengths else None
 
-        connection = frozenset(comma_tokens(by_name.get(b"connection", [])))
-        upgrade = comma_tokens(by_name.get(b"upgrade", []))
-        websocket = (method == b"GET" and version == b"HTTP/1.1" and b"upgrade" in connection
-                     and any(u.split(b"/")[0] == b"websocket" for u in upgrade))
-        host = split_host(host_as_sent.decode("latin-1"))[0] if host_as_sent is not None else None
+        connection_values = by_name.get(b"connection")
+        connection = frozenset(comma_tokens(connection_values)) if connection_values else NO_TOKENS
+        upgrade = by_name.get(b"upgrade")
+        websocket = (upgrade is not None and method == b"GET" and version == b"HTTP/1.1"
+                     and b"upgrade" in connection
+                     and any(u.split(b"/")[0] == b"websocket" for u in comma_tokens(upgrade)))
+        if host_as_sent is not None:
+            host_text = host_as_sent.decode("latin-1")
+            host = split_host(host_text)[0]
+        else:
+            host_text = host = None
         return RequestHead(
-            method=method.decode(), target=target.decode(), version=version.decode(),
-            headers=tuple(fields), raw=raw, host=host,
-            host_as_sent=host_as_sent.decode("latin-1") if host_as_sent is not None else None,
-            path=path.decode(), origin_target=path_and_query.decode(),
-            content_length=content_length, chunked=chunked,
-            keep_alive=_keep_alive(version, connection), is_websocket_upgrade=websocket,
-            connection_tokens=connection)
+            method.decode(), target.decode(), version.decode(), tuple(self._fields), raw, host, host_text,
+            path.decode(), path_and_query.decode(), content_length, chunked,
+            _keep_alive(version, connection), websocket, connection)
 
 
 def parse_request_head(buf: bytes | bytearray | memoryview, **limits) -> tuple[RequestHead, int] | None:
@@ -435,35 +457,36 @@ class ResponseHeadParser(_HeadParser):
             raise HttpError(502, f"backend answered with {m.group(1).decode()}")
         if int(m.group(2)) < 100:
             raise HttpError(502, "invalid status code")
+        self._status_line = m
 
     def _finish(self, raw: bytes) -> ResponseHead:
-        m = _STATUS_LINE_RE.fullmatch(self._start_line)
-        version, status, reason = m.group(1), int(m.group(2)), m.group(3) or b""
-        by_name = _fields_by_name(self._fields)
-        connection = frozenset(comma_tokens(by_name.get(b"connection", [])))
+        version, status, reason = self._status_line.groups(b"")
+        status = int(status)
+        by_name = _fields_named(self._fields, _RESPONSE_FIELDS)
+        connection_values = by_name.get(b"connection")
+        connection = frozenset(comma_tokens(connection_values)) if connection_values else NO_TOKENS
         keep_alive = _keep_alive(version, connection)
-        transfer_encoding = comma_tokens(by_name.get(b"transfer-encoding", []))
-        content_lengths = by_name.get(b"content-length", [])
         content_length = None
         # RFC 9112 6.3, in order.
-        if self.request_method == "HEAD" or 100 <= status < 200 or status in (204, 304):
+        if self.request_method == "HEAD" or 100 <= status < 200 or status == 204 or status == 304:
             body = NO_BODY
-        elif by_name.get(b"transfer-encoding"):
-            if content_lengths:
+        elif b"transfer-encoding" in by_name:
+            if b"content-length" in by_name:
                 raise HttpError(502, "both Content-Length and Transfer-Encoding in response")
+            transfer_encoding = comma_tokens(by_name[b"transfer-encoding"])
             if transfer_encoding and transfer_encoding[-1] == b"chunked" and transfer_encoding.count(b"chunked") == 1:
                 body = CHUNKED
             else:
                 body, keep_alive = CLOSE, False
         else:
-            content_length = _content_length(content_lengths, 502)
+            content_lengths = by_name.get(b"content-length")
+            content_length = _content_length(content_lengths, 502) if content_lengths else None
             if content_length is not None:
                 body = LENGTH
             else:
                 body, keep_alive = CLOSE, False
-        return ResponseHead(version=version.decode(), status=status, reason=reason.decode("latin-1"),
-                            headers=tuple(self._fields), raw=raw, body=body, content_length=content_length,
-                            keep_alive=keep_alive, connection_tokens=connection)
+        return ResponseHead(version.decode(), status, reason.decode("latin-1"), tuple(self._fields), raw, body,
+                            content_length, keep_alive, connection)
 
 
 def parse_response_head(buf: bytes | bytearray | memoryview, request_method: str = "GET",

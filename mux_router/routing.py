@@ -50,7 +50,9 @@ def app_matches(app: App, host: str | None, path: str, headers: Headers = ()) ->
     if app.hosts or app.host_regex is not None:
         if host is None:
             return False
-        if not (any_host_matches(app.hosts, host)
+        exact, suffixes = app.host_index        # host_matches, for all of app.hosts at once
+        if not (host in exact
+                or (suffixes and any(host.endswith(s) and len(host) > len(s) for s in suffixes))
                 or (app.host_regex is not None and app.host_regex.fullmatch(host))):
             return False
     if app.path_regex is not None and not app.path_regex.search(path):

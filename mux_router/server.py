@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -480,10 +479,13 @@ def _remove_stale_socket(path: str) -> None:
 _pending_log: list[str] = []
 
 
-@functools.lru_cache(maxsize=4)
+_log_date = [-1, ""]     # httplog's accept date to the second, made once a second: [second, text]
+
+
 def _log_second(second: int) -> str:
-    # httplog's accept date to the second; a busy router logs many requests per second.
-    return time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(second))
+    if second != _log_date[0]:
+        _log_date[:] = second, time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(second))
+    return _log_date[1]
 
 
 def access_log(line: str) -> None:
@@ -512,6 +514,8 @@ class ClientConnection:
         self.router = router
         self.address = listener.address
         self._listener = listener       # as bound; `listener` gives the current settings
+        self._listeners_seen: dict | None = None
+        self._current_listener = listener
         self.reader: asyncio.StreamReader | None = None     # attach()ed on the first hand-over
         self.writer: asyncio.StreamWriter | None = None
         self.buf = bytearray()          # received from the client, not yet used
@@ -528,8 +532,13 @@ class ClientConnection:
 
     @property
     def listener(self) -> Listener:
-        # The current settings for this address; a reload that dropped it leaves the old ones.
-        return self.router.listeners.get(self.address, self._listener)
+        # The current settings for this address; a reload that dropped it leaves the old ones. A
+        # reload replaces router.listeners, so the lookup is redone only then.
+        listeners = self.router.listeners
+        if listeners is not self._listeners_seen:
+            self._listeners_seen = listeners
+            self._current_listener = listeners.get(self.address, self._listener)
+        return self._current_listener
 
     def peer_trusted(self) -> bool:
         # A unix socket's peers are local processes allowed in by the file's permissions.
@@ -728,8 +737,9 @@ class ClientConnection:
         ip, port = self.client
         accepted = time.time() - (time.monotonic() - started)
         backend, _, server = (route or "-/-").partition("/")
-        self.router.stats.request_done(backend, server, status, received, sent)
-        if self.router.config.access_log_format == "json":
+        router = self.router
+        router.stats.request_done(backend, server, status, received, sent)
+        if router.config.access_log_format == "json":
             access_log(json.dumps({
                 "client_ip": ip, "client_port": port,
                 "accept_date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(accepted)) + f".{int(accepted * 1000) % 1000:03d}Z",
@@ -740,10 +750,10 @@ class ClientConnection:
             return
         # HAProxy's httplog: client [accept date] frontend backend/server Tq/Tw/Tc/Tr/Tt status
         # bytes - - termination actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue "request"
-        date = _log_second(int(accepted)) + f".{int(accepted * 1000) % 1000:03d}"
-        actconn = len(self.router.connections)
-        access_log(f"{ip}:{port} [{date}] {self.listener.name} {backend}/{server or '-'} "
-                   f"{round(tq)}/{round(tw)}/{round(tc)}/{round(tr)}/{round(tt)} {status} {sent} - - {termination} "
+        actconn = len(router.connections)
+        access_log(f"{ip}:{port} [{_log_second(int(accepted))}.{int(accepted * 1000) % 1000:03d}] "
+                   f"{self.listener.name} {backend}/{server or '-'} "
+                   f"{tq:.0f}/{tw:.0f}/{tc:.0f}/{tr:.0f}/{tt:.0f} {status} {sent} - - {termination} "
                    f"{actconn}/{actconn}/0/0/{retries} 0/0 \"{request_line}\"" + (f" ({note})" if note else ""))
 
 
