@@ -135,3 +135,32 @@ def test_client_cert_subject_line_escapes_what_could_break_the_head():
     assert client_cert_subject_line("Zoë Ünicode") == "X-Client-Cert-Subject: Zoë Ünicode".encode()
     assert client_cert_subject_line("evil\r\nX-Admin: 1") == b"X-Client-Cert-Subject: evil%0D%0AX-Admin: 1"
     assert client_cert_subject_line("100%\x00\x7f") == b"X-Client-Cert-Subject: 100%25%00%7F"
+
+
+def test_a_head_with_nothing_to_rewrite_goes_on_as_it_came():
+    # The raw shortcut: the client's lines byte for byte (odd spacing included), ours appended.
+    h = head("GET /x HTTP/1.1", "Host:maps  ", "Accept:\t*/*", "X-Trace: a:b")
+    out = backend_request_head(h, client_ip="10.0.0.1", scheme="http", client_trusted=False, keep_alive=True)
+    assert out == (b"GET /x HTTP/1.1\r\nHost:maps  \r\nAccept:\t*/*\r\nX-Trace: a:b\r\n"
+                   b"Connection: keep-alive\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+                   b"X-Forwarded-Host: maps\r\nX-Real-IP: 10.0.0.1\r\n\r\n")
+    # Any field the router drops or replaces, in any case, takes the field-by-field way.
+    for line in ("x-real-ip: 6.6.6.6", "KEEP-ALIVE: 5", "Forwarded: for=x", "x-client-cert-subject: CN=me"):
+        out = backend_request_head(head("GET / HTTP/1.1", "Host: h", line), client_ip="10.0.0.1", scheme="http",
+                                   client_trusted=False)
+        assert line.encode() not in out, line
+    # A field the client names in Connection goes too, whatever it is called.
+    out = backend_request_head(head("GET / HTTP/1.1", "Host: h", "Connection: x-a", "X-A: 1"),
+                               client_ip="10.0.0.1", scheme="http", client_trusted=False)
+    assert b"X-A" not in out
+
+
+def test_response_hop_by_hop_lines_go_the_rest_stays_as_sent():
+    r = resp("HTTP/1.1 200 OK", "Server: nginx", "content-length:  4", "connection: keep-alive",
+             "Keep-Alive: timeout=5", "ETag: \"a\"")
+    assert client_response_head(r, keep_alive=True, client_version="HTTP/1.1") == \
+        b'HTTP/1.1 200 OK\r\nServer: nginx\r\ncontent-length:  4\r\nETag: "a"\r\n\r\n'
+    # Connection naming an end-to-end-looking field: that field is dropped as well.
+    r = resp("HTTP/1.1 200 OK", "Connection: X-Hop", "X-Hop: 1", "Content-Length: 0")
+    assert client_response_head(r, keep_alive=True, client_version="HTTP/1.1") == \
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
