@@ -55,7 +55,6 @@ _OWS = b" \t"
 # characters allowed in a value (HTAB, SP, VCHAR, obs-text). Trailing OWS (rare) is trimmed apart:
 # in the pattern it costs a backtrack per value.
 _FIELD_RE = re.compile(rb"^(" + _TOKEN + rb"):[\t ]*([\t \x21-\x7e\x80-\xff]*)\r\n", re.MULTILINE)
-_TRAILING_OWS_RE = re.compile(rb"[\t ]\r\n")
 _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
 _HTTP_VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _STATUS_LINE_RE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
@@ -238,7 +237,7 @@ class _HeadParser:
             fields = _FIELD_RE.findall(data, first + 2, end + 2)
             if len(fields) > self.max_fields or len(fields) != data.count(b"\n", first + 2, end + 2):
                 return False
-            if _TRAILING_OWS_RE.search(data, first + 2, end + 2):
+            if data.find(b" \r\n", first + 2, end + 2) >= 0 or data.find(b"\t\r\n", first + 2, end + 2) >= 0:
                 fields = [(name, value.rstrip(_OWS)) for name, value in fields]
         else:
             fields = []
