@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"only these systems, comma-separated, of: {', '.join(SYSTEMS)} (default: all)")
     p.add_argument("--workers", type=int, default=None,
                    help="frontgate's `workers` per daemon (default: the number of CPUs)")
+    p.add_argument("--terminator-workers", type=int, default=None,
+                   help="the terminator's `workers`, when it should differ from --workers")
     p.add_argument("--haproxy-threads", type=int, default=None, help="HAProxy nbthread (default: the number of CPUs)")
     p.add_argument("--ws-tunnels", type=int, default=5000, help="idle WebSocket tunnels in scenario 5")
     p.add_argument("--out", type=Path, default=None,
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     cpus = os.cpu_count() or 1
     settings = Settings(duration=args.duration, rounds=args.rounds or (1 if args.smoke else 3), smoke=args.smoke,
-                        fg_workers=args.workers or cpus, haproxy_threads=args.haproxy_threads or cpus,
+                        fg_workers=args.workers or cpus,
+                        terminator_workers=args.terminator_workers or args.workers or cpus, haproxy_threads=args.haproxy_threads or cpus,
                         ws_tunnels=args.ws_tunnels, keep_workdir=args.keep)
     scenarios = [SCENARIOS[i] for i in args.scenario_ids]
     scenarios = [replace(sc, systems=tuple(s for s in sc.systems if s.key in args.system_keys)) for sc in scenarios]
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 def write_outputs(record: dict, out_dir: Path | None) -> None:
     """results.md, results.png and results.json (everything needed to write the first two again,
     with `--from-json`) into `out_dir`; the table goes to stdout in any case."""
-    settings = Settings(**record["settings"])
+    # Records from before --terminator-workers ran both stages with fg_workers.
+    settings = Settings(**{"terminator_workers": record["settings"]["fg_workers"], **record["settings"]})
     results = Results.from_json(record["results"])
     scenarios = [replace(SCENARIOS[i], systems=tuple(s for s in SCENARIOS[i].systems if s.key in record["systems"]))
                  for i in record["scenarios"]]

@@ -48,6 +48,7 @@ class Settings:
     rounds: int = 3
     smoke: bool = False
     fg_workers: int = 1            # processes per frontgate daemon (their `workers` setting)
+    terminator_workers: int = 1    # ... of the terminator, which may differ
     haproxy_threads: int = 2
     ws_tunnels: int = 5000
     ws_active: int = 100
@@ -155,7 +156,7 @@ class Run:
             procs.check_alive()     # a daemon that died under load makes the measurement void
 
     def _start_frontgate(self, procs: Processes, tag: str, tls: bool, cert: str) -> Endpoint:
-        """`fg_workers` processes of each daemon sharing their ports with SO_REUSEPORT, the way
+        """`fg_workers` routers and `terminator_workers` terminators sharing their ports with SO_REUSEPORT, the way
         supervisord's numprocs runs them in a deploy (the daemons do not fork workers themselves)."""
         n = self.settings.fg_workers
         pids: list[int] = []
@@ -171,7 +172,7 @@ class Run:
         tls_port = free_port()
         tcfg = self.write(f"{tag}-tls-terminator.toml",
                           configs.terminator_toml(self.pems[cert], tls_port, router_port, workers=1))
-        for i in range(n):
+        for i in range(self.settings.terminator_workers):
             pids.append(procs.start(f"{tag}-tls-terminator-{i}",
                                     [str(self.bin / "tls-terminator"), "--config", str(tcfg)], ports=(tls_port,)).pid)
         return Endpoint(tls_port, tuple(pids))

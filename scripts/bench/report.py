@@ -211,7 +211,10 @@ def markdown(results: Results, scenarios: list[Scenario], settings: Settings, no
            "## Machine", "",
            _table(["", ""], [[k, v] for k, v in machine.items()]), "",
            "## Setup", "",
-           f"- frontgate: tls-terminator and mux-router, `workers = {settings.fg_workers}` each; "
+           (f"- frontgate: tls-terminator and mux-router, `workers = {settings.fg_workers}` each; "
+            if settings.terminator_workers == settings.fg_workers else
+            f"- frontgate: mux-router with `workers = {settings.fg_workers}`, tls-terminator with "
+            f"`workers = {settings.terminator_workers}`; ") +
            "the terminator passes PROXY v2 to the router's `from_terminator` listener.",
            f"- reference: stunnel 5 as seed 004 configures it (`pid`, `cert`, `fips = no`, one `[https]` service, "
            "no TIMEOUTclose, so stunnel's default of 60 s) and the same with `TIMEOUTclose = 0`, in front of "
