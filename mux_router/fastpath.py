@@ -481,36 +481,32 @@ class FastExchange:
     """One simple request on a pooled backend connection, driven by the backend's callbacks
     (it is the backend protocol's `sink` for the time of the exchange)."""
 
-    __slots__ = ("client", "conn", "router", "config", "head", "raw", "app", "servers", "slot", "backend", "started",
-                 "parser", "resp", "framing", "remaining", "decoder", "keep", "status", "sent", "received",
-                 "extra", "note", "termination", "sent_at", "t_response", "server_timer", "finished")
-    # server_timer: the client connection's, one Deadline for all its exchanges
+    # Where an exchange starts: class defaults, so that making one per request sets only the rest.
+    resp = None
+    framing = NO_BODY
+    remaining = 0
+    decoder: ChunkedDecoder | None = None
+    keep = False
+    status = 0
+    sent = 0
+    received = False                # any byte from the backend
+    extra = False                   # the backend sent more than its response
+    note = ""
+    termination = "--"
+    t_response = -1.0
+    finished = False
 
     def __init__(self, client: ClientProtocol, config, head, raw: bytes, app, servers, slot, backend,
                  started: float):
         self.client = client
-        self.conn = client.conn
+        self.conn = conn = client.conn
         self.router = client.router
         self.config = config
         self.head, self.raw, self.app, self.slot, self.backend = head, raw, app, slot, backend
         self.servers = servers          # the balancer's order: a stale connection's retry may redispatch
         self.started = started
         self.parser = ResponseHeadParser(head.method)
-        self.resp = None
-        self.framing = NO_BODY
-        self.remaining = 0
-        self.decoder: ChunkedDecoder | None = None
-        self.keep = False
-        self.status = 0
-        self.sent = 0
-        self.received = False           # any byte from the backend
-        self.extra = False              # the backend sent more than its response
-        self.note = ""
-        self.termination = "--"
-        self.t_response = -1.0
-        self.finished = False
-        conn = self.conn
-        self.server_timer = client.server_timer
+        self.server_timer = client.server_timer     # the connection's: one Deadline for all its exchanges
         self.server_timer.set(config.timeouts.server)
         backend.protocol.sink = self
         self.sent_at = time.monotonic()

@@ -162,24 +162,31 @@ class _HeadParser:
     head_too_large_status = 431
     skip_empty_lines = 0
 
+    # The scanner's state starts as these class defaults: a head that arrives whole (nearly all)
+    # never needs the rest, so a parser costs three assignments until the scanner runs.
+    max_line, max_head, max_fields = MAX_REQUEST_LINE, MAX_HEAD, MAX_FIELDS
+    _buf: bytes | bytearray = b""   # the scanner's bytearray, made by its first feed
+    _pos = 0                        # start of the next line to examine
+    _scan_from = 0                  # where to resume looking for LF in an incomplete line
+    _start: int | None = None       # start of the start line (after skipped empty lines)
+    _start_line: bytes | None = None
+    _fields: list[tuple[bytes, bytes]]
+    _end: int | None = None
+    _result = None
+
     def __init__(self, max_line: int = MAX_REQUEST_LINE, max_head: int = MAX_HEAD,
                  max_fields: int = MAX_FIELDS):
         self.max_line, self.max_head, self.max_fields = max_line, max_head, max_fields
-        self._buf = bytearray()
-        self._pos = 0               # start of the next line to examine
-        self._scan_from = 0         # where to resume looking for LF in an incomplete line
-        self._start: int | None = None   # start of the start line (after skipped empty lines)
-        self._start_line: bytes | None = None
-        self._fields: list[tuple[bytes, bytes]] = []
-        self._end: int | None = None
-        self._result = None
 
     def feed(self, data: bytes | bytearray | memoryview = b""):
         """Add bytes; the parsed head once complete (then `leftover` holds what follows), else None."""
         if self._result is not None:
             raise RuntimeError("head already complete")
-        if not self._buf and isinstance(data, bytes) and self._whole(data):
-            return self._result
+        if not self._buf:
+            if type(data) is bytes and self._whole(data):
+                return self._result
+            if not isinstance(self._buf, bytearray):
+                self._buf, self._fields = bytearray(), []
         self._buf += data
         buf = self._buf
         while True:
