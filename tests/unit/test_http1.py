@@ -514,6 +514,10 @@ WHOLE_HEAD_CASES = [
     b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(MAX_FIELDS - 2)) + b"Host: a\r\n\r\n",
     b"GET /" + b"a" * (MAX_REQUEST_LINE - 14) + b" HTTP/1.1\r\nHost: a\r\n\r\n",
     b"BAD\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a \r\nX: b  c\r\nY: d\t\r\n\r\n",          # trailing OWS on some values only
+    b"GET / HTTP/1.1\r\nHost: a\r\n\nX: b\r\n\r\n",                     # an empty line ending in a bare LF
+    b"GET / HTTP/1.1\r\nHost: a\r\r\nX: b\r\n\r\n",                     # CR before the CRLF
+    b"GET / HTTP/1.1\r\nX: b\r\nHost: a\nhost: c\r\n\r\n",              # a second Host after a bare LF
 ]
 
 
