@@ -38,6 +38,8 @@ def test_down_and_zero_weight_servers_are_skipped():
     # Back up: both share the traffic again.
     assert Counter(names(rr.order())[0] for _ in range(10)) == {0: 5, 1: 5}
     assert RoundRobin(servers(0)).order() == []
+    one = RoundRobin(servers(1))            # the one-server shortcut: up or down, nothing else
+    assert [names(one.order()) for _ in range(2)] == [[0], [0]] and one.order(lambda x: True) == []
 
 
 def test_leastconn_prefers_the_least_loaded_and_rotates_ties():
