@@ -361,6 +361,15 @@ class ClientProtocol(asyncio.Protocol):
         from_client = self.conn.take_unused() + unread
         backend = exchange.tunnel_backend
         to_client, backend_done = _take_unread(backend.reader)
+        # An idle tunnel should cost little memory (thousands are held open): the stream readers the
+        # engine read through go (the writers stay: dropping a StreamWriter closes its transport),
+        # and the connection's timers, as the tunnel has its own.
+        for holder in (self.conn, backend):
+            holder.writer._reader = None        # noqa: SLF001 - nothing reads through it any more
+            holder.reader = None
+        self.reader = None
+        self.timer.cancel()
+        self.server_timer.cancel()
         self.mode = _TUNNEL
         self.tunnel = Tunnel(self, exchange, backend)
         self.tunnel.start(from_client, client_done, to_client, backend_done)
