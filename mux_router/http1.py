@@ -48,8 +48,6 @@ _TOKEN_RE = re.compile(_TOKEN)
 # field-value: VCHAR, SP, HTAB, obs-text. Anything else (NUL, CR, LF, other controls, DEL) is refused.
 _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _OWS = b" \t"
-# Field lines that parse_field_line would all accept, each ending in CRLF: a token, a colon right
-# after it, then only characters allowed in a value (HTAB, SP, VCHAR, obs-text).
 # A field line that parse_field_line would accept, from its start (^ in MULTILINE: after an LF) to
 # its CRLF, as (name, value without leading OWS): a token, a colon right after it, then only
 # characters allowed in a value (HTAB, SP, VCHAR, obs-text). Trailing OWS (rare) is trimmed apart:
