@@ -370,6 +370,7 @@ class ClientProtocol(asyncio.Protocol):
         self.reader = None
         self.timer.cancel()
         self.server_timer.cancel()
+        exchange.head = exchange.head._replace(headers=())     # its log line needs only the request line
         self.mode = _TUNNEL
         self.tunnel = Tunnel(self, exchange, backend)
         self.tunnel.start(from_client, client_done, to_client, backend_done)
