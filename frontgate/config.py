@@ -171,13 +171,6 @@ class App:
         return key if key is not None else f"{self.name}/{server.address}"
 
     @functools.cached_property
-    def host_index(self) -> tuple[frozenset[str], tuple[str, ...]]:
-        """`hosts` split once for routing (routing.host_matches): the exact names, and the
-        suffixes (".example.com") of the `*.` patterns."""
-        return (frozenset(h for h in self.hosts if not h.startswith("*.")),
-                tuple(h[1:] for h in self.hosts if h.startswith("*.")))
-
-    @functools.cached_property
     def _server_keys(self) -> dict[int, str]:
         # By id: the servers are this app's own (held in self.servers) for as long as it lives.
         return {id(s): f"{self.name}/{s.address}" for s in self.servers}

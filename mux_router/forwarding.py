@@ -47,12 +47,18 @@ FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 CLIENT_CERT_SUBJECT = CLIENT_CERT_SUBJECT_FIELD.encode()
 _CLIENT_CERT_SUBJECT_LOWER = CLIENT_CERT_SUBJECT.lower()
 _UNSAFE_IN_VALUE = frozenset(range(0x20)) | {0x7F, ord("%")}
-# A raw head's field lines (the parser has checked them: `name:value`, no space before the colon)
-# that the router replaces or drops, found with one search instead of a loop over the fields. A
-# head without any (nearly all) goes on as it came, with the router's fields added at its end.
-_HOP_LINE_RE = re.compile(rb"\r\n(?i:" + b"|".join(sorted(HOP_BY_HOP)) + rb"):[^\r]*")
-_REQUEST_REWRITE_RE = re.compile(rb"\r\n(?i:" + b"|".join(sorted(
-    HOP_BY_HOP | FORWARDED_FIELDS | FRAMING | {_CLIENT_CERT_SUBJECT_LOWER})) + rb"):")
+
+
+def _field_line_re(names: frozenset[bytes], rest: bytes = b"") -> re.Pattern[bytes]:
+    """A raw head's field lines named `names` (the parser has checked them: `name:value`, no space
+    before the colon), found with one search instead of a loop over the fields: a head without any
+    (nearly all) goes on as it came, with the router's fields added at its end."""
+    return re.compile(rb"\r\n(?i:" + b"|".join(sorted(names)) + rb"):" + rest)
+
+
+_HOP_LINE_RE = _field_line_re(HOP_BY_HOP, rb"[^\r]*")
+# Connection is among them, so a head whose Connection names other fields matches too.
+_REQUEST_REWRITE_RE = _field_line_re(HOP_BY_HOP | FORWARDED_FIELDS | FRAMING | {_CLIENT_CERT_SUBJECT_LOWER})
 
 
 def client_cert_subject_line(subject: str) -> bytes:
@@ -117,7 +123,7 @@ def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, clie
     sent: dict[bytes, list[bytes]] = {}     # the forwarding fields the (trusted) client sent
     skip, extra = _compiled(rules) if rules else _NO_RULES_COMPILED
     raw = head.raw
-    if not (skip or head.connection_tokens or _REQUEST_REWRITE_RE.search(raw)):
+    if not (skip or _REQUEST_REWRITE_RE.search(raw)):
         # Nothing of the client's to drop or replace: its head as it came, ours appended.
         lines = [raw[:-4]]
     else:

@@ -161,8 +161,7 @@ class _HeadParser:
     skip_empty_lines = 0
 
     # The scanner's state starts as these class defaults: a head that arrives whole (nearly all)
-    # never needs the rest, so a parser costs three assignments until the scanner runs.
-    max_line, max_head, max_fields = MAX_REQUEST_LINE, MAX_HEAD, MAX_FIELDS
+    # never needs the rest, so a parser costs its three limits until the scanner runs.
     _buf: bytes | bytearray = b""   # the scanner's bytearray, made by its first feed
     _pos = 0                        # start of the next line to examine
     _scan_from = 0                  # where to resume looking for LF in an incomplete line

@@ -2,6 +2,7 @@
 the config dataclasses; the server gives them what it parsed."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Iterable, Sequence
 
@@ -33,13 +34,27 @@ def host_matches(pattern: str, host: str) -> bool:
     """`pattern` is an exact name or `*.suffix` (any name ending in `.suffix`, any depth, but not
     `suffix` itself). Both sides lower-case, no port: as config and the parser produce them."""
     if pattern.startswith("*."):
-        suffix = pattern[1:]
-        return host.endswith(suffix) and len(host) > len(suffix)
+        return _under(pattern[1:], host)
     return host == pattern
 
 
+def _under(suffix: str, host: str) -> bool:
+    return host.endswith(suffix) and len(host) > len(suffix)
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_sets(patterns: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """A config's host patterns split once: the exact names, and the suffixes of the `*.` ones."""
+    return (frozenset(p for p in patterns if not p.startswith("*.")),
+            tuple(p[1:] for p in patterns if p.startswith("*.")))
+
+
 def any_host_matches(patterns: Iterable[str], host: str | None) -> bool:
-    return host is not None and any(host_matches(p, host) for p in patterns)
+    """host_matches for any of `patterns`, with a set lookup for the exact ones (asked per request)."""
+    if host is None:
+        return False
+    exact, suffixes = _host_sets(tuple(patterns))
+    return host in exact or bool(suffixes) and any(_under(s, host) for s in suffixes)
 
 
 def app_matches(app: App, host: str | None, path: str, headers: Headers = ()) -> bool:
@@ -50,9 +65,7 @@ def app_matches(app: App, host: str | None, path: str, headers: Headers = ()) ->
     if app.hosts or app.host_regex is not None:
         if host is None:
             return False
-        exact, suffixes = app.host_index        # host_matches, for all of app.hosts at once
-        if not (host in exact
-                or (suffixes and any(host.endswith(s) and len(host) > len(s) for s in suffixes))
+        if not (any_host_matches(app.hosts, host)
                 or (app.host_regex is not None and app.host_regex.fullmatch(host))):
             return False
     if app.path_regex is not None and not app.path_regex.search(path):
