@@ -10,6 +10,7 @@ AUTHORITY and SSL (version, cipher, client CN) TLVs; other TLVs are skipped, as 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -113,15 +114,25 @@ def encode(header: ProxyHeader) -> bytes:
 
 def _ip_and_port(addr: tuple[str, int], version: int, what: str) -> tuple[bytes, int]:
     try:
-        ip = ipaddress.ip_address(addr[0])
-    except ValueError:
-        raise ProxyProtocolError(f"{what} {addr[0]!r} is not an IP address") from None
-    if ip.version != version:
-        raise ProxyProtocolError(f"{what} {addr[0]} is not an IPv{version} address")
+        # inet_pton takes exactly the plain textual forms (no zone, no leading zeros); anything
+        # else goes through ipaddress for the exact reason it is refused, or for its packed form.
+        packed = socket.inet_pton(socket.AF_INET if version == 4 else socket.AF_INET6, addr[0])
+    except (OSError, TypeError):
+        packed = _packed_slow(addr[0], version, what)
     port = addr[1]
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ProxyProtocolError(f"{what} port {port!r} out of range 0-65535")
-    return ip.packed, port
+    return packed, port
+
+
+def _packed_slow(text: str, version: int, what: str) -> bytes:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise ProxyProtocolError(f"{what} {text!r} is not an IP address") from None
+    if ip.version != version:
+        raise ProxyProtocolError(f"{what} {text} is not an IPv{version} address")
+    return ip.packed
 
 
 def _ascii(text: str, what: str) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import NamedTuple
 
@@ -123,9 +122,7 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self.loop = asyncio.get_running_loop()
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY is the event loop's default on TCP transports (tests/unit/test_event_loop.py).
         self.closed = self.loop.create_future()
         self.conn = self._make_connection(self.router, self.listener, transport)
         self.timer = Deadline(self.loop, self._timed_out)

@@ -155,9 +155,6 @@ class BackendPool:
                 transport, _ = await loop.create_unix_connection(lambda: protocol, address.path)
             else:
                 transport, _ = await loop.create_connection(lambda: protocol, address.host, address.port)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return BackendConnection(server, reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol)
 
     def release(self, conn: BackendConnection, reusable: bool = False) -> None:

@@ -8,7 +8,9 @@ each call (tls.may_have_plaintext, tls.drain_output), so the relay never pays fo
 in the common case: the cost per chunk is a few large calls, not one per record.
 
 A connection's life: handshake (bounded by handshake_timeout; the SNI callback picks the
-certificate) -> connect to forward_to and send the PROXY header -> relay both ways with
+certificate), with the connection to forward_to opened alongside it from the first ClientHello
+bytes (the router sees nothing on it until the handshake ends; a failed handshake closes it
+unused) -> the PROXY header and the first plaintext -> relay both ways with
 backpressure -> half-close: the client's close_notify or EOF becomes an EOF to the router; the
 router's EOF becomes a close_notify to the client, and then the connection is closed. An
 established connection with no traffic either way for idle_timeout is closed.
@@ -34,6 +36,7 @@ import signal
 import socket
 import stat
 import time
+from collections import deque
 
 from OpenSSL import SSL
 
@@ -53,6 +56,7 @@ CONNECT_TIMEOUT = 5.0      # the router is local: if it does not answer by then,
 DRAIN_QUIET = 1.0          # SIGTERM: a connection this long without traffic may be closed ...
 DRAIN_RECHECK = 0.5        # ... and the open ones are looked at again this often, until the grace ends
 ACCEPT_BATCH = 64          # accepted per wake-up: a burst of new clients cannot starve open connections
+HELLOS_PER_PASS = 2        # ClientHellos answered per event-loop pass (see HelloTurns)
 BACKLOG = 1024             # the kernel's queue of unaccepted clients (where they wait at max_connections)
 
 
@@ -76,6 +80,50 @@ class RateLimitedWarning:
 
 
 # --------------------------------------------------------------------------- per connection
+
+class HelloTurns:
+    """At most HELLOS_PER_PASS ClientHellos are answered per pass of the event loop; the others
+    wait their turn, first come first served.
+
+    Answering a ClientHello is the expensive step of a handshake (key exchange and signature, about
+    half a millisecond here), and one loop pass runs every callback that is ready. Without a limit,
+    a burst of 50 new clients becomes one 25 ms pass, and every connection that is further along
+    (a client's Finished, the request behind it, the router's answer) waits behind all 50, so the
+    burst's first requests reach the router only after its last handshake. With the limit, passes
+    stay short and those finish first; the CPU spent is the same."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_pass: int = HELLOS_PER_PASS):
+        self.loop = loop
+        self.per_pass = per_pass
+        self.waiting: deque[ClientConnection] = deque()
+        self.used = 0               # turns taken in this pass
+        self.scheduled = False      # a _next_pass is due
+
+    def take(self, conn: "ClientConnection") -> bool:
+        """True: answer now. False: `conn` is queued, and its take_turn() is called later."""
+        self._schedule()
+        if self.used < self.per_pass and not self.waiting:
+            self.used += 1
+            return True
+        self.waiting.append(conn)
+        return False
+
+    def _schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._next_pass)
+
+    def _next_pass(self) -> None:
+        self.scheduled = False
+        self.used = 0
+        while self.waiting and self.used < self.per_pass:
+            conn = self.waiting.popleft()
+            if not conn.closed:
+                self.used += 1
+                conn.take_turn()
+        if self.waiting or self.used:
+            self._schedule()
+
 
 class ClientSide(asyncio.Protocol):
     """What a client connection does the same whether it is decrypted here (ClientConnection) or
@@ -164,6 +212,8 @@ class ClientConnection(ClientSide):
         self.last_activity = 0.0
         self.awaiting_router = False                 # plaintext went to the router, none came back since
         self.connect_task: asyncio.Task | None = None
+        self.preconnected = False                    # the early router connect has been started
+        self.hello_wait: bytearray | None = None     # bytes held while waiting for a HelloTurns turn
         # With [[passthrough]] routes, the ClientHello is read raw first to choose between
         # terminating here and relaying it untouched.
         self.sniffed: bytearray | None = bytearray() if self.cfg.passthrough else None
@@ -187,6 +237,27 @@ class ClientConnection(ClientSide):
             data = self._sniff(data)
             if not data:
                 return
+        if self.hello_wait is not None:      # waiting for its turn (HelloTurns)
+            self.hello_wait += data
+            return
+        if not self.preconnected:
+            # The first ClientHello bytes: open the router connection now, while the handshake runs,
+            # so the first request goes on the moment the handshake ends instead of after a
+            # connect. The PROXY header (which needs the handshake's results) waits until then.
+            self.preconnected = True
+            self._start_connect()
+            if not self.terminator.hello_turns.take(self):
+                self.hello_wait = bytearray(data)
+                self.pause_client_reading("hello turn")     # holds what it has, no more
+                return
+        self._from_client(data)
+
+    def take_turn(self) -> None:
+        data, self.hello_wait = self.hello_wait, None
+        self.resume_client_reading("hello turn")
+        self._from_client(bytes(data))
+
+    def _from_client(self, data: bytes) -> None:
         try:
             self.tls.bio_write(data)
             if not self.established and not self._advance_handshake():
@@ -248,10 +319,14 @@ class ClientConnection(ClientSide):
         self._flush()
         self._cancel_timer()
         self.timer = self.loop.call_later(self.cfg.idle_timeout, self._idle_check)
+        if self.upstream is not None:
+            self._send_proxy_header()
+            return True
         # Nothing more from the client until the router can take it; what was already decrypted
         # waits in `early` (at most one read's worth).
         self.pause_client_reading("connecting")
-        self.connect_task = self.loop.create_task(self._connect_upstream())
+        if self.connect_task is None:       # the early connect failed or the router dropped it
+            self._start_connect()
         return True
 
     def _decrypt(self) -> None:
@@ -297,11 +372,16 @@ class ClientConnection(ClientSide):
 
     # ---- the router side
 
+    def _start_connect(self) -> None:
+        self.connect_task = self.loop.create_task(self._connect_upstream())
+
     async def _connect_upstream(self) -> None:
         target = self.cfg.forward_to
         try:
             reason = await connect_upstream(self.loop, target, self)
-            if reason is not None:
+            if reason is not None and self.established:
+                # (An early connect that fails is tried again when the handshake ends, and only
+                # that one is reported: a client that never finishes its handshake needs no router.)
                 self.terminator.router_unreachable(f"cannot reach the router at {target}: {reason}; "
                                                    "closing the client connection")
                 self._close_with_notify()
@@ -313,31 +393,49 @@ class ClientConnection(ClientSide):
             upstream.close()
             return
         self.upstream = upstream
+        if self.established:
+            self._send_proxy_header()
+
+    def _send_proxy_header(self) -> None:
+        """The handshake is done and the router connected: the PROXY header, then what the client
+        sent meanwhile. Until this has happened, `early` is not None."""
         header = proxy_protocol.encode(self._proxy_header())
         early, self.early = self.early or b"", None
-        upstream.write(header + early)
+        self.upstream.write(header + early)
         if self.client_done:
-            upstream.write_eof()
+            self.upstream.write_eof()
         self.resume_client_reading("connecting")
+
+    def _drop_early_upstream(self) -> None:
+        """The router spoke or hung up before the handshake ended (its own request timeout): that
+        connection is of no use. Detached, so its last events reach nobody; the end of the
+        handshake connects again."""
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.client = DETACHED
+            upstream.close(abort=True)
 
     def _to_router(self, data: bytes) -> None:
         self.awaiting_router = True
-        if self.upstream is not None:
-            self.upstream.write(data)
-        elif self.early is not None:
+        if self.early is not None:           # the PROXY header has not gone yet
             self.early += data
+        elif self.upstream is not None:
+            self.upstream.write(data)
 
     def _client_finished(self) -> None:
         if self.client_done:
             return
         self.client_done = True
-        if self.upstream is not None:
+        if self.upstream is not None and self.early is None:
             self.upstream.write_eof()
-        # else: upstream_connected sends the EOF after the early data.
+        # else: _send_proxy_header sends the EOF after the early data.
 
     def to_client(self, data: bytes) -> None:
         """Plaintext from the router."""
         if self.closed:
+            return
+        if not self.established:
+            self._drop_early_upstream()
             return
         self.last_activity = self.loop.time()
         self.awaiting_router = False
@@ -354,11 +452,14 @@ class ClientConnection(ClientSide):
 
     def upstream_finished(self) -> None:
         """The router sent EOF: end the TLS stream properly, then close."""
+        if not self.established:
+            self._drop_early_upstream()
+            return
         self._close_with_notify()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream = None
-        if self.closed:
+        if self.closed or not self.established:
             return
         if exc is not None:
             # The router's stream broke off: no close_notify, so the client sees a truncation
@@ -442,6 +543,8 @@ def client_addresses(peer, sock) -> tuple[str, tuple[str, int] | None, tuple[str
     IPv4 clients of a dual-stack [::] listener show up as ::ffff:a.b.c.d; they are sent as TCP4."""
     if not (isinstance(peer, tuple) and isinstance(sock, tuple)):
         return "UNSPEC", None, None          # unix socket listener: no client address to tell
+    if ":" not in peer[0] and ":" not in sock[0]:
+        return "TCP4", peer[:2], sock[:2]    # an IPv4 listener: the loop's dotted quads as they are
     src = ipaddress.ip_address(peer[0].split("%", 1)[0])
     dst = ipaddress.ip_address(sock[0].split("%", 1)[0])
     if src.version == 6 and src.ipv4_mapped and dst.version == 6 and dst.ipv4_mapped:
@@ -459,10 +562,36 @@ async def connect_upstream(loop: asyncio.AbstractEventLoop, target: Address,
             coro = loop.create_unix_connection(lambda: RouterSide(client), target.path)
         else:
             coro = loop.create_connection(lambda: RouterSide(client), target.host, target.port)
-        await asyncio.wait_for(coro, CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):     # in this task: wait_for would start another
+            await coro
     except (OSError, asyncio.TimeoutError) as e:
         return "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
     return None
+
+
+class _Detached:
+    """Where a RouterSide's events go once its client has let it go: nowhere."""
+
+    def upstream_connected(self, upstream: "RouterSide") -> None:
+        upstream.close(abort=True)
+
+    def to_client(self, data: bytes) -> None:
+        pass
+
+    def upstream_finished(self) -> None:
+        pass
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        pass
+
+    def pause_client_reading(self, reason: str) -> None:
+        pass
+
+    def resume_client_reading(self, reason: str) -> None:
+        pass
+
+
+DETACHED = _Detached()
 
 
 class RouterSide(asyncio.Protocol):
@@ -475,9 +604,6 @@ class RouterSide(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.upstream_connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -694,6 +820,7 @@ class Terminator:
         self.tasks: set[asyncio.Task] = set()
         self.poll_task: asyncio.Task | None = None
         self.stats = TerminatorStats()
+        self.hello_turns = HelloTurns(self.loop)
         self.admin = TerminatorAdmin(self)          # [admin]: /metrics, /stats (inert without it)
         self.admin_sock: socket.socket | None = None
 
@@ -763,8 +890,8 @@ class Terminator:
                 self._pause_accepting()
                 self.loop.call_later(1.0, self._resume_accepting)
                 return
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # No TCP_NODELAY here: the event loop sets it on every TCP transport it makes
+            # (tests/unit/test_event_loop.py holds it to that).
             conn = ClientConnection(self)
             self.connections.add(conn)
             self.stats.connections += 1

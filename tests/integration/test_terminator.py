@@ -106,7 +106,9 @@ class RouterStub:
     it by client port, then acts on the SNI's first label: "flood" sends FLOOD bytes, "sink" waits
     a second, then counts what it receives until EOF and answers the count; "slow" echoes each chunk
     SLOW_ANSWER seconds after it came (a request waiting for a slow answer); anything else echoes,
-    and answers the client's EOF with "[eof]" and its own EOF."""
+    and answers the client's EOF with "[eof]" and its own EOF. It counts the connections it got and
+    those that ended without a byte; with `drop_next` > 0 it closes that many new connections at
+    once, unread (a router whose request timeout ran out)."""
 
     FLOOD = 32 * MiB
     SLOW_ANSWER = 1.5
@@ -114,6 +116,9 @@ class RouterStub:
     def __init__(self, unix_path: Path | None = None):
         self.headers: dict[int, ProxyHeader] = {}
         self.errors: list[Exception] = []
+        self.connections = 0
+        self.empty = 0
+        self.drop_next = 0
         self.port: int | None = None
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
@@ -142,11 +147,18 @@ class RouterStub:
         return wait_until(lambda: self.headers.get(client_port), timeout=5, what="PROXY header at the stub")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.connections += 1
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            writer.close()
+            return
         buf = b""
         try:
             while (result := decode(buf)) is None:
                 chunk = await reader.read(4096)
                 if not chunk:
+                    self.empty += not buf
+                    writer.close()
                     return
                 buf += chunk
         except ProxyProtocolError as e:
@@ -318,6 +330,86 @@ def test_tls_1_1_is_refused(pki, terminator):
         connect(terminator.port, ctx, "app.test")
     # The server said no (an alert), rather than the client failing on its own.
     assert "PROTOCOL_VERSION" in str(e.value).upper().replace(" ", "_"), e.value
+
+
+# --------------------------------------------------------------------------- the early router connection
+
+def test_a_failed_handshake_closes_its_router_connection_unused(pki, router, terminator):
+    # The router connection opens with the first ClientHello bytes, so this client reaches the
+    # router too; its handshake fails, and the router sees the connection end without a byte.
+    before_connections, before_empty, before_headers = router.connections, router.empty, len(router.headers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = pki.client_context(minimum_version=ssl.TLSVersion.TLSv1_1, maximum_version=ssl.TLSVersion.TLSv1_1)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError):
+        connect(terminator.port, ctx, "app.test")
+    wait_until(lambda: router.empty > before_empty, what="the unused router connection to end")
+    assert router.connections == before_connections + 1
+    assert len(router.headers) == before_headers and not router.errors
+    with connect(terminator.port, pki.client_context(), "app.test") as s:
+        assert echo_once(s) == b"ping"
+
+
+def test_a_router_that_drops_the_early_connection_gets_a_new_one(pki, router, terminator):
+    # A client slow between its ClientHello and its Finished: the router gives up on the quiet
+    # connection meanwhile (as its request timeout would); the end of the handshake connects again.
+    before = router.connections
+    router.drop_next = 1
+    client = MemoryTlsClient(pki.client_context(), "app.test")
+    with socket.create_connection(("127.0.0.1", terminator.port), timeout=10) as raw:
+        client.start(raw)
+        wait_until(lambda: router.connections == before + 1 and router.drop_next == 0,
+                   what="the router to drop the early connection")
+        time.sleep(0.2)          # and the terminator to hear of it, before the handshake ends
+        client.finish_handshake(raw)
+        client.send(raw, b"late ping")
+        assert client.read(raw, 9) == b"late ping"
+    assert router.connections == before + 2
+
+
+class MemoryTlsClient:
+    """A TLS client over memory BIOs, so a test decides when each handshake step goes out."""
+
+    def __init__(self, ctx: ssl.SSLContext, server_name: str):
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name)
+
+    def start(self, raw: socket.socket) -> None:
+        """Send the ClientHello."""
+        with pytest.raises(ssl.SSLWantReadError):
+            self.tls.do_handshake()
+        raw.sendall(self.outgoing.read())
+
+    def finish_handshake(self, raw: socket.socket) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if self.outgoing.pending:
+                    raw.sendall(self.outgoing.read())
+                self._receive(raw)
+        if self.outgoing.pending:
+            raw.sendall(self.outgoing.read())
+
+    def send(self, raw: socket.socket, data: bytes) -> None:
+        self.tls.write(data)
+        raw.sendall(self.outgoing.read())
+
+    def read(self, raw: socket.socket, n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            try:
+                got += self.tls.read(n - len(got))
+            except ssl.SSLWantReadError:
+                self._receive(raw)
+        return got
+
+    def _receive(self, raw: socket.socket) -> None:
+        data = raw.recv(65536)
+        assert data, "the terminator closed the connection"
+        self.incoming.write(data)
 
 
 # --------------------------------------------------------------------------- relaying

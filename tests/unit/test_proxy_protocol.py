@@ -212,3 +212,10 @@ def test_ipv6_addresses_come_back_in_canonical_form():
     header = ProxyHeader(family="TCP6", src=("2001:0db8:0000::0001", 1), dst=("::1", 2))
     decoded, _ = decode(encode(header))
     assert decoded.src == (str(ipaddress.ip_address("2001:db8::1")), 1)
+
+
+def test_addresses_inet_pton_refuses_still_encode_when_ipaddress_takes_them():
+    # The fast path (inet_pton) has no zone ids; ipaddress does, and the zone is not on the wire.
+    scoped = ProxyHeader(family="TCP6", src=("fe80::1%eth0", 1), dst=("fe80::2", 2))
+    plain = ProxyHeader(family="TCP6", src=("fe80::1", 1), dst=("fe80::2", 2))
+    assert encode(scoped) == encode(plain)
