@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import stat
 import sys
 import time

@@ -570,10 +570,8 @@ async def connect_upstream(loop: asyncio.AbstractEventLoop, target: Address,
 
 
 class _Detached:
-    """Where a RouterSide's events go once its client has let it go: nowhere."""
-
-    def upstream_connected(self, upstream: "RouterSide") -> None:
-        upstream.close(abort=True)
+    """Where a RouterSide's last events go once its client has let it go (and aborted it): nowhere.
+    Nothing was ever written to it, so only what an aborted transport can still deliver arrives."""
 
     def to_client(self, data: bytes) -> None:
         pass
@@ -582,12 +580,6 @@ class _Detached:
         pass
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        pass
-
-    def pause_client_reading(self, reason: str) -> None:
-        pass
-
-    def resume_client_reading(self, reason: str) -> None:
         pass
 
 
