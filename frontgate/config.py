@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -407,9 +408,13 @@ class _Table:
         if value is default:
             return value
         try:
-            return Address.parse(value)
+            address = Address.parse(value)
         except ValueError as e:
             raise self.error(name, str(e)) from None
+        if address.is_unix and not os.path.isabs(address.path):
+            # Like every relative path in these files: from the TOML file's directory, not the cwd.
+            address = Address(path=str((self.file.parent / address.path).resolve()))
+        return address
 
     def path(self, name: str, default: Any = _MISSING) -> Any:
         value = self.str(name, default)
@@ -566,6 +571,12 @@ def _build_router(root: _Table) -> RouterConfig:
         raise ConfigError(root.file, "listen", "at least one [listen.NAME] table is needed")
     listen.done()
     _no_duplicate_addresses(root.file, "listen", [(f"listen.{l.name}.address", l.address) for l in listeners])
+    unix = [l for l in listeners if l.address.is_unix]
+    if workers > 1 and len(unix) > 1:
+        # supervisord passes a program one socket (fcgi-program); a TCP port is shared by SO_REUSEPORT.
+        raise ConfigError(root.file, f"listen.{unix[1].name}.address",
+                          f"with workers = {workers} only one listener can be a unix socket "
+                          f"(listen.{unix[0].name} is one): the workers share it as the one socket supervisord passes them")
 
     tt = root.table("timeouts")
     defaults = Timeouts()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import string
 import time
 import xmlrpc.client
@@ -86,6 +87,8 @@ class StageProcesses:
     """What supervisord.conf takes from a stage's TOML."""
     workers: int
     grace: float             # seconds the SIGTERM drain may take
+    shared_socket: Path | None = None   # a unix listener supervisord holds and passes to every worker
+    socket_owner: str | None = None     # who may connect to it besides supervisord's user
 
     @property
     def stop_wait_seconds(self) -> int:
@@ -97,7 +100,13 @@ def stage_processes(configs: Path) -> dict[str, StageProcesses]:
     """The router's and the terminator's settings, from the TOML files."""
     router = load_router_config(configs / "mux-router.toml")
     terminator = load_terminator_config(configs / "tls-terminator.toml", require_files=False)
-    return {"mux-router": StageProcesses(router.workers, router.grace),
+    unix = [l.address.path for l in router.listeners if l.address.is_unix]
+    # The router's one unix listener (config validation allows only one with several workers).
+    shared = Path(unix[0]).resolve() if len(unix) == 1 else None
+    # A terminator that drops to its `user` (when started as root, as supervisord then is) connects
+    # as that user: the socket is handed to it. Not as root, supervisord could not chown it.
+    owner = terminator.user if terminator.user and os.geteuid() == 0 else None
+    return {"mux-router": StageProcesses(router.workers, router.grace, shared, owner),
             "tls-terminator": StageProcesses(terminator.workers, terminator.grace)}
 
 
@@ -106,12 +115,24 @@ def workers(configs: Path) -> dict[str, int]:
     return {name: stage.workers for name, stage in stage_processes(configs).items()}
 
 
-def processes_lines(n: int) -> str:
-    """The `numprocs` part of a [program:x] section. One process keeps the plain program name (so
-    `supervisorctl restart mux-router` works as before); several are named mux-router_00, _01, ..."""
-    if n == 1:
-        return "numprocs = 1"
-    return f"numprocs = {n}\nprocess_name = %(program_name)s_%(process_num)02d"
+def section_name(program: str, stage: StageProcesses) -> str:
+    """A stage with a shared unix socket is an fcgi-program: supervisord binds the socket once and
+    passes it to each process as its stdin, so workers share it and a restarting worker's
+    connections wait in its backlog (mux_router.server.inherited_unix_listener)."""
+    return f"{'fcgi-program' if stage.shared_socket else 'program'}:{program}"
+
+
+def processes_lines(n: int, shared_socket: Path | None = None, socket_owner: str | None = None) -> str:
+    """The `numprocs` part of a program section. One process keeps the plain program name (so
+    `supervisorctl restart mux-router` works as before); several are named mux-router_00, _01, ...
+    Then the fcgi-program's socket, private to the user supervisord runs as (the router trusts
+    the PROXY headers that come through it)."""
+    lines = ["numprocs = 1"] if n == 1 else [f"numprocs = {n}", "process_name = %(program_name)s_%(process_num)02d"]
+    if shared_socket is not None:
+        lines += [f"socket = unix://{shared_socket}", "socket_mode = 0700", "socket_backlog = 1024"]
+        if socket_owner:
+            lines.append(f"socket_owner = {socket_owner}")
+    return "\n".join(lines)
 
 
 def log_suffix(n: int) -> str:
@@ -120,12 +141,13 @@ def log_suffix(n: int) -> str:
 
 
 def render_supervisord_conf(template: str, template_name: str, stages: dict[str, StageProcesses]) -> str:
-    """`${mux_router_processes}`, `${mux_router_log_suffix}`, `${mux_router_stopwaitsecs}`, and the
-    same for tls_terminator."""
+    """`${mux_router_section}`, `${mux_router_processes}`, `${mux_router_log_suffix}`,
+    `${mux_router_stopwaitsecs}`, and the same for tls_terminator."""
     values = {}
     for name, stage in stages.items():
         prefix = name.replace('-', '_')
-        values[f"{prefix}_processes"] = processes_lines(stage.workers)
+        values[f"{prefix}_section"] = section_name(name, stage)
+        values[f"{prefix}_processes"] = processes_lines(stage.workers, stage.shared_socket, stage.socket_owner)
         values[f"{prefix}_log_suffix"] = log_suffix(stage.workers)
         values[f"{prefix}_stopwaitsecs"] = str(stage.stop_wait_seconds)
     return GENERATED_NOTE.format(template=template_name) + string.Template(template).substitute(values)

@@ -5,7 +5,9 @@ Gathering (supervisord, psutil, the state file, the PEMs) is separate from forma
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ EXPIRY_WARNING_DAYS = 14
 
 def process_facts(processes: list[Process]) -> list[dict[str, Any]]:
     """psutil's view of each running process: uptime, RSS, CPU% (sampled over CPU_SAMPLE), open
-    fds, TCP connections (listening and established)."""
+    fds, sockets (listening and established; TCP and unix)."""
     import psutil
     now = time.time()
     handles: dict[int, Any] = {}
@@ -44,14 +46,45 @@ def process_facts(processes: list[Process]) -> list[dict[str, Any]]:
             try:
                 with proc.oneshot():
                     conns = proc.net_connections(kind="inet")
+                    unix_listening, unix_connected = unix_sockets(p.pid)
                     row.update(rss_bytes=proc.memory_info().rss, cpu_percent=round(proc.cpu_percent(None), 1),
                                open_fds=proc.num_fds(),
-                               listening=sum(c.status == psutil.CONN_LISTEN for c in conns),
-                               connections=sum(c.status == psutil.CONN_ESTABLISHED for c in conns))
+                               listening=sum(c.status == psutil.CONN_LISTEN for c in conns) + unix_listening,
+                               connections=sum(c.status == psutil.CONN_ESTABLISHED for c in conns) + unix_connected)
             except psutil.Error as e:
                 row["error"] = str(e)
         out.append(row)
     return out
+
+
+_SO_ACCEPTCON = 0x10000          # /proc/net/unix Flags: a listening socket
+_SS_CONNECTED = "03"
+
+
+def unix_sockets(pid: int) -> tuple[int, int]:
+    """(listening, connected) unix stream sockets of process `pid`, from /proc (psutil tells a
+    unix socket's path but not whether it listens). Counted by inode: an inherited socket and its
+    dup are one."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        with open("/proc/net/unix") as table:
+            next(table)
+            rows = [line.split() for line in table]
+    except OSError:
+        return 0, 0
+    listening = connected = 0
+    for row in rows:
+        if len(row) >= 7 and row[6] in inodes and row[4] == "0001":     # SOCK_STREAM
+            if int(row[3], 16) & _SO_ACCEPTCON:
+                listening += 1
+            elif row[5] == _SS_CONNECTED:
+                connected += 1
+    return listening, connected
 
 
 def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, Any]:

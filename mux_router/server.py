@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
 import sys
 import time
@@ -227,6 +228,7 @@ class Router:
         self.backends = BackendPool(config.timeouts.keep_alive)
         self.listeners: dict[Address, Listener] = {}     # by address: a reload may rename or retune
         self.servers: dict[Address, asyncio.Server] = {}
+        self.shared_sockets: set[Address] = set()      # unix listeners supervisord passed in: never unlinked
         self.connections: set[ClientProtocol] = set()
         self.stopping = False
         self._stop = asyncio.Event()
@@ -254,6 +256,14 @@ class Router:
             return ClientProtocol(self, listener, ClientConnection)
 
         if address.is_unix:
+            shared = inherited_unix_listener(address.path)
+            if shared is not None:
+                self.shared_sockets.add(address)
+                return await loop.create_unix_server(new_connection, sock=shared)
+            if self.config.workers > 1:
+                # Binding it here would take the path from the worker that bound it first.
+                raise OSError(f"{address} is shared by {self.config.workers} workers only as a socket "
+                              "supervisord passes them (fcgi-program, as `frontgate supervisord-conf` writes it)")
             _remove_stale_socket(address.path)
             return await loop.create_unix_server(new_connection, address.path, backlog=1024)
         # SO_REUSEPORT: several worker processes (supervisord numprocs) share the port, and a
@@ -309,7 +319,7 @@ class Router:
             _flush_access_log()
         await self.admin.stop()         # last: the page answers during the drain; removes our snapshot
         for address in self.listeners:
-            if address.is_unix:
+            if address.is_unix and address not in self.shared_sockets:     # a shared one is supervisord's
                 with contextlib.suppress(OSError):
                     os.unlink(address.path)
 
@@ -464,6 +474,29 @@ class Router:
                     future.set_result(slot)
                     return
         slot.active -= 1
+
+
+def inherited_unix_listener(path: str) -> socket.socket | None:
+    """The listening unix socket bound to `path` that this process got as its stdin, if it did:
+    that is how supervisord's fcgi-program hands one socket to all the processes of a program. The
+    kernel spreads a TCP port over workers (SO_REUSEPORT) but not a unix socket path, so several
+    router workers can share a unix listener only this way."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(0).st_mode):
+            return None
+        sock = socket.socket(fileno=os.dup(0))
+    except OSError:
+        return None
+    try:
+        if (sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
+                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                and os.path.normpath(sock.getsockname()) == os.path.normpath(path)):
+            sock.setblocking(False)
+            return sock
+    except OSError:
+        pass
+    sock.close()
+    return None
 
 
 def _remove_stale_socket(path: str) -> None:

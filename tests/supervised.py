@@ -20,10 +20,14 @@ from tests.helpers import BIN, REPO, free_port, wait_until
 
 
 class Supervised:
-    def __init__(self, root: Path, router_workers: int = 2, terminator_workers: int = 2):
+    def __init__(self, root: Path, router_workers: int = 2, terminator_workers: int = 2, router_link: str = "unix"):
         self.root = root
         self.configs = root / "configs"
         self.tls_port, self.router_port, self.public_port = free_port(), free_port(), free_port()
+        # Terminator to router: the shipped unix socket (supervisord holds it, an fcgi-program) or TCP.
+        self.router_socket = root / "run" / "router.sock"
+        self.router_address = ("unix:../run/router.sock" if router_link == "unix"
+                               else f"127.0.0.1:{self.router_port}")
         self.maps_port, self.coltrane_port = free_port(), free_port()
         self.router_workers, self.terminator_workers = router_workers, terminator_workers
         self.ca = trustme.CA()
@@ -42,7 +46,7 @@ state_stale_after = 5
 [listen.public]
 address = "127.0.0.1:{self.public_port}"
 [listen.from_terminator]
-address = "127.0.0.1:{self.router_port}"
+address = "{self.router_address}"
 proxy_protocol = true
 scheme = "https"
 [[app]]
@@ -73,7 +77,7 @@ servers = ["127.0.0.1:{self.coltrane_port}"]
         (self.configs / "tls-terminator.toml").write_text(f"""
 [terminator]
 listen = "127.0.0.1:{self.tls_port}"
-forward_to = "127.0.0.1:{self.router_port}"
+forward_to = "{self.router_address}"
 workers = {self.terminator_workers}
 [[certificate]]
 cert = "../certs/site.pem"

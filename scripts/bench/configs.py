@@ -121,10 +121,11 @@ def stunnel_conf(workdir: Path, name: str, pem: Path, accept: int, connect: int,
     return "\n".join(lines) + "\n"
 
 
-def router_toml(workdir: Path, public_port: int | None, from_terminator_port: int | None,
+def router_toml(workdir: Path, public_port: int | None, from_terminator: str | None,
                 backends: Backends, workers: int) -> str:
     """mux-router with the same three routes as HAProxy; no redirects (the benchmark's clients are
-    all local, and HAProxy above has none either)."""
+    all local, and HAProxy above has none either). `from_terminator`: its address (`unix:/path`
+    or `host:port`)."""
     listeners = ""
     if public_port is not None:
         listeners += f"""
@@ -132,10 +133,10 @@ def router_toml(workdir: Path, public_port: int | None, from_terminator_port: in
 address = "127.0.0.1:{public_port}"
 scheme = "http"
 """
-    if from_terminator_port is not None:
+    if from_terminator is not None:
         listeners += f"""
 [listen.from_terminator]
-address = "127.0.0.1:{from_terminator_port}"
+address = "{from_terminator}"
 proxy_protocol = true
 scheme = "https"
 """
@@ -174,12 +175,12 @@ servers = ["127.0.0.1:{backends.nginx}"]
 """
 
 
-def terminator_toml(pem: Path, listen_port: int, router_port: int, workers: int) -> str:
+def terminator_toml(pem: Path, listen_port: int, forward_to: str, workers: int) -> str:
     return f"""\
 # frontgate bench: tls-terminator
 [terminator]
 listen = "127.0.0.1:{listen_port}"
-forward_to = "127.0.0.1:{router_port}"
+forward_to = "{forward_to}"
 workers = {workers}
 handshake_timeout = 10
 idle_timeout = 3600

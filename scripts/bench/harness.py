@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -156,22 +157,32 @@ class Run:
             procs.check_alive()     # a daemon that died under load makes the measurement void
 
     def _start_frontgate(self, procs: Processes, tag: str, tls: bool, cert: str) -> Endpoint:
-        """`fg_workers` routers and `terminator_workers` terminators sharing their ports with SO_REUSEPORT, the way
-        supervisord's numprocs runs them in a deploy (the daemons do not fork workers themselves)."""
-        n = self.settings.fg_workers
+        """`fg_workers` routers and `terminator_workers` terminators, the way supervisord runs them in
+        a deploy (the daemons do not fork workers themselves): TCP ports shared with SO_REUSEPORT
+        (numprocs), and the routers' unix socket from the terminators bound once here and passed to
+        each router as its stdin, as supervisord's fcgi-program does."""
         pids: list[int] = []
-        router_port = free_port()
-        public_port, from_terminator_port = (None, router_port) if tls else (router_port, None)
-        rcfg = self.write(f"{tag}-mux-router.toml", configs.router_toml(
-            self.workdir, public_port, from_terminator_port, self.backends, workers=1))
-        for i in range(n):
-            pids.append(procs.start(f"{tag}-mux-router-{i}", [str(self.bin / "mux-router"), "--config", str(rcfg)],
-                                    ports=(router_port,)).pid)
         if not tls:
-            return Endpoint(router_port, tuple(pids))
+            port = free_port()
+            rcfg = self.write(f"{tag}-mux-router.toml",
+                              configs.router_toml(self.workdir, port, None, self.backends, workers=1))
+            for i in range(self.settings.fg_workers):
+                pids.append(procs.start(f"{tag}-mux-router-{i}", [str(self.bin / "mux-router"), "--config", str(rcfg)],
+                                        ports=(port,)).pid)
+            return Endpoint(port, tuple(pids))
+        path = self.workdir / f"{tag}-router.sock"
+        shared = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        shared.bind(str(path))
+        shared.listen(1024)
+        rcfg = self.write(f"{tag}-mux-router.toml", configs.router_toml(
+            self.workdir, None, f"unix:{path}", self.backends, workers=self.settings.fg_workers))
+        with shared:        # the routers hold it from here on
+            for i in range(self.settings.fg_workers):
+                pids.append(procs.start(f"{tag}-mux-router-{i}", [str(self.bin / "mux-router"), "--config", str(rcfg)],
+                                        stdin=shared, ready_line=f"listening on unix:{path}").pid)
         tls_port = free_port()
         tcfg = self.write(f"{tag}-tls-terminator.toml",
-                          configs.terminator_toml(self.pems[cert], tls_port, router_port, workers=1))
+                          configs.terminator_toml(self.pems[cert], tls_port, f"unix:{path}", workers=1))
         for i in range(self.settings.terminator_workers):
             pids.append(procs.start(f"{tag}-tls-terminator-{i}",
                                     [str(self.bin / "tls-terminator"), "--config", str(tcfg)], ports=(tls_port,)).pid)

@@ -92,16 +92,26 @@ class Processes:
     started: list[Daemon] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], ports: tuple[int, ...] = (), timeout: float = 15.0,
-              env: dict[str, str] | None = None) -> Daemon:
+              env: dict[str, str] | None = None, stdin: socket.socket | None = None,
+              ready_line: str | None = None) -> Daemon:
+        """`stdin`: a listening socket the daemon gets as fd 0, as supervisord's fcgi-program passes
+        one; `ready_line`: wait until the daemon's output holds it (besides the `ports`)."""
         log = self.logdir / f"{name}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL if stdin is None else stdin.fileno(),
                                     cwd=self.cwd, start_new_session=True,
                                     env={**os.environ, **(env or {})})
         daemon = Daemon(name, proc, log)
         self.started.append(daemon)
         for port in ports:
             wait_for_port(port, timeout, daemon)
+        if ready_line is not None:
+            deadline = time.monotonic() + timeout
+            while ready_line not in daemon.output():
+                if not daemon.alive() or time.monotonic() > deadline:
+                    raise StartError(f"{name}: no {ready_line!r} in its output:\n{daemon.output()}")
+                time.sleep(0.05)
         return daemon
 
     def pids(self, *names: str) -> list[int]:

@@ -215,7 +215,8 @@ def markdown(results: Results, scenarios: list[Scenario], settings: Settings, no
             if settings.terminator_workers == settings.fg_workers else
             f"- frontgate: mux-router with `workers = {settings.fg_workers}`, tls-terminator with "
             f"`workers = {settings.terminator_workers}`; ") +
-           "the terminator passes PROXY v2 to the router's `from_terminator` listener.",
+           "the terminator passes PROXY v2 to the router's `from_terminator` listener, a unix socket that the "
+           "routers share (bound once and passed to each as its stdin, as supervisord's fcgi-program does).",
            f"- reference: stunnel 5 as seed 004 configures it (`pid`, `cert`, `fips = no`, one `[https]` service, "
            "no TIMEOUTclose, so stunnel's default of 60 s) and the same with `TIMEOUTclose = 0`, in front of "
            f"HAProxy 2.6 in HTTP mode (`nbthread {settings.haproxy_threads}`, `option http-keep-alive`, "

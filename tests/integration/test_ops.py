@@ -108,11 +108,16 @@ def test_rolling_restart_keeps_the_ports_open(fg: Supervised):
     def probe_ports():      # bounded: stops with the restart, at most 60 s
         deadline = time.monotonic() + 60
         while not stop.is_set() and time.monotonic() < deadline:
-            for port in (fg.public_port, fg.router_port):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                except OSError as e:
-                    refused.append(f"{port}: {e}")
+            try:
+                socket.create_connection(("127.0.0.1", fg.public_port), timeout=1).close()
+            except OSError as e:
+                refused.append(f"{fg.public_port}: {e}")
+            try:        # the terminator's way in: the unix socket supervisord holds for the workers
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(1)
+                    s.connect(str(fg.router_socket))
+            except OSError as e:
+                refused.append(f"{fg.router_socket}: {e}")
             time.sleep(0.01)
     t = threading.Thread(target=probe_ports)
     t.start()

@@ -18,7 +18,7 @@ MAX_SECONDS = 90             # hard bound on the whole load
 
 @pytest.fixture
 def fg(tmp_path):
-    yield from supervised_pipeline(tmp_path)
+    yield from supervised_pipeline(tmp_path, router_link="tcp")     # test_ops runs the shipped unix socket
 
 
 class Load:

@@ -125,7 +125,7 @@ BACKENDS = configs.Backends(nginx=18080, ws_echo=18081, sleepy=(18091, 18092, 18
 
 def test_router_config_is_valid_and_routes_like_haproxy(tmp_path):
     path = tmp_path / "mux-router.toml"
-    path.write_text(configs.router_toml(tmp_path, 18000, 18001, BACKENDS, workers=2))
+    path.write_text(configs.router_toml(tmp_path, 18000, "127.0.0.1:18001", BACKENDS, workers=2))
     cfg = load_router_config(path)
     assert cfg.workers == 2
     assert {l.name: (l.address.port, l.proxy_protocol) for l in cfg.listeners} == {
@@ -155,9 +155,9 @@ def test_terminator_config_is_valid(tmp_path):
     pem = tmp_path / "bench.pem"
     pem.write_text("placeholder")
     path = tmp_path / "tls-terminator.toml"
-    path.write_text(configs.terminator_toml(pem, 18443, 18001, workers=2))
+    path.write_text(configs.terminator_toml(pem, 18443, "unix:/run/fg/router.sock", workers=2))
     cfg = load_terminator_config(path)
-    assert (cfg.listen.port, cfg.forward_to.port, cfg.workers) == (18443, 18001, 2)
+    assert (cfg.listen.port, cfg.forward_to.path, cfg.workers) == (18443, "/run/fg/router.sock", 2)
     assert cfg.certificates[0].cert == pem
 
 

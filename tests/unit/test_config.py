@@ -194,6 +194,23 @@ def test_router_errors_name_file_key_and_problem(tmp_path, replace, key, problem
     assert "\n" not in str(e) and str(e).startswith(f"{path.absolute()}: {key}: ")
 
 
+def test_unix_listeners_resolve_from_the_toml_and_several_workers_share_only_one(tmp_path):
+    both_unix = ROUTER.replace('address = "127.0.0.1:8080"', 'address = "unix:run/public.sock"').replace(
+        'address = "127.0.0.1:8443"', 'address = "unix:/run/fg/router.sock"')
+    cfg = load_router_config(write(tmp_path, "mux-router.toml", both_unix))
+    # Relative to the TOML file's directory, like every other path in it; absolute ones stay.
+    assert [l.address.path for l in cfg.listeners] == [str(tmp_path / "run" / "public.sock"), "/run/fg/router.sock"]
+    # Several workers get one socket from supervisord (fcgi-program): a second unix listener is an error.
+    path = write(tmp_path, "mux-router.toml", both_unix.replace("[router]\n", "[router]\nworkers = 2\n"))
+    with pytest.raises(ConfigError) as exc:
+        load_router_config(path)
+    assert exc.value.key == "listen.tls.address"
+    assert "with workers = 2 only one listener can be a unix socket (listen.public is one)" in exc.value.problem
+    one_unix = ROUTER.replace("[router]\n", "[router]\nworkers = 2\n").replace(
+        'address = "127.0.0.1:8443"', 'address = "unix:/run/fg/router.sock"')
+    assert load_router_config(write(tmp_path, "mux-router.toml", one_unix)).workers == 2
+
+
 def test_syntax_error_names_line(tmp_path):
     path = write(tmp_path, "mux-router.toml", "[router\nworkers = 1\n")
     with pytest.raises(ConfigError, match=r"TOML syntax error: .*line 1"):
