@@ -39,6 +39,16 @@ class Routed(NamedTuple):
     slot: object | None             # a claimed server slot, or None: queue for one
 
 
+class DetachableWriter(asyncio.StreamWriter):
+    """A StreamWriter that can be dropped while its transport goes on: when a WebSocket tunnel
+    takes a connection over, the stream objects the engine used go (an idle tunnel should cost
+    little memory). The router closes every transport itself; the base class would close the
+    transport when the writer is garbage collected."""
+
+    def __del__(self) -> None:
+        pass
+
+
 def _take_unread(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
     """What a StreamReader holds that nobody read, and whether EOF came: taken out of it, the
     transport's reading resumed if the reader had paused it. For readers this module made and
@@ -317,7 +327,7 @@ class ClientProtocol(asyncio.Protocol):
             self.delegate.connection_made(self.transport)
             if self.write_paused:
                 self.delegate.pause_writing()
-            self.conn.attach(self.reader, asyncio.StreamWriter(self.transport, self.delegate, self.reader, self.loop))
+            self.conn.attach(self.reader, DetachableWriter(self.transport, self.delegate, self.reader, self.loop))
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
@@ -356,32 +366,28 @@ class ClientProtocol(asyncio.Protocol):
         move here. What arrived on either side since the engine stopped reading goes first."""
         unread, client_done = _take_unread(self.reader)
         from_client = self.conn.take_unused() + unread
-        backend = exchange.tunnel_backend
-        to_client, backend_done = _take_unread(backend.reader)
-        # An idle tunnel should cost little memory (thousands are held open): the stream readers the
-        # engine read through go (the writers stay: dropping a StreamWriter closes its transport),
-        # and the connection's timers, as the tunnel has its own.
-        for holder in (self.conn, backend):
-            holder.writer._reader = None        # noqa: SLF001 - nothing reads through it any more
-            holder.reader = None
-        self.reader = None
+        to_client, backend_done = _take_unread(exchange.tunnel_backend.reader)
+        # An idle tunnel should cost little memory (thousands are held open): the stream objects
+        # the engine used on both sides go, and the connection's timers, as the tunnel has its own.
+        self.conn.attach(None, None)
+        self.reader = self.delegate = None
         self.timer.cancel()
         self.server_timer.cancel()
-        exchange.head = exchange.head._replace(headers=())     # its log line needs only the request line
         self.mode = _TUNNEL
-        self.tunnel = Tunnel(self, exchange, backend)
+        self.tunnel = Tunnel(self, exchange, exchange.hand_over_tunnel())
         self.tunnel.start(from_client, client_done, to_client, backend_done)
 
 
-class Tunnel:
+class Tunnel(asyncio.Protocol):
     """A WebSocket connection after the 101: bytes both ways between the client's and the
     backend's transports, until both sides are done (or one is and the other lingers past
-    HALF_CLOSED_GRACE), or nothing moved for timeouts.tunnel. The backend protocol's sink."""
+    HALF_CLOSED_GRACE), or nothing moved for timeouts.tunnel. It is the backend transport's
+    protocol from its start; at its end it aborts that transport."""
 
     __slots__ = ("client", "exchange", "backend", "router", "idle_limit", "timer", "client_done",
                  "backend_done", "bytes_to_client", "bytes_from_client", "ended")
 
-    def __init__(self, client: ClientProtocol, exchange, backend):
+    def __init__(self, client: ClientProtocol, exchange, backend: asyncio.Transport):
         self.client, self.exchange, self.backend = client, exchange, backend
         self.router = client.router
         self.idle_limit = exchange.config.timeouts.tunnel
@@ -391,18 +397,18 @@ class Tunnel:
 
     def start(self, from_client: bytes, client_done: bool, to_client: bytes, backend_done: bool) -> None:
         self.router.stats.tunnels += 1
-        self.backend.protocol.sink = self
+        self.backend.set_protocol(self)
         if self.client.write_paused:
-            self.backend.writer.transport.pause_reading()
+            self.backend.pause_reading()
         self.timer.set(self.idle_limit)
         if from_client:
             self.from_client(from_client)
         if to_client:
-            self.backend_data(to_client)
+            self.data_received(to_client)
         if client_done:
             self.client_eof()
         if backend_done and not self.ended:
-            self.backend_eof()
+            self.eof_received()
 
     def _activity(self) -> None:
         self.timer.set(self.idle_limit if not (self.client_done or self.backend_done)
@@ -412,50 +418,55 @@ class Tunnel:
 
     def from_client(self, data: bytes) -> None:
         self.bytes_from_client += len(data)
-        self.backend.writer.transport.write(data)
+        self.backend.write(data)
         self._activity()
 
     def client_eof(self) -> None:
         self.client_done = True
-        transport = self.backend.writer.transport
-        if transport.can_write_eof():       # pass the half-close on
-            transport.write_eof()
+        if self.backend.can_write_eof():       # pass the half-close on
+            self.backend.write_eof()
         self._one_side_done()
 
     def client_paused(self) -> None:
-        self.backend.writer.transport.pause_reading()
+        self.backend.pause_reading()
 
     def client_resumed(self) -> None:
-        self.backend.writer.transport.resume_reading()
+        self.backend.resume_reading()
 
     def client_lost(self, exc: Exception | None) -> None:
         self.end("client closed" if exc is None else f"client: {exc}")
 
-    # ---- backend side (BackendProtocol's sink)
+    # ---- backend side: the backend transport's protocol callbacks (none count after the end)
 
-    def backend_data(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return
         self.bytes_to_client += len(data)
         self.client.transport.write(data)
         self._activity()
 
-    def backend_eof(self) -> None:
-        if self.backend_done:
-            return
-        self.backend_done = True
-        if self.client.transport.can_write_eof():
-            self.client.transport.write_eof()
-        self._one_side_done()
+    def eof_received(self) -> bool:
+        if not (self.backend_done or self.ended):
+            self.backend_done = True
+            if self.client.transport.can_write_eof():
+                self.client.transport.write_eof()
+            self._one_side_done()
+        return True                     # keep our side open: the client may still send
 
-    def backend_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ended:
+            return
         if exc is None and not self.backend_done:
-            self.backend_eof()
+            self.eof_received()
         if exc is not None or self.client_done:
             self.end("" if exc is None else f"backend: {exc}")
 
-    def backend_write_paused(self, paused: bool) -> None:
-        if paused:
+    def pause_writing(self) -> None:
+        if not self.ended:
             self.client.transport.pause_reading()
-        else:
+
+    def resume_writing(self) -> None:
+        if not self.ended:
             self.client.transport.resume_reading()
 
     # ---- endings
@@ -475,7 +486,7 @@ class Tunnel:
         self.ended = True
         self.timer.cancel()
         self.router.stats.tunnels -= 1
-        self.backend.protocol.sink = None
+        self.backend.abort()
         client = self.client
         client.tunnel = None
         if client.mode is not _CLOSED:

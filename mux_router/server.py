@@ -31,8 +31,8 @@ from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, 
 from frontgate.health_state import StateFollower
 from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
-from mux_router.fastpath import READ_SIZE, ClientProtocol, Routed
-from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, ChunkedDecoder, HttpError, RequestHead,
+from mux_router.fastpath import READ_SIZE, ClientProtocol, DetachableWriter, Routed
+from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
 from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
 from mux_router.stats import RouterAdmin, RouterStats
@@ -155,7 +155,7 @@ class BackendPool:
                 transport, _ = await loop.create_unix_connection(lambda: protocol, address.path)
             else:
                 transport, _ = await loop.create_connection(lambda: protocol, address.host, address.port)
-        return BackendConnection(server, reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol)
+        return BackendConnection(server, reader, DetachableWriter(transport, protocol, reader, loop), protocol)
 
     def release(self, conn: BackendConnection, reusable: bool = False) -> None:
         """Done with a connection. `reusable`: its response was complete, the server keeps it open
@@ -580,7 +580,7 @@ class ClientConnection:
             self._trusted_in, self._trusted = config, ip_in(self.peer_ip, config.trusted_sources)
         return self._trusted
 
-    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def attach(self, reader: asyncio.StreamReader | None, writer: asyncio.StreamWriter | None) -> None:
         self.reader, self.writer = reader, writer
 
     def take_unused(self) -> bytes:
@@ -758,7 +758,7 @@ class ClientConnection:
         total = (time.monotonic() - ex.started) * 1000
         self.write_log(ex.started, ex.route, ex.status, ex.sent, ex.head.request_line, ex.note,
                         ex.termination, ex.t_head, ex.t_queue, ex.t_connect, ex.t_response, total, ex.retries,
-                        len(ex.head.raw) + ex.body_in)
+                        ex.head_size + ex.body_in)
 
     def write_log(self, started: float, route: str | None, status: int, sent: int, request_line: str,
                    note: str, termination: str, tq: float, tw: float, tc: float, tr: float, tt: float,
@@ -796,6 +796,7 @@ class Exchange:
         self.router = conn.router
         self.config = conn.router.config       # one config for the whole request, even across a reload
         self.head = head
+        self.head_size = len(head.raw)
         self.started = started
         self.app: App | None = None
         self.route: str | None = None
@@ -1198,11 +1199,22 @@ class Exchange:
         self.tunnel_backend = backend
         return False
 
+    def hand_over_tunnel(self) -> asyncio.Transport:
+        """The backend's transport, for fastpath.Tunnel, which drives it from here and aborts it at
+        the end. A tunnel can be held for hours, thousands at once, so the exchange lets go of what
+        it no longer needs: the backend connection's stream objects, and all of the request head
+        but its request line (for the log line)."""
+        backend, self.tunnel_backend = self.tunnel_backend, None
+        self.head = self.head._replace(headers=(), raw=b"", host=None, host_as_sent=None, path="", origin_target="",
+                                       connection_tokens=NO_TOKENS)
+        return backend.writer.transport
+
     def tunnel_ended(self, note: str, to_client: int, from_client: int) -> None:
         """What the exchange's coroutine would have done at the end of a tunnel it had driven."""
         backend = self.tunnel_backend
-        backend.abort()
-        self.router.backends.release(backend)
+        if backend is not None:         # the client left before the tunnel started
+            backend.abort()
+            self.router.backends.release(backend)
         self.router.release_slot(self.app, self.slot)
         self.sent += to_client
         self.body_in += from_client

@@ -47,7 +47,7 @@ from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
 from tls_terminator.privileges import PrivilegeError, drop_privileges
 from tls_terminator.sni import SniIndex, build_index
 from tls_terminator.stats import TerminatorAdmin, TerminatorStats, handshake_failure_reason
-from tls_terminator.tls import Front, drain_output, may_have_plaintext
+from tls_terminator.tls import Front, drain_output, may_have_plaintext, renew_bios
 
 log = logging.getLogger("tls-terminator")
 
@@ -205,6 +205,7 @@ class ClientConnection(ClientSide):
         self.upstream: RouterSide | None = None
         self.early: bytearray | None = bytearray()   # plaintext that arrives before the router connection
         self.established = False                     # handshake done
+        self.handshake_bios = True                   # the memory BIOs the handshake grew: renew_bios
         self.client_done = False                     # close_notify or EOF from the client
         self.closed = False
         self.paused_for: set[str] = set()            # why the client's reading is paused
@@ -343,6 +344,8 @@ class ClientConnection(ClientSide):
                 close_notify = True
                 break
         self._flush()     # e.g. a KeyUpdate answer (usually nothing: no call into OpenSSL then)
+        if self.handshake_bios and self.established and renew_bios(tls):
+            self.handshake_bios = False     # once per connection: the handshake's buffers go
         if chunks:
             self._to_router(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if close_notify:

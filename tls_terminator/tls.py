@@ -106,6 +106,7 @@ class Front:
 # nothing queued to send) costs no call that ends in a WantReadError: raising and catching one costs
 # about as much as decrypting a small record. pyOpenSSL has no public "bytes in this memory BIO";
 # the binding it uses has BIO_get_mem_data, and Connection keeps its BIOs in _into_ssl/_from_ssl.
+# The same access lets renew_bios swap them for new ones (BIO_new, SSL_set_bio).
 # Checked once at import: without them, the helpers ask OpenSSL and catch the exception instead
 # (slower, same result). tests/unit/test_tls_relay.py pins the behaviour the relay relies on.
 
@@ -113,7 +114,8 @@ def _private_bio_access() -> bool:
     try:
         from OpenSSL._util import lib
         conn = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
-        return hasattr(lib, "BIO_get_mem_data") and conn._into_ssl is not None and conn._from_ssl is not None
+        return (all(hasattr(lib, name) for name in ("BIO_get_mem_data", "BIO_new", "BIO_s_mem", "BIO_free", "SSL_set_bio"))
+                and conn._into_ssl is not None and conn._from_ssl is not None and conn._ssl is not None)
     except (ImportError, AttributeError):     # pragma: no cover - another pyOpenSSL layout
         return False
 
@@ -135,9 +137,30 @@ if _private_bio_access():
         queued = _bio_size(conn._from_ssl, _NULL)
         return conn.bio_read(queued) if queued > 0 else b""
 
+    def renew_bios(conn: SSL.Connection) -> bool:
+        """Give the connection new, empty memory BIOs when both of its own are empty; False (nothing
+        done) while bytes wait in either. A memory BIO keeps the largest buffer it has needed (the
+        handshake's, about 2 KiB for both here): an established connection can be held idle for
+        hours, thousands at once. Cheap, but not for every read: the next large transfer makes a
+        new BIO grow again, step by step."""
+        if _bio_size(conn._into_ssl, _NULL) or _bio_size(conn._from_ssl, _NULL):
+            return False
+        into, out = _lib.BIO_new(_lib.BIO_s_mem()), _lib.BIO_new(_lib.BIO_s_mem())
+        if into == _NULL or out == _NULL:        # pragma: no cover - out of memory
+            for bio in (into, out):
+                if bio != _NULL:
+                    _lib.BIO_free(bio)
+            return False
+        _lib.SSL_set_bio(conn._ssl, into, out)     # frees the old pair (the SSL object owns its BIOs)
+        conn._into_ssl, conn._from_ssl = into, out
+        return True
+
 else:     # pragma: no cover
     def may_have_plaintext(conn: SSL.Connection) -> bool:
         return True
+
+    def renew_bios(conn: SSL.Connection) -> bool:
+        return False
 
     def drain_output(conn: SSL.Connection) -> bytes:
         out = []

@@ -147,6 +147,44 @@ class ScriptedBackend(Backend):
             writer.close()
 
 
+class TunnelBackend(Backend):
+    """Answers an upgrade with 101 and, in the same write, its first tunnel bytes; then plays the
+    part its path names, keeping all it got after the head in `tunnel_bytes[path]`:
+    /backend-half-closes: echoes what came, then shuts its sending side and reads on to the end;
+    /client-half-closes: reads to the end, then answers with all it got and closes;
+    /reset: aborts the connection at once."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.tunnel_bytes: dict[str, bytes] = {}
+
+    async def handle(self, reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ")[1].decode()
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                         b"hello-from-backend;")
+            await writer.drain()
+            got = b""
+            if path == "/reset":
+                writer.transport.abort()
+                return
+            if path == "/backend-half-closes":
+                got = await reader.read(65536)
+                writer.write(b"got:" + got)
+                writer.write_eof()
+            while data := await reader.read(65536):
+                got += data
+            if path == "/client-half-closes":
+                writer.write(b"bye:" + got)
+                await writer.drain()
+            self.tunnel_bytes[path] = got
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
 async def ws_echo(ws):
     async for message in ws:
         await ws.send(message)
@@ -268,6 +306,10 @@ servers = ["{scripted}"]
 name = "ws"
 hosts = ["ws.localhost"]
 servers = ["127.0.0.1:{ws}"]
+[[app]]
+name = "tunnel"
+hosts = ["tunnel.localhost"]
+servers = ["{tunnel}"]
 """
 
 
@@ -278,6 +320,7 @@ class Env:
         self.backends = {name: Backend(name) for name in
                          ("api", "maps1", "maps2", "coltrane", "victim", "survivor", "h1", "h2")}
         self.backends["scripted"] = ScriptedBackend("scripted")
+        self.backends["tunnel"] = TunnelBackend("tunnel")
         self.ws_port = free_port()
         self.public, self.proxied = free_port(), free_port()
         self.state_file = tmp / "state" / "health.json"
@@ -630,6 +673,56 @@ def test_websocket_upgrade_is_tunnelled(env):
                 replies.append(await asyncio.wait_for(ws.recv(), TIMEOUT))
             return replies
     assert asyncio.run(talk()) == ["hello", "x" * 200_000, b"\x00\x01binary"]
+
+
+UPGRADE = (b"GET {path} HTTP/1.1\r\nHost: tunnel.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def read_until_eof(client: RawClient) -> bytes:
+    while client._fill():
+        pass
+    data, client.buf = client.buf, b""
+    return data
+
+
+def test_tunnel_carries_early_bytes_and_a_half_close_from_the_backend(env):
+    """Bytes the client sent right behind its upgrade request and bytes the backend sent right
+    behind its 101 both get through; the backend's half-close reaches the client, which can
+    still send until it closes too."""
+    client = RawClient(env.public)
+    client.send(UPGRADE.replace(b"{path}", b"/backend-half-closes") + b"early;")
+    assert client.response()[0] == 101
+    assert read_until_eof(client) == b"hello-from-backend;got:early;"
+    client.send(b"after-eof;")
+    client.sock.shutdown(socket.SHUT_WR)
+    backend = env.backends["tunnel"]
+    got = wait_until(lambda: backend.tunnel_bytes.get("/backend-half-closes"), what="the backend's end of the tunnel")
+    assert got == b"early;after-eof;"
+    assert client.closed()
+    client.close()
+    fields = parse_httplog(log_lines(env.proc, '"GET /backend-half-closes HTTP/1.1"')[-1])
+    assert (fields["status"], fields["backend"], fields["term"]) == ("101", "tunnel", "--")
+
+
+def test_tunnel_carries_a_half_close_from_the_client(env):
+    client = RawClient(env.public)
+    client.send(UPGRADE.replace(b"{path}", b"/client-half-closes"))
+    assert client.response()[0] == 101
+    client.send(b"one;")
+    client.send(b"two;")
+    client.sock.shutdown(socket.SHUT_WR)
+    assert read_until_eof(client) == b"hello-from-backend;bye:one;two;"
+    client.close()
+
+
+def test_tunnel_reset_by_the_backend_closes_the_client_and_the_router_carries_on(env):
+    client = RawClient(env.public)
+    client.send(UPGRADE.replace(b"{path}", b"/reset"))
+    assert client.response()[0] == 101
+    wait_until(client.closed, what="the client connection closed")
+    client.close()
+    assert get(env.public, "coltrane.localhost", "/after-reset")[0] == 200
 
 
 HTTPLOG_RE = re.compile(
