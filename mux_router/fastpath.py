@@ -384,14 +384,13 @@ class Tunnel(asyncio.Protocol):
     HALF_CLOSED_GRACE), or nothing moved for timeouts.tunnel. It is the backend transport's
     protocol from its start; at its end it aborts that transport."""
 
-    __slots__ = ("client", "exchange", "backend", "router", "idle_limit", "timer", "client_done",
+    __slots__ = ("client", "exchange", "backend", "router", "idle_limit", "deadline", "client_done",
                  "backend_done", "bytes_to_client", "bytes_from_client", "ended")
 
     def __init__(self, client: ClientProtocol, exchange, backend: asyncio.Transport):
         self.client, self.exchange, self.backend = client, exchange, backend
         self.router = client.router
         self.idle_limit = exchange.config.timeouts.tunnel
-        self.timer = Deadline(client.loop, self._idle)
         self.client_done = self.backend_done = self.ended = False
         self.bytes_to_client = self.bytes_from_client = 0
 
@@ -400,7 +399,9 @@ class Tunnel(asyncio.Protocol):
         self.backend.set_protocol(self)
         if self.client.write_paused:
             self.backend.pause_reading()
-        self.timer.set(self.idle_limit)
+        # Its idle deadline is swept with all the others' (frontgate.sweep): no timer of its own.
+        self._activity()
+        self.router.tunnel_sweep.add(self)
         if from_client:
             self.from_client(from_client)
         if to_client:
@@ -411,8 +412,16 @@ class Tunnel(asyncio.Protocol):
             self.eof_received()
 
     def _activity(self) -> None:
-        self.timer.set(self.idle_limit if not (self.client_done or self.backend_done)
-                       else min(self.idle_limit, HALF_CLOSED_GRACE))
+        self.deadline = self.client.loop.time() + (self.idle_limit if not (self.client_done or self.backend_done)
+                                                    else min(self.idle_limit, HALF_CLOSED_GRACE))
+
+    def sweep(self, now: float) -> bool:
+        if self.ended:
+            return False
+        if now < self.deadline:
+            return True
+        self.end("" if (self.client_done or self.backend_done) else "tunnel idle timeout")
+        return False
 
     # ---- client side (from ClientProtocol)
 
@@ -477,14 +486,11 @@ class Tunnel(asyncio.Protocol):
         else:
             self._activity()
 
-    def _idle(self) -> None:
-        self.end("" if (self.client_done or self.backend_done) else "tunnel idle timeout")
-
     def end(self, note: str) -> None:
         if self.ended:
             return
         self.ended = True
-        self.timer.cancel()
+        self.router.tunnel_sweep.discard(self)
         self.router.stats.tunnels -= 1
         self.backend.abort()
         client = self.client

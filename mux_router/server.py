@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from frontgate import proxy_protocol
 from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, Server, load_router_config
 from frontgate.health_state import StateFollower
+from frontgate.sweep import Sweep, interval_for
 from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
-from mux_router.fastpath import READ_SIZE, ClientProtocol, DetachableWriter, Routed
+from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, DetachableWriter, Routed
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
 from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
@@ -230,6 +231,7 @@ class Router:
         self.servers: dict[Address, asyncio.Server] = {}
         self.shared_sockets: set[Address] = set()      # unix listeners supervisord passed in: never unlinked
         self.connections: set[ClientProtocol] = set()
+        self.tunnel_sweep: Sweep | None = None         # WebSocket tunnels' idle deadlines (from start)
         self.stopping = False
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -240,6 +242,7 @@ class Router:
     # ---- lifecycle
 
     async def start(self) -> None:
+        self.tunnel_sweep = Sweep(asyncio.get_running_loop(), self._tunnel_sweep_interval(self.config))
         for listener in self.config.listeners:
             self.servers[listener.address] = await self._bind(listener)
             self.listeners[listener.address] = listener
@@ -247,6 +250,10 @@ class Router:
                      ", PROXY v2 required" if listener.proxy_protocol else "")
         self.health.refresh()
         await self.admin.start()        # the admin listener and the 1 s snapshot task, with [admin]
+
+    @staticmethod
+    def _tunnel_sweep_interval(config: RouterConfig) -> float:
+        return interval_for(min(config.timeouts.tunnel, HALF_CLOSED_GRACE))
 
     async def _bind(self, listener: Listener) -> asyncio.Server:
         address = listener.address
@@ -352,6 +359,7 @@ class Router:
             self.listeners = by_address
             self._set_apps(new.apps)
             self.backends.idle_timeout = new.timeouts.keep_alive
+            self.tunnel_sweep.interval = self._tunnel_sweep_interval(new)
             if (new.state_file, new.state_stale_after) != (self.config.state_file, self.config.state_stale_after):
                 self.health = StateFollower(new.state_file, new.state_stale_after)
                 self.health.refresh()

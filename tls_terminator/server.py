@@ -13,7 +13,8 @@ bytes (the router sees nothing on it until the handshake ends; a failed handshak
 unused) -> the PROXY header and the first plaintext -> relay both ways with
 backpressure -> half-close: the client's close_notify or EOF becomes an EOF to the router; the
 router's EOF becomes a close_notify to the client, and then the connection is closed. An
-established connection with no traffic either way for idle_timeout is closed.
+established connection with no traffic either way for idle_timeout is closed (found by one sweep
+over all of them, frontgate.sweep, not a timer each: idle connections should cost little).
 
 At max_connections the listener stops accepting: new clients wait in the kernel's listen backlog
 (and are refused by the kernel once that is full) until a connection ends. Nothing is accepted
@@ -42,6 +43,7 @@ from OpenSSL import SSL
 
 from frontgate import proxy_protocol
 from frontgate.config import Address, ConfigError, PassthroughRoute, TerminatorConfig, load_terminator_config
+from frontgate.sweep import Sweep, interval_for
 from tls_terminator.certs import CertStore, client_cert_subject, files_fingerprint
 from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
 from tls_terminator.privileges import PrivilegeError, drop_privileges
@@ -134,7 +136,9 @@ class ClientSide(asyncio.Protocol):
     transport: asyncio.Transport | None
     upstream: "RouterSide | None"
     connect_task: asyncio.Task | None
-    timer: asyncio.TimerHandle | None
+    timer: asyncio.TimerHandle | None     # the handshake's (idle deadlines are swept: sweep())
+    idle_timeout: float
+    last_activity: float
     paused_for: set[str]
     client_done: bool
     closed: bool
@@ -175,6 +179,21 @@ class ClientSide(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.terminator.idle_sweep.discard(self)
+
+    # ---- the idle deadline, checked by the terminator's idle sweep (frontgate.sweep)
+
+    def sweep(self, now: float) -> bool:
+        if self.closed:
+            return False
+        if now - self.last_activity < self.idle_timeout:
+            return True
+        self.close_idle()
+        return False
+
+    def close_idle(self) -> None:
+        """No traffic either way for idle_timeout."""
+        self.close()
 
     def close(self, abort: bool = False) -> None:
         """Close both sides; a plain close still delivers what is queued for the client."""
@@ -319,7 +338,7 @@ class ClientConnection(ClientSide):
         self.terminator.stats.handshake_ok(self.tls.get_protocol_version_name())
         self._flush()
         self._cancel_timer()
-        self.timer = self.loop.call_later(self.cfg.idle_timeout, self._idle_check)
+        self.terminator.idle_sweep.add(self)
         if self.upstream is not None:
             self._send_proxy_header()
             return True
@@ -480,14 +499,13 @@ class ClientConnection(ClientSide):
         self.terminator.stats.handshake_failed("timeout")
         self.close(abort=True)
 
-    def _idle_check(self) -> None:
-        self.timer = None
-        idle_for = self.loop.time() - self.last_activity
-        if idle_for >= self.cfg.idle_timeout:
-            log.debug("closing idle connection from %s", self._peer())
-            self._close_with_notify()
-        else:
-            self.timer = self.loop.call_later(self.cfg.idle_timeout - idle_for, self._idle_check)
+    @property
+    def idle_timeout(self) -> float:
+        return self.cfg.idle_timeout
+
+    def close_idle(self) -> None:
+        log.debug("closing idle connection from %s", self._peer())
+        self._close_with_notify()
 
     def _close_with_notify(self) -> None:
         if self.closed:
@@ -675,7 +693,7 @@ class PassthroughConnection(ClientSide):
 
     def start(self) -> None:
         self.pause_client_reading("connecting")
-        self.timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+        self.terminator.idle_sweep.add(self)
         self.connect_task = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -743,14 +761,6 @@ class PassthroughConnection(ClientSide):
 
     # ---- timers and closing
 
-    def _idle_check(self) -> None:
-        self.timer = None
-        idle_for = self.loop.time() - self.last_activity
-        if idle_for >= self.idle_timeout:
-            self.close()
-        else:
-            self.timer = self.loop.call_later(self.idle_timeout - idle_for, self._idle_check)
-
     def shutdown_now(self) -> None:
         """SIGTERM: an established tunnel gets the grace period like any other connection."""
 
@@ -816,6 +826,7 @@ class Terminator:
         self.poll_task: asyncio.Task | None = None
         self.stats = TerminatorStats()
         self.hello_turns = HelloTurns(self.loop)
+        self.idle_sweep = Sweep(self.loop, interval_for(cfg.idle_timeout))     # established connections
         self.admin = TerminatorAdmin(self)          # [admin]: /metrics, /stats (inert without it)
         self.admin_sock: socket.socket | None = None
 
@@ -933,6 +944,7 @@ class Terminator:
         if front is not self.front:
             log.info("[tls] changed: new sessions only (resumption of older ones ends)")
         self.cfg, self.store, self.front, self.fingerprint = cfg, store, front, fingerprint
+        self.idle_sweep.interval = interval_for(cfg.idle_timeout)
         self.passthrough_routes = _passthrough_index(cfg)
         self.report(store, f"reloaded {cfg.path}: {store.describe()}, forwarding to {cfg.forward_to}")
         if not self.accepting and len(self.connections) < cfg.max_connections:

@@ -334,9 +334,17 @@ def test_tls_1_1_is_refused(pki, terminator):
 
 # --------------------------------------------------------------------------- the early router connection
 
+def _unchanged_for(read, seconds: float) -> bool:
+    first = read()
+    time.sleep(seconds)
+    return read() == first
+
+
 def test_a_failed_handshake_closes_its_router_connection_unused(pki, router, terminator):
     # The router connection opens with the first ClientHello bytes, so this client reaches the
     # router too; its handshake fails, and the router sees the connection end without a byte.
+    # (An earlier test's failed handshake may still be reaching the router: counted first.)
+    wait_until(lambda: _unchanged_for(lambda: (router.connections, router.empty), 0.3), what="the router stub idle")
     before_connections, before_empty, before_headers = router.connections, router.empty, len(router.headers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -774,7 +782,8 @@ def test_sigterm_keeps_busy_connections_until_done_or_the_grace(pki, own_router)
         wait_until(lambda: _refused(t.port), timeout=5, what="listener closed")
         # Quiet for longer than the drain's 1 s, but waiting for its answer: kept, and answered.
         assert recv_exactly(waiting, len(b"request")) == b"request"
-        assert_closed_soon(waiting, within=1.5)             # answered, then idle: closed
+        # Answered, then idle: closed once quiet for DRAIN_QUIET (1 s), at a recheck (every 0.5 s).
+        assert_closed_soon(waiting, within=2.5)
         waiting.close()
         done_early.join(5)
         assert done_early.cut_at is None and len(done_early.ticks) >= 4    # hung up itself, never cut
@@ -782,7 +791,7 @@ def test_sigterm_keeps_busy_connections_until_done_or_the_grace(pki, own_router)
         assert to_the_end.cut_at is not None and grace - 0.5 < to_the_end.cut_at - sent < grace + 1.0
         assert to_the_end.ticks[-1] - sent > grace - 0.5    # served up to the end of the grace
         assert t.proc.wait(5) == 0
-        assert time.monotonic() - sent < grace + 1.5
+        assert time.monotonic() - sent < grace + 2.5      # exits soon after the grace (a busy machine: +2.5)
         assert "closing 1 connections still open after 3s" in t.output()
     finally:
         t.stop()
