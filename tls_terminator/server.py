@@ -127,6 +127,9 @@ class HelloTurns:
             self._schedule()
 
 
+NOT_PAUSED: frozenset[str] = frozenset()
+
+
 class ClientSide(asyncio.Protocol):
     """What a client connection does the same whether it is decrypted here (ClientConnection) or
     passed through (PassthroughConnection): backpressure both ways, pausing its reads for several
@@ -139,7 +142,7 @@ class ClientSide(asyncio.Protocol):
     timer: asyncio.TimerHandle | None     # the handshake's (idle deadlines are swept: sweep())
     idle_timeout: float
     last_activity: float
-    paused_for: set[str]
+    paused_for: frozenset[str] = NOT_PAUSED     # why the client's reading is paused
     client_done: bool
     closed: bool
     bytes_in = 0        # from / to the client, for the stats (added to the totals when it ends)
@@ -167,10 +170,11 @@ class ClientSide(asyncio.Protocol):
     def pause_client_reading(self, reason: str) -> None:
         if not self.paused_for and self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
-        self.paused_for.add(reason)
+        self.paused_for = self.paused_for | {reason}
 
     def resume_client_reading(self, reason: str) -> None:
-        self.paused_for.discard(reason)
+        # Pauses are rare and short; a connection not paused shares one empty frozenset.
+        self.paused_for = (self.paused_for - {reason}) or NOT_PAUSED
         if (not self.paused_for and not self.client_done and self.transport is not None
                 and not self.transport.is_closing()):
             self.transport.resume_reading()
@@ -227,7 +231,6 @@ class ClientConnection(ClientSide):
         self.handshake_bios = True                   # the memory BIOs the handshake grew: renew_bios
         self.client_done = False                     # close_notify or EOF from the client
         self.closed = False
-        self.paused_for: set[str] = set()            # why the client's reading is paused
         self.timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
         self.awaiting_router = False                 # plaintext went to the router, none came back since
@@ -685,7 +688,6 @@ class PassthroughConnection(ClientSide):
         self.upstream: RouterSide | None = None
         self.client_done = False
         self.closed = False
-        self.paused_for: set[str] = set()
         self.last_activity = self.loop.time()
         self.awaiting_backend = bool(first_bytes)    # client bytes went on, none came back since
         self.timer: asyncio.TimerHandle | None = None
