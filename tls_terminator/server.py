@@ -43,6 +43,7 @@ from OpenSSL import SSL
 
 from frontgate import proxy_protocol
 from frontgate.config import Address, ConfigError, PassthroughRoute, TerminatorConfig, load_terminator_config
+from frontgate.memory import release_free_memory
 from frontgate.sweep import Sweep, interval_for
 from tls_terminator.certs import CertStore, client_cert_subject, files_fingerprint
 from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
@@ -60,6 +61,11 @@ DRAIN_RECHECK = 0.5        # ... and the open ones are looked at again this ofte
 ACCEPT_BATCH = 64          # accepted per wake-up: a burst of new clients cannot starve open connections
 HELLOS_PER_PASS = 2        # ClientHellos answered per event-loop pass (see HelloTurns)
 BACKLOG = 1024             # the kernel's queue of unaccepted clients (where they wait at max_connections)
+# A memory BIO keeps the largest buffer it has needed: after a chunk bigger than this (a download
+# comes in reads of up to 256 KiB) the connection gets new BIOs once it has been quiet a while.
+BIO_KEEP = 16 * 1024
+BIO_QUIET = 1.0
+TRIM_INTERVAL = 5.0        # at most this often, free pages go back to the system (frontgate.memory)
 
 
 class RateLimitedWarning:
@@ -229,6 +235,7 @@ class ClientConnection(ClientSide):
         self.early: bytearray | None = bytearray()   # plaintext that arrives before the router connection
         self.established = False                     # handshake done
         self.handshake_bios = True                   # the memory BIOs the handshake grew: renew_bios
+        self.bios_grown = False                      # a chunk > BIO_KEEP went through them
         self.client_done = False                     # close_notify or EOF from the client
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None
@@ -281,6 +288,8 @@ class ClientConnection(ClientSide):
         self._from_client(bytes(data))
 
     def _from_client(self, data: bytes) -> None:
+        if len(data) > BIO_KEEP:
+            self.bios_grown = True
         try:
             self.tls.bio_write(data)
             if not self.established and not self._advance_handshake():
@@ -379,6 +388,8 @@ class ClientConnection(ClientSide):
         if out and self.transport is not None:
             self.bytes_out += len(out)
             self.transport.write(out)
+            if len(out) > BIO_KEEP:
+                self.bios_grown = True
 
     def _tls_failed(self, e: SSL.Error) -> None:
         # A client that cannot or will not speak our TLS (old versions, no common cipher, garbage):
@@ -505,6 +516,14 @@ class ClientConnection(ClientSide):
     @property
     def idle_timeout(self) -> float:
         return self.cfg.idle_timeout
+
+    def sweep(self, now: float) -> bool:
+        # After a large transfer, once quiet: without this, a keep-alive client that downloaded a
+        # file once would hold a BIO buffer of the largest read's size (about 270 KiB) while idle.
+        if self.bios_grown and now - self.last_activity >= BIO_QUIET and not self.closed and renew_bios(self.tls):
+            self.bios_grown = False
+            self.terminator.large_buffers_freed()
+        return super().sweep(now)
 
     def close_idle(self) -> None:
         log.debug("closing idle connection from %s", self._peer())
@@ -829,8 +848,22 @@ class Terminator:
         self.stats = TerminatorStats()
         self.hello_turns = HelloTurns(self.loop)
         self.idle_sweep = Sweep(self.loop, interval_for(cfg.idle_timeout))     # established connections
+        self.trim_handle: asyncio.TimerHandle | None = None
+        self.last_trim = 0.0
         self.admin = TerminatorAdmin(self)          # [admin]: /metrics, /stats (inert without it)
         self.admin_sock: socket.socket | None = None
+
+    def large_buffers_freed(self) -> None:
+        """A quiet connection gave back the large buffers of a transfer: the free pages go back to
+        the system soon, once for all that did so within TRIM_INTERVAL."""
+        if self.trim_handle is None:
+            delay = max(0.0, self.last_trim + TRIM_INTERVAL - self.loop.time())
+            self.trim_handle = self.loop.call_later(delay, self._trim)
+
+    def _trim(self) -> None:
+        self.trim_handle = None
+        self.last_trim = self.loop.time()
+        release_free_memory()
 
     # ---- accepting
 

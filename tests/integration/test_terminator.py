@@ -516,6 +516,47 @@ def terminator_rss(t: Terminator) -> int:
     return psutil.Process(t.proc.pid).memory_info().rss
 
 
+def test_quiet_connections_give_back_the_buffers_of_a_large_transfer(pki, own_router):
+    """A memory BIO keeps the largest buffer it has needed: without new ones once a connection is
+    quiet, each of these keep-alive connections would hold about 500 KiB after its 1 MiB echo. The
+    freed pages must also leave the resident size (malloc_trim), which is what an operator sees."""
+    t = Terminator(pki.dir, pki.certificates, f"127.0.0.1:{own_router.port}")
+    count, payload = 20, os.urandom(MiB)
+
+    async def echo(reader, writer) -> bytes:
+        async def send():
+            for i in range(0, len(payload), 200_000):
+                writer.write(payload[i:i + 200_000])
+                await writer.drain()
+        sender = asyncio.create_task(send())
+        echoed = await asyncio.wait_for(reader.readexactly(len(payload)), 20)
+        await sender
+        return echoed
+
+    async def talk() -> float:
+        first = await asyncio.open_connection("127.0.0.1", t.port, ssl=pki.client_context(), server_hostname="app.test")
+        assert await echo(*first) == payload        # the process's one-off allocations happen here
+        await asyncio.sleep(2.5)
+        before = terminator_rss(t)
+        held = []
+        for _ in range(count):
+            conn = await asyncio.open_connection("127.0.0.1", t.port, ssl=pki.client_context(), server_hostname="app.test")
+            assert await echo(*conn) == payload
+            held.append(conn)
+        deadline = time.monotonic() + 20       # BIO_QUIET, a sweep, and a trim (at most every 5 s)
+        while (per_connection := (terminator_rss(t) - before) / count) > 150 * 1024 and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+        for _, writer in held + [first]:
+            writer.close()
+        return per_connection
+
+    try:
+        per_connection = asyncio.run(talk())
+        assert per_connection < 150 * 1024, f"{per_connection / 1024:.0f} KiB per quiet connection"
+    finally:
+        t.stop()
+
+
 def test_backpressure_from_a_slow_client(pki, terminator):
     # The stub sends 32 MiB as fast as the terminator takes it; the client reads nothing for a
     # while. Without backpressure the terminator would buffer all of it.
