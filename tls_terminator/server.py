@@ -145,7 +145,7 @@ class ClientSide(asyncio.Protocol):
     transport: asyncio.Transport | None
     upstream: "RouterSide | None"
     connect_task: asyncio.Task | None
-    timer: asyncio.TimerHandle | None     # the handshake's (idle deadlines are swept: sweep())
+    timer: asyncio.TimerHandle | None = None     # the handshake's (idle deadlines are swept: sweep())
     idle_timeout: float
     last_activity: float
     paused_for: frozenset[str] = NOT_PAUSED     # why the client's reading is paused
@@ -238,7 +238,6 @@ class ClientConnection(ClientSide):
         self.bios_grown = False                      # a chunk > BIO_KEEP went through them
         self.client_done = False                     # close_notify or EOF from the client
         self.closed = False
-        self.timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
         self.awaiting_router = False                 # plaintext went to the router, none came back since
         self.connect_task: asyncio.Task | None = None
@@ -709,7 +708,6 @@ class PassthroughConnection(ClientSide):
         self.closed = False
         self.last_activity = self.loop.time()
         self.awaiting_backend = bool(first_bytes)    # client bytes went on, none came back since
-        self.timer: asyncio.TimerHandle | None = None
         self.connect_task: asyncio.Task | None = None
 
     def start(self) -> None:

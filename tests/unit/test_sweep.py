@@ -7,16 +7,16 @@ from frontgate.sweep import Sweep, interval_for
 
 
 class Member:
-    def __init__(self, name: str, deadline: float, log: list, others: dict | None = None):
-        self.name, self.deadline, self.log, self.others = name, deadline, log, others
+    def __init__(self, name: str, deadline: float, log: list, ends: tuple = (), sweep: Sweep | None = None):
+        self.name, self.deadline, self.log = name, deadline, log
+        self.ends, self.sweeper = list(ends), sweep      # members its end ends too (its other side)
 
     def sweep(self, now: float) -> bool:
         if now < self.deadline:
             return True
         self.log.append((self.name, now))
-        if self.others:                      # ending it ends its other side too
-            for other in self.others.pop(self.name, ()):
-                other.sweeper.discard(other)
+        for other in self.ends:
+            self.sweeper.discard(other)
         return False
 
 
@@ -56,12 +56,9 @@ def test_a_member_ended_by_another_during_a_tick_is_not_swept_after_it():
         sweep = Sweep(loop, 0.02)
         log: list = []
         now = loop.time()
-        others: dict = {}
-        first = Member("first", now, log, others)
-        second = Member("second", now, log, others)
-        for m in (first, second):
-            m.sweeper = sweep
-        others["first"], others["second"] = [second], [first]
+        first = Member("first", now, log, sweep=sweep)
+        second = Member("second", now, log, ends=[first], sweep=sweep)
+        first.ends.append(second)
         sweep.add(first)
         sweep.add(second)
         await asyncio.sleep(0.1)
