@@ -65,11 +65,12 @@ class Address:
         return self.path is not None
 
     def __str__(self) -> str:
-        return self._text
+        return self.text
 
     @functools.cached_property
-    def _text(self) -> str:
-        # Written once per address: the router names servers in every log line and state lookup.
+    def text(self) -> str:
+        # Written once per address: the router names servers in every log line, state lookup and
+        # pool lookup (`address.text` there: an attribute, where str() is a call).
         if self.path is not None:
             return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
@@ -136,8 +137,9 @@ class HeaderRules:
     add: tuple[tuple[str, str], ...] = ()     # append a field
     delete: tuple[str, ...] = ()              # lower-case names
 
-    def __bool__(self) -> bool:
-        return bool(self.set or self.add or self.delete)
+
+# Every app without rules shares this one: the router asks `rules is NO_HEADER_RULES` per request.
+NO_HEADER_RULES = HeaderRules()
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,8 @@ class App:
     passive_fall: int = 3        # refused connects in a row that mark a server down locally; 0 = never
     max_body: int = 0            # request body bytes; larger: 413. 0 = no limit
     acls: tuple[Acl, ...] = ()
-    request_headers: HeaderRules = HeaderRules()
-    response_headers: HeaderRules = HeaderRules()
+    request_headers: HeaderRules = NO_HEADER_RULES
+    response_headers: HeaderRules = NO_HEADER_RULES
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)
 
     def server_key(self, server: Server) -> str:
@@ -207,6 +209,11 @@ class RouterConfig:
     grace: float = 10.0                    # SIGTERM: seconds in-flight requests get to finish
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)   # when no app is chosen
     admin: AdminConfig | None = None       # [admin]: metrics and stats listener; None = none
+
+    @functools.cached_property
+    def routes_by_header(self) -> bool:
+        """Some app has a header condition: only then does routing need a request's fields."""
+        return any(app.header is not None for app in self.apps)
 
 
 # --------------------------------------------------------------------------- tls-terminator.toml
@@ -731,6 +738,8 @@ def _header_rules(t: _Table, reserved: frozenset[str] = frozenset()) -> HeaderRu
             raise ConfigError(t.file, f"{t.key('delete')}[{i}]",
                               f"{field_name!r} is not a header name that header rules may delete")
     t.done()
+    if not (rules.set or rules.add or delete):
+        return NO_HEADER_RULES
     return HeaderRules(set=rules.set, add=rules.add, delete=tuple(n.lower() for n in delete))
 
 

@@ -256,20 +256,21 @@ class ClientProtocol(asyncio.Protocol):
             head = parser.feed(data)
         except HttpError:
             head = None
-        if head is None or parser.consumed != len(data) or head.has_body or head.is_websocket_upgrade:
+        if (head is None or parser.consumed != len(data) or head.chunked or head.content_length
+                or head.is_websocket_upgrade):
             self._to_slow(data)
             return
         conn = self.conn
         cfg = router.config
         listener = conn.listener
-        if (misdirected(conn.sni_host, head.host)
+        if ((conn.sni_host is not None and misdirected(conn.sni_host, head.host))
                 or (cfg.redirects and find_redirect(cfg.redirects, listener=listener.name, client_ip=conn.peer_ip,
                                                     host=head.host, host_as_sent=head.host_as_sent,
                                                     target=head.origin_target) is not None)):
             self._to_slow(data)
             return
-        app = select_app(cfg.apps, head.host, head.path, head.headers)
-        if app is None or not acl_allows(app, conn.peer_ip, head.path):
+        app = select_app(cfg.apps, head.host, head.path, head.headers if cfg.routes_by_header else ())
+        if app is None or (app.acls and not acl_allows(app, conn.peer_ip, head.path)):
             self._to_slow(data)
             return
         servers = router.server_order(app, conn.hash_key(app, head))
@@ -534,7 +535,7 @@ class FastExchange:
         self.server_timer.set(config.timeouts.server)
         backend.protocol.sink = self
         self.sent_at = time.monotonic()
-        backend.writer.write(forwarding.backend_request_head(
+        backend.transport.write(forwarding.backend_request_head(
             head, client_ip=conn.client[0], scheme=conn.listener.scheme,
             client_trusted=conn.client_trusted(config), keep_alive=True,
             forwarded_for=config.forwarded_for, forwarded=config.forwarded, rules=app.request_headers,
@@ -546,7 +547,6 @@ class FastExchange:
         if self.finished:
             self.extra = True
             return
-        self.server_timer.set(self.config.timeouts.server)
         if self.resp is None:
             self.received = True
             self._response_head(data)
@@ -556,6 +556,10 @@ class FastExchange:
             self._chunked(data)
         else:       # CLOSE: until the backend closes
             self._send(data)
+        # The server's inactivity counts again from here, unless the response is done or the
+        # client's pace rules (a paused client clears this timer). Most responses come in one read.
+        if not self.finished and not self.client.write_paused:
+            self.server_timer.set(self.config.timeouts.server)
 
     def backend_eof(self) -> None:
         self.backend_lost(None)
@@ -585,14 +589,14 @@ class FastExchange:
 
     def client_paused(self) -> None:
         # The client's pace is judged by timeouts.client; the server cannot send meanwhile.
-        self.backend.writer.transport.pause_reading()
+        self.backend.transport.pause_reading()
         self.server_timer.clear()
         self.client.timer.set(self.config.timeouts.client)
 
     def client_resumed(self) -> None:
         self.client.timer.clear()
         if not self.finished:
-            self.backend.writer.transport.resume_reading()
+            self.backend.transport.resume_reading()
             self.server_timer.set(self.config.timeouts.server)
 
     def client_stalled(self) -> None:
@@ -725,7 +729,7 @@ class FastExchange:
         if not reusable:
             backend.abort()
         elif self.client.write_paused:
-            backend.writer.transport.resume_reading()
+            backend.transport.resume_reading()
         self.router.backends.release(backend, reusable=reusable)
         self.router.release_slot(self.app, self.slot)
         self.router.stats.fast_path += 1

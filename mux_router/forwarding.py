@@ -7,7 +7,7 @@ import re
 from http import HTTPStatus
 from typing import Mapping
 
-from frontgate.config import CLIENT_CERT_SUBJECT_FIELD, ErrorPage, HeaderRules
+from frontgate.config import CLIENT_CERT_SUBJECT_FIELD, NO_HEADER_RULES, ErrorPage, HeaderRules
 from mux_router.http1 import RequestHead, ResponseHead
 
 # Hop-by-hop fields (RFC 9110 7.6.1) describe one connection, never the next one. Transfer-Encoding
@@ -40,7 +40,7 @@ def _end_to_end(headers, connection_tokens: frozenset[bytes], keep: frozenset[by
 # only from trusted_sources; from anyone else they are dropped and the router's own sent.
 FORWARDED_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
                               b"forwarded"})
-NO_RULES = HeaderRules()
+NO_RULES = NO_HEADER_RULES
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # The verified client certificate's subject (CN), from the PROXY header. Only the router writes
 # it: a client's own, from any source on any listener, is always dropped.
@@ -121,7 +121,7 @@ def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, clie
     X-Client-Cert-Subject the client sent is dropped; `client_cert_line` (from
     client_cert_subject_line) is the router's own, for a connection with a verified client cert."""
     sent: dict[bytes, list[bytes]] = {}     # the forwarding fields the (trusted) client sent
-    skip, extra = _compiled(rules) if rules else _NO_RULES_COMPILED
+    skip, extra = _NO_RULES_COMPILED if rules is NO_RULES else _compiled(rules)
     raw = head.raw
     if not (skip or _REQUEST_REWRITE_RE.search(raw)):
         # Nothing of the client's to drop or replace: its head as it came, ours appended.
@@ -156,7 +156,7 @@ def client_response_head(resp: ResponseHead, *, keep_alive: bool, client_version
     """The backend's response head as the client gets it: the backend's connection management
     replaced by the router's (the two connections are independent), the app's rules applied."""
     switching = resp.status == 101
-    skip, extra = _compiled(rules) if rules and not resp.informational else _NO_RULES_COMPILED
+    skip, extra = _NO_RULES_COMPILED if rules is NO_RULES or resp.informational else _compiled(rules)
     if not (switching or skip) and resp.connection_tokens <= HOP_BY_HOP:
         # Only the hop-by-hop lines go (nginx's "Connection: keep-alive"): one substitution.
         lines = [_HOP_LINE_RE.sub(b"", resp.raw[:-4])]

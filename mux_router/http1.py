@@ -11,6 +11,7 @@ the bytes are split; `parse_request_head` / `parse_response_head` are the one-sh
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
@@ -52,12 +53,21 @@ _OWS = b" \t"
 # its CRLF, as (name, value without leading OWS): a token, a colon right after it, then only
 # characters allowed in a value (HTAB, SP, VCHAR, obs-text). Trailing OWS (rare) is trimmed apart:
 # in the pattern it costs a backtrack per value.
-_FIELD_RE = re.compile(rb"^(" + _TOKEN + rb"):[\t ]*([\t \x21-\x7e\x80-\xff]*)\r\n", re.MULTILINE)
-_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
+_VALUE_CHARS = rb"[\t \x21-\x7e\x80-\xff]"
+_FIELD_RE = re.compile(rb"^(" + _TOKEN + rb"):[\t ]*(" + _VALUE_CHARS + rb"*)\r\n", re.MULTILINE)
+_REQUEST_LINE = rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])"
+_REQUEST_LINE_RE = re.compile(_REQUEST_LINE)
+_STATUS_LINE = rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: (" + _VALUE_CHARS + rb"*))?"
+_STATUS_LINE_RE = re.compile(_STATUS_LINE)
+# A whole head that the scanner would accept line by line, in one match: the start line (its three
+# parts are groups 1-3), the field lines as _FIELD_RE takes them (group 4), the empty line. Each
+# line can match one way only (a value cannot hold CR), so a failed match costs one pass, not a
+# backtracking search.
+_FIELD_BLOCK = rb"\r\n((?:" + _TOKEN + rb":" + _VALUE_CHARS + rb"*\r\n)*)\r\n"
+_WHOLE_REQUEST_RE = re.compile(_REQUEST_LINE + _FIELD_BLOCK)
+_WHOLE_RESPONSE_RE = re.compile(_STATUS_LINE + _FIELD_BLOCK)
 _HTTP_VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
-_STATUS_LINE_RE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
 _SUPPORTED_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
-_LOOKALIKE_TARGETS = frozenset({b"transfer-encoding", b"content-length", b"host"})
 # Host = uri-host [ ":" port ]; uri-host is an IP literal in brackets or a reg-name / IPv4.
 _HOST_RE = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]*))?")
 _ABSOLUTE_RE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
@@ -93,6 +103,50 @@ def split_host(value: str) -> tuple[str, str | None]:
     return host.lower().rstrip("."), port
 
 
+class _Memo(dict):
+    """A bounded memo of a pure function of a field value that takes few values in real traffic
+    (a Host, a Connection): a hit is one dict lookup; cleared when full, so a client that sends
+    endless variants costs only misses. A value the function refuses (raises) is not kept."""
+
+    def __init__(self, function, size: int = 512):
+        super().__init__()
+        self.function, self.size = function, size
+
+    def __missing__(self, key):
+        value = self.function(key)
+        if len(self) >= self.size:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    return frozenset(comma_tokens((value,)))
+
+
+def _request_host(value: bytes) -> tuple[str, str]:
+    """A Host header as sent -> (its text, the host as RequestHead.host has it); 400 if invalid."""
+    if not _HOST_RE.fullmatch(value):
+        raise HttpError(400, "invalid Host header")
+    text = value.decode("latin-1")
+    return text, split_host(text)[0]
+
+
+_CONNECTION_TOKENS = _Memo(_connection_tokens)
+_REQUEST_HOSTS = _Memo(_request_host)
+# The texts of the parts of a start line that take few values: a lookup instead of a decode.
+_VERSION_TEXT = {v: v.decode() for v in (b"HTTP/1.1", b"HTTP/1.0")}
+_METHOD_TEXT = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
+
+
+def _connection(values: list[bytes] | None) -> frozenset[bytes]:
+    if not values:
+        return NO_TOKENS
+    if len(values) == 1:
+        return _CONNECTION_TOKENS[values[0]]
+    return frozenset(comma_tokens(values))
+
+
 # --------------------------------------------------------------------------- messages
 
 # The heads are NamedTuples: immutable and compared by value like frozen dataclasses, and made at a
@@ -104,7 +158,6 @@ class RequestHead(NamedTuple):
     method: str
     target: str                 # as sent: origin-form, absolute-form, or "*"
     version: str                # "HTTP/1.1" | "HTTP/1.0"
-    headers: Headers            # (name, value) in original order, OWS trimmed
     raw: bytes                  # the head as received, request line to the empty line
     host: str | None            # lower-cased, port and trailing dot stripped; None without Host
     host_as_sent: str | None    # the Host header (or absolute-form authority) verbatim
@@ -124,6 +177,12 @@ class RequestHead(NamedTuple):
     def request_line(self) -> str:
         return f"{self.method} {self.target} {self.version}"
 
+    @property
+    def headers(self) -> Headers:
+        """(name, value) in original order, OWS trimmed: read from `raw` when asked (most requests
+        are forwarded without it)."""
+        return field_lines(self.raw)
+
     def get_all(self, name: bytes) -> list[bytes]:
         name = name.lower()
         return [v for n, v in self.headers if n.lower() == name]
@@ -136,7 +195,6 @@ class ResponseHead(NamedTuple):
     version: str
     status: int
     reason: str
-    headers: Headers
     raw: bytes
     body: str                   # NO_BODY | LENGTH | CHUNKED | CLOSE (read until the server closes)
     content_length: int | None  # for LENGTH
@@ -146,6 +204,24 @@ class ResponseHead(NamedTuple):
     @property
     def informational(self) -> bool:
         return 100 <= self.status < 200
+
+    @property
+    def headers(self) -> Headers:
+        return field_lines(self.raw)
+
+
+# The parsers make two heads per proxied request: tuple.__new__ with every field, in order, skips
+# the NamedTuple's Python-level __new__.
+_new_request_head = functools.partial(tuple.__new__, RequestHead)
+_new_response_head = functools.partial(tuple.__new__, ResponseHead)
+
+
+def field_lines(raw: bytes) -> Headers:
+    """The field lines of a head the parsers accepted, as (name, value) with OWS trimmed."""
+    fields = _FIELD_RE.findall(raw, raw.find(b"\r\n") + 2)
+    if raw.find(b" \r\n") >= 0 or raw.find(b"\t\r\n") >= 0:       # trailing OWS (rare)
+        fields = [(name, value.rstrip(_OWS)) for name, value in fields]
+    return tuple(fields)
 
 
 # --------------------------------------------------------------------------- head scanning
@@ -167,9 +243,12 @@ class _HeadParser:
     _scan_from = 0                  # where to resume looking for LF in an incomplete line
     _start: int | None = None       # start of the start line (after skipped empty lines)
     _start_line: bytes | None = None
+    _parts: tuple[bytes, bytes, bytes]     # the start line's three parts, once checked
     _fields: list[tuple[bytes, bytes]]
     _end: int | None = None
     _result = None
+
+    max_line, max_head, max_fields = MAX_REQUEST_LINE, MAX_HEAD, MAX_FIELDS
 
     def __init__(self, max_line: int = MAX_REQUEST_LINE, max_head: int = MAX_HEAD,
                  max_fields: int = MAX_FIELDS):
@@ -225,30 +304,20 @@ class _HeadParser:
             self._pos = lf + 1
 
     def _whole(self, data: bytes) -> bool:
-        """The common case, a whole plain head in one piece: its field lines validated by one regex
+        """The common case, a whole plain head in one piece: its lines validated by one regex match
         instead of the byte scanner. Only heads the scanner accepts, well inside every limit, are
         taken here (True); for anything else (False) the scanner runs and gives its verdict."""
-        end = data.find(b"\r\n\r\n")
-        if end <= 0 or end + 4 >= self.max_head:
+        m = self._whole_re.match(data)
+        if m is None:
+            return False            # malformed, incomplete, or empty lines first: the scanner's job
+        end = m.end()
+        first = m.start(4) - 2      # the start line's length
+        if (end >= self.max_head or first >= self.max_line
+                or data.count(b"\n", first + 2, end - 2) > self.max_fields):
             return False
-        first = data.find(b"\r\n")            # the start line's end (== end without fields)
-        start = data[:first]
-        if first <= 0 or first >= self.max_line or b"\n" in start:
-            return False            # empty lines first, too long, or a bare LF: the scanner's job
-        if first < end:
-            # Every match is one whole line (from just after an LF to its CRLF), so as many matches
-            # as LFs means every line is valid (and none ends in a bare LF).
-            fields = _FIELD_RE.findall(data, first + 2, end + 2)
-            if len(fields) > self.max_fields or len(fields) != data.count(b"\n", first + 2, end + 2):
-                return False
-            if data.find(b" \r\n", first + 2, end + 2) >= 0 or data.find(b"\t\r\n", first + 2, end + 2) >= 0:
-                fields = [(name, value.rstrip(_OWS)) for name, value in fields]
-        else:
-            fields = []
-        self._first_line(start)
-        self._start_line, self._fields = start, fields
-        self._buf, self._start, self._end = data, 0, end + 4
-        self._result = self._finish(data[:end + 4])
+        self._check_start(*m.group(1, 2, 3))
+        self._buf, self._start, self._end = data, 0, end
+        self._result = self._finish(data[:end] if end < len(data) else data)
         return True
 
     def _check_incomplete(self) -> None:
@@ -277,6 +346,12 @@ class _HeadParser:
         return bytes(self._buf[self.consumed:])
 
     def _first_line(self, line: bytes) -> None:
+        """Parse and check a start line the scanner found; sets _parts."""
+        raise NotImplementedError
+
+    def _check_start(self, a: bytes, b: bytes, c: bytes | None) -> None:
+        """Check the parts of a syntactically valid start line (a method or version ...), and keep
+        them in _parts."""
         raise NotImplementedError
 
     def _finish(self, raw: bytes):
@@ -305,8 +380,8 @@ def _content_length(values: list[bytes], status: int) -> int | None:
     """Several Content-Length fields (or a list) are allowed only when all are the same number."""
     if not values:
         return None
-    if len(values) == 1 and _DIGITS_RE.fullmatch(values[0]):
-        return int(values[0])           # the usual single number
+    if len(values) == 1 and values[0].isdigit() and len(values[0]) <= 18:
+        return int(values[0])           # the usual single number (bytes.isdigit: ASCII digits only)
     numbers = set()
     for value in values:
         for part in value.split(b","):
@@ -319,26 +394,30 @@ def _content_length(values: list[bytes], status: int) -> int | None:
     return numbers.pop()
 
 
-# The fields whose values the parsers read; the others are only checked and passed on.
-_REQUEST_FIELDS = frozenset({b"host", b"transfer-encoding", b"content-length", b"connection", b"upgrade"})
-_RESPONSE_FIELDS = frozenset({b"transfer-encoding", b"content-length", b"connection"})
+# The fields whose values the parsers read (the others are only checked and passed on), found in
+# a head already validated: a field line starts after an LF and its value ends at the CR. The
+# request's set also takes the names that CGI/WSGI map to a framing field (`Transfer_Encoding`
+# would frame the message for such a backend although the router ignored it): _fields_named
+# refuses them.
+_REQUEST_FIELDS_RE = re.compile(
+    rb"\n((?i:host|content[-_]length|transfer[-_]encoding|connection|upgrade)):[\t ]*(" + _VALUE_CHARS + rb"*)\r")
+_RESPONSE_FIELDS_RE = re.compile(
+    rb"\n((?i:content-length|transfer-encoding|connection)):[\t ]*(" + _VALUE_CHARS + rb"*)\r")
 
 
-def _fields_named(fields: list[tuple[bytes, bytes]], wanted: frozenset[bytes],
-                  refuse_lookalikes: bool = False) -> dict[bytes, list[bytes]]:
-    """The values of the `wanted` fields by lower-case name. `refuse_lookalikes` (requests): a
-    name that CGI/WSGI maps to a framing or Host field is a 400 ('Transfer_Encoding' would frame
-    the message for such a backend although the router ignored it)."""
+def _fields_named(raw: bytes, fields_re: re.Pattern) -> dict[bytes, list[bytes]]:
+    """The values (OWS trimmed) of the fields `fields_re` finds in a valid head, by lower-case
+    name; a name with an underscore is a 400."""
     out: dict[bytes, list[bytes]] = {}
-    for name, value in fields:
+    for name, value in fields_re.findall(raw):
         lname = name.lower()
-        if lname in wanted:
-            if lname in out:
-                out[lname].append(value)
-            else:
-                out[lname] = [value]
-        elif refuse_lookalikes and b"_" in lname and lname.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
+        if b"_" in lname:
             raise HttpError(400, f"{lname.decode()} looks like a framing header")
+        value = value.rstrip(_OWS)
+        if lname in out:
+            out[lname].append(value)
+        else:
+            out[lname] = [value]
     return out
 
 
@@ -351,6 +430,7 @@ def _keep_alive(version: bytes, connection: frozenset[bytes]) -> bool:
 # --------------------------------------------------------------------------- requests
 
 class RequestHeadParser(_HeadParser):
+    _whole_re = _WHOLE_REQUEST_RE
     error_status = 400
     line_too_long_status = 414
     skip_empty_lines = MAX_EMPTY_LINES
@@ -363,7 +443,9 @@ class RequestHeadParser(_HeadParser):
             if len(parts) == 3 and _TOKEN_RE.fullmatch(parts[0]) and _HTTP_VERSION_RE.fullmatch(parts[2]):
                 raise HttpError(400, "invalid request target")
             raise HttpError(400, "malformed request line")
-        method, target, version = m.groups()
+        self._check_start(*m.groups())
+
+    def _check_start(self, method: bytes, target: bytes, version: bytes) -> None:
         if version not in _SUPPORTED_VERSIONS:
             raise HttpError(505, f"{version.decode()} is not supported")
         if method == b"CONNECT":
@@ -371,18 +453,18 @@ class RequestHeadParser(_HeadParser):
         if not (target.startswith(b"/") or _ABSOLUTE_RE.fullmatch(target)
                 or (target == b"*" and method == b"OPTIONS")):
             raise HttpError(400, "invalid request target")
+        self._parts = method, target, version
 
     def _finish(self, raw: bytes) -> RequestHead:
-        method, target, version = self._start_line.split(b" ")
-        by_name = _fields_named(self._fields, _REQUEST_FIELDS, refuse_lookalikes=True)
+        method, target, version = self._parts
+        by_name = _fields_named(raw, _REQUEST_FIELDS_RE)
         hosts = by_name.get(b"host", ())
         if len(hosts) > 1:
             raise HttpError(400, "several Host headers")
         if not hosts and version == b"HTTP/1.1":
             raise HttpError(400, "missing Host header")
         host_as_sent = hosts[0] if hosts else None
-        if host_as_sent is not None and not _HOST_RE.fullmatch(host_as_sent):
-            raise HttpError(400, "invalid Host header")
+        host_text, host = _REQUEST_HOSTS[host_as_sent] if host_as_sent is not None else (None, None)
 
         path_and_query = target
         absolute = None if target[:1] == b"/" else _ABSOLUTE_RE.fullmatch(target)
@@ -394,9 +476,12 @@ class RequestHeadParser(_HeadParser):
                 raise HttpError(400, "Host header differs from the request target")
             if not _HOST_RE.fullmatch(authority) or not authority:
                 raise HttpError(400, "invalid authority in request target")
-            host_as_sent = authority
+            host_text = authority.decode("latin-1")
+            host = split_host(host_text)[0]
             path_and_query = path_and_query or b"/"
-        path = path_and_query.partition(b"?")[0]
+        target_text = target.decode()
+        path_and_query_text = target_text if path_and_query is target else path_and_query.decode()
+        path = path_and_query_text.partition("?")[0]
 
         transfer_encoding = by_name.get(b"transfer-encoding")
         content_lengths = by_name.get(b"content-length")
@@ -416,21 +501,15 @@ class RequestHeadParser(_HeadParser):
             chunked = True
         content_length = _content_length(content_lengths, 400) if content_lengths else None
 
-        connection_values = by_name.get(b"connection")
-        connection = frozenset(comma_tokens(connection_values)) if connection_values else NO_TOKENS
+        connection = _connection(by_name.get(b"connection"))
         upgrade = by_name.get(b"upgrade")
         websocket = (upgrade is not None and method == b"GET" and version == b"HTTP/1.1"
                      and b"upgrade" in connection
                      and any(u.split(b"/")[0] == b"websocket" for u in comma_tokens(upgrade)))
-        if host_as_sent is not None:
-            host_text = host_as_sent.decode("latin-1")
-            host = split_host(host_text)[0]
-        else:
-            host_text = host = None
-        return RequestHead(
-            method.decode(), target.decode(), version.decode(), tuple(self._fields), raw, host, host_text,
-            path.decode(), path_and_query.decode(), content_length, chunked,
-            _keep_alive(version, connection), websocket, connection)
+        return _new_request_head((
+            _METHOD_TEXT.get(method) or method.decode(), target_text, _VERSION_TEXT[version], raw, host, host_text,
+            path, path_and_query_text, content_length, chunked,
+            _keep_alive(version, connection), websocket, connection))
 
 
 def parse_request_head(buf: bytes | bytearray | memoryview, **limits) -> tuple[RequestHead, int] | None:
@@ -444,30 +523,34 @@ def parse_request_head(buf: bytes | bytearray | memoryview, **limits) -> tuple[R
 
 class ResponseHeadParser(_HeadParser):
     """A backend's response head; anything malformed is a 502 for the client."""
+    _whole_re = _WHOLE_RESPONSE_RE
     error_status = 502
     line_too_long_status = 502
     head_too_large_status = 502
 
     def __init__(self, request_method: str, **limits):
-        super().__init__(**limits)
+        if limits:
+            super().__init__(**limits)
         self.request_method = request_method
 
     def _first_line(self, line: bytes) -> None:
         m = _STATUS_LINE_RE.fullmatch(line)
         if not m:
             raise HttpError(502, "malformed status line")
-        if m.group(1) not in _SUPPORTED_VERSIONS:
-            raise HttpError(502, f"backend answered with {m.group(1).decode()}")
-        if int(m.group(2)) < 100:
+        self._check_start(*m.groups())
+
+    def _check_start(self, version: bytes, status: bytes, reason: bytes | None) -> None:
+        if version not in _SUPPORTED_VERSIONS:
+            raise HttpError(502, f"backend answered with {version.decode()}")
+        if status[0] == 0x30:           # "0xx"
             raise HttpError(502, "invalid status code")
-        self._status_line = m
+        self._parts = version, status, reason or b""
 
     def _finish(self, raw: bytes) -> ResponseHead:
-        version, status, reason = self._status_line.groups(b"")
+        version, status, reason = self._parts
         status = int(status)
-        by_name = _fields_named(self._fields, _RESPONSE_FIELDS)
-        connection_values = by_name.get(b"connection")
-        connection = frozenset(comma_tokens(connection_values)) if connection_values else NO_TOKENS
+        by_name = _fields_named(raw, _RESPONSE_FIELDS_RE)
+        connection = _connection(by_name.get(b"connection"))
         keep_alive = _keep_alive(version, connection)
         content_length = None
         # RFC 9112 6.3, in order.
@@ -488,8 +571,8 @@ class ResponseHeadParser(_HeadParser):
                 body = LENGTH
             else:
                 body, keep_alive = CLOSE, False
-        return ResponseHead(version.decode(), status, reason.decode("latin-1"), tuple(self._fields), raw, body,
-                            content_length, keep_alive, connection)
+        return _new_response_head((_VERSION_TEXT[version], status, reason.decode("latin-1"), raw, body,
+                                   content_length, keep_alive, connection))
 
 
 def parse_response_head(buf: bytes | bytearray | memoryview, request_method: str = "GET",
