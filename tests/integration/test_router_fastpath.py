@@ -211,6 +211,13 @@ class KeepAliveBackend:
             await writer.drain()
             await asyncio.sleep(float(params.get("sleep", "5")))
             return False
+        elif path == "/drip":                       # the body a piece at a time, each within the server timeout
+            pieces, every = int(params.get("pieces", "5")), float(params.get("every", "0.4"))
+            w(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (10 * pieces))
+            for _ in range(pieces):
+                await writer.drain()
+                await asyncio.sleep(every)
+                w(b"0123456789")
         elif path == "/silent-close":
             # The pooled-connection race: a reused connection closes as the request arrives.
             if on_this_conn > 1:
@@ -653,6 +660,22 @@ def test_server_timeout_in_the_body_closes_the_client_connection(fp):
     fast(fp, t)
     fields = fp.router.log_line(t)
     assert fields["term"] == "sD" and fields["note"].startswith("(response cut: backend timeout")
+
+
+def test_a_backend_that_keeps_sending_is_not_cut_by_the_server_timeout(fp):
+    """timeouts.server is the backend's inactivity: every read re-arms it, so a body that takes
+    longer than the timeout in all, but never pauses that long, arrives whole."""
+    fp.warm()
+    c = Client(fp.port)
+    t = uid("/drip") + "&pieces=5&every=0.4"
+    started = time.monotonic()
+    status, _, body = c.request(t)
+    assert status == 200 and body == b"0123456789" * 5
+    assert time.monotonic() - started > 1.5                 # longer than the 1 s timeout
+    assert c.request(uid("/len"))[0] == 200
+    c.close()
+    fast(fp, t)
+    assert fp.router.log_line(t)["term"] == "--"
 
 
 def test_keep_alive_timeout_closes_an_idle_client_after_a_fast_path_request(fp):

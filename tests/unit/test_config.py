@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from frontgate.config import (Address, ConfigError, load_checker_config, load_router_config,
+from frontgate.config import (NO_HEADER_RULES, Address, ConfigError, load_checker_config, load_router_config,
                               load_terminator_config)
 
 ROUTER = """
@@ -292,6 +292,12 @@ error_pages = { 503 = "503.html" }
     assert rich.response_headers.delete == ("server",) and 503 in rich.error_pages
     maps = cfg.apps[0]
     assert (maps.balance, maps.redispatch, maps.passive_fall, maps.max_body, maps.default) == ("roundrobin", True, 3, 0, False)
+    # The router tests these per request by identity, and reads fields for routing only when asked.
+    assert maps.request_headers is NO_HEADER_RULES and maps.response_headers is NO_HEADER_RULES
+    assert rich.request_headers is not NO_HEADER_RULES and cfg.routes_by_header
+    assert not load_router_config(write(tmp_path, "plain.toml", ROUTER)).routes_by_header
+    empty = text.replace('response_headers = { delete = ["Server"] }', "response_headers = { delete = [] }")
+    assert load_router_config(write(tmp_path, "empty.toml", empty)).apps[-1].response_headers is NO_HEADER_RULES
 
 
 def test_only_one_default_app(tmp_path):

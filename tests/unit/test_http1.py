@@ -6,9 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mux_router import http1
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, MAX_FIELDS, MAX_HEAD, MAX_REQUEST_LINE, NO_BODY,
                               ChunkData, ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser,
-                              Trailers, comma_tokens, parse_request_head, parse_response_head, split_host)
+                              Trailers, comma_tokens, parse_field_line, parse_request_head, parse_response_head,
+                              split_host)
 
 
 def req(*lines: str) -> bytes:
@@ -99,6 +101,7 @@ INVALID = [
     ("TE other coding before chunked", req("POST / HTTP/1.1", "Host: h", "Transfer-Encoding: gzip, chunked"), 501),
     ("HTTP/1.0 with TE", req("POST / HTTP/1.0", "Transfer-Encoding: chunked"), 400),
     ("TE look-alike with underscore", req("POST / HTTP/1.1", "Host: h", "Transfer_Encoding: chunked"), 400),
+    ("CL look-alike with underscore", req("POST / HTTP/1.1", "Host: h", "content_LENGTH: 5"), 400),
     ("CL look-alike with underscore", req("POST / HTTP/1.1", "Host: h", "content_length: 5"), 400),
     ("Host look-alike with underscore", req("GET / HTTP/1.1", "Host: h", "HOST_: x", "Ho_st: x"), None),
     ("obs-fold", req("GET / HTTP/1.1", "Host: h", "X-A: b", " c"), 400),
@@ -439,6 +442,23 @@ def test_request_head_same_result_for_any_split(data):
     assert request_outcome(raw, [bytes([b]) for b in raw], **limits) == whole
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fields_read_from_the_raw_head_are_the_scanned_lines(data):
+    """A head's `headers` are read from its raw bytes when asked: they must be what the scanner's
+    own field-line parser makes of each line, whichever path (one match or the scanner) took it."""
+    raw = data.draw(request_bytes())
+    outcome = request_outcome(raw, [raw])
+    if outcome[0] != "head":
+        return
+    head = outcome[1]
+    lines = head.raw.split(b"\r\n")[1:-2]         # between the request line and the empty line
+    assert head.headers == tuple(parse_field_line(line) for line in lines)
+    status_raw = b"HTTP/1.1 200 OK" + head.raw[head.raw.index(b"\r\n"):]
+    resp = response_outcome(status_raw, [status_raw])
+    assert resp[0] == "error" or resp[1].headers == head.headers
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_random_bytes_same_result_for_any_split(data):
@@ -526,3 +546,31 @@ def test_whole_head_shortcut_agrees_with_the_byte_scanner(raw):
     assert request_outcome(raw, [raw]) == request_outcome(raw, [bytes([b]) for b in raw])
     status_raw = raw.replace(b"GET / HTTP/1.1", b"HTTP/1.1 200 OK", 1).replace(b"GET / HTTP/1.0", b"HTTP/1.0 204 No", 1)
     assert response_outcome(status_raw, [status_raw]) == response_outcome(status_raw, [bytes([b]) for b in status_raw])
+
+
+def test_memo_is_bounded_and_keeps_no_refusal():
+    calls = []
+
+    def double(x: int) -> int:
+        calls.append(x)
+        if x < 0:
+            raise ValueError(x)
+        return 2 * x
+
+    memo = http1._Memo(double, size=3)
+    assert [memo[1], memo[1], memo[2]] == [2, 2, 4] and calls == [1, 2]
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            memo[-1]
+    assert calls == [1, 2, -1, -1] and -1 not in memo
+    for x in range(3, 10):
+        memo[x]
+    assert len(memo) <= 3 and memo[9] == 18
+
+
+def test_an_invalid_host_is_refused_every_time():
+    raw = req("GET / HTTP/1.1", "Host: a b")
+    for _ in range(2):
+        with pytest.raises(HttpError) as e:
+            parse_request_head(raw)
+        assert (e.value.status, e.value.reason) == (400, "invalid Host header")
