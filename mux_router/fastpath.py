@@ -262,9 +262,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         conn = self.conn
         cfg = router.config
-        listener = conn.listener
         if ((conn.sni_host is not None and misdirected(conn.sni_host, head.host))
-                or (cfg.redirects and find_redirect(cfg.redirects, listener=listener.name, client_ip=conn.peer_ip,
+                or (cfg.redirects and find_redirect(cfg.redirects, listener=conn.listener.name, client_ip=conn.peer_ip,
                                                     host=head.host, host_as_sent=head.host_as_sent,
                                                     target=head.origin_target) is not None)):
             self._to_slow(data)
@@ -622,7 +621,7 @@ class FastExchange:
             return
         rest = self.parser.leftover
         head = self.head
-        if resp.informational:
+        if resp.status < 200:             # informational (the parser refuses a status below 100)
             if resp.status == 101:
                 self._answer(502, "backend switched protocols without an upgrade request", "SH")
                 return
