@@ -244,7 +244,7 @@ class _HeadParser:
     _start: int | None = None       # start of the start line (after skipped empty lines)
     _start_line: bytes | None = None
     _parts: tuple[bytes, bytes, bytes]     # the start line's three parts, once checked
-    _fields: list[tuple[bytes, bytes]]
+    _field_count = 0                # field lines checked so far (the head keeps them in raw)
     _end: int | None = None
     _result = None
 
@@ -262,7 +262,7 @@ class _HeadParser:
             if type(data) is bytes and self._whole(data):
                 return self._result
             if not isinstance(self._buf, bytearray):
-                self._buf, self._fields = bytearray(), []
+                self._buf = bytearray()
         self._buf += data
         buf = self._buf
         while True:
@@ -298,8 +298,9 @@ class _HeadParser:
                 self._result = self._finish(bytes(buf[self._start:self._end]))
                 return self._result
             else:
-                self._fields.append(parse_field_line(line, self.error_status))
-                if len(self._fields) > self.max_fields:
+                parse_field_line(line, self.error_status)
+                self._field_count += 1
+                if self._field_count > self.max_fields:
                     raise HttpError(self.head_too_large_status, "too many header fields")
             self._pos = lf + 1
 
