@@ -40,7 +40,6 @@ def _end_to_end(headers, connection_tokens: frozenset[bytes], keep: frozenset[by
 # only from trusted_sources; from anyone else they are dropped and the router's own sent.
 FORWARDED_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
                               b"forwarded"})
-NO_RULES = NO_HEADER_RULES
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # The verified client certificate's subject (CN), from the PROXY header. Only the router writes
 # it: a client's own, from any source on any listener, is always dropped.
@@ -112,7 +111,7 @@ def _request_fields(head: RequestHead, skip: frozenset[bytes], client_trusted: b
 
 def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, client_trusted: bool,
                          keep_alive: bool = False, forwarded_for: str = "append", forwarded: bool = False,
-                         rules: HeaderRules = NO_RULES, client_cert_line: bytes | None = None) -> bytes:
+                         rules: HeaderRules = NO_HEADER_RULES, client_cert_line: bytes | None = None) -> bytes:
     """The head sent to the backend: the client's request line and fields, hop-by-hop fields
     replaced by ours, the app's header rules applied, and the forwarding fields: X-Forwarded-For
     (appended to a trusted client's list in `append` mode, else just the client), X-Forwarded-Proto
@@ -121,7 +120,7 @@ def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, clie
     X-Client-Cert-Subject the client sent is dropped; `client_cert_line` (from
     client_cert_subject_line) is the router's own, for a connection with a verified client cert."""
     sent: dict[bytes, list[bytes]] = {}     # the forwarding fields the (trusted) client sent
-    skip, extra = _NO_RULES_COMPILED if rules is NO_RULES else _compiled(rules)
+    skip, extra = _NO_RULES_COMPILED if rules is NO_HEADER_RULES else _compiled(rules)
     raw = head.raw
     if not (skip or _REQUEST_REWRITE_RE.search(raw)):
         # Nothing of the client's to drop or replace: its head as it came, ours appended.
@@ -152,11 +151,11 @@ def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, clie
 
 
 def client_response_head(resp: ResponseHead, *, keep_alive: bool, client_version: str,
-                         rules: HeaderRules = NO_RULES) -> bytes:
+                         rules: HeaderRules = NO_HEADER_RULES) -> bytes:
     """The backend's response head as the client gets it: the backend's connection management
     replaced by the router's (the two connections are independent), the app's rules applied."""
     switching = resp.status == 101
-    skip, extra = _NO_RULES_COMPILED if rules is NO_RULES or resp.informational else _compiled(rules)
+    skip, extra = _NO_RULES_COMPILED if rules is NO_HEADER_RULES or resp.informational else _compiled(rules)
     if not (switching or skip) and resp.connection_tokens <= HOP_BY_HOP:
         # Only the hop-by-hop lines go (nginx's "Connection: keep-alive"): one substitution.
         lines = [_HOP_LINE_RE.sub(b"", resp.raw[:-4])]
