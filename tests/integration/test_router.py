@@ -46,7 +46,8 @@ class Backend:
 
     def __init__(self, name: str, delay: float = 0.0):
         self.name = name
-        self.port = free_port()
+        self.port = 0                   # the kernel's pick at the first start (a port chosen earlier
+                                        # can be taken meanwhile as some connection's source port)
         self.delay = delay
         self.raw = bytearray()
         self.server: asyncio.Server | None = None
@@ -60,6 +61,7 @@ class Backend:
 
     async def start(self):
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]     # a restart binds the same one
 
     async def kill(self):
         self.server.close()
@@ -1078,13 +1080,14 @@ FEATURE_BACKENDS = ("pool", "limited", "slow", "queued", "lc1", "lc2", "s1", "s2
 class FeatureEnv:
     def __init__(self, tmp: Path):
         self.dir = tmp
+        # The blackhole's connects take source ports: before any port is picked for a listener.
+        self.hole, self.fillers = blackhole()
         self.loop = LoopThread()
         self.backends = {name: Backend(name, delay=0.5 if name == "queued" else 0.0) for name in FEATURE_BACKENDS}
         self.backends["stream"] = StreamBackend("stream")
         self.backends["upgrade"] = UpgradeBackend("upgrade")
         self.refused_port = free_port()          # nothing listens there (until a test starts it)
         self.refused2_port = free_port()
-        self.hole, self.fillers = blackhole()
         self.public = free_port()
         self.state_file = tmp / "state" / "health.json"
         self.state_file.parent.mkdir()

@@ -91,7 +91,8 @@ class KeepAliveBackend:
 
     def __init__(self, name: str):
         self.name = name
-        self.port = free_port()
+        self.port = 0                   # the kernel's pick at start: a port chosen earlier can be
+                                        # taken meanwhile as some connection's source port
         self.server: asyncio.Server | None = None
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.connections = 0
@@ -111,6 +112,7 @@ class KeepAliveBackend:
 
     async def start(self):
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
 
     async def kill(self):
         self.server.close()
