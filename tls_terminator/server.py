@@ -251,7 +251,7 @@ class ClientConnection(ClientSide):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self.closed:      # SIGTERM came between accept() and here
+        if self.closed:      # closed (a SIGTERM drain ended) between accept() and here
             transport.abort()
             return
         self.last_activity = self.loop.time()
@@ -538,11 +538,6 @@ class ClientConnection(ClientSide):
             pass
         self.close()
 
-    def shutdown_now(self) -> None:
-        """SIGTERM: a connection still in its handshake has nothing in flight; drop it."""
-        if not self.established:
-            self.close(abort=True)
-
     def close_if_idle(self, now: float) -> None:
         """SIGTERM drain: close (with close_notify) a connection that looks like an idle keep-alive.
         HTTP is not visible here, so: quiet both ways for DRAIN_QUIET, and the router has answered
@@ -779,9 +774,6 @@ class PassthroughConnection(ClientSide):
         self.close(abort=exc is not None)
 
     # ---- timers and closing
-
-    def shutdown_now(self) -> None:
-        """SIGTERM: an established tunnel gets the grace period like any other connection."""
 
     def close_if_idle(self, now: float) -> None:
         """SIGTERM drain: the same test as ClientConnection's, on the raw TLS bytes."""
@@ -1028,8 +1020,8 @@ class Terminator:
                     os.unlink(self.cfg.listen.path)
                 except OSError:
                     pass
-        for conn in list(self.connections):
-            conn.shutdown_now()
+        # Every connection gets the drain, those still in their handshake too: a client may have
+        # finished its side and sent its request while its Finished waits unread here.
         grace = self.cfg.grace
         if self.connections:
             log.info("stopping: waiting up to %gs for %d open connections", grace, len(self.connections))

@@ -840,6 +840,43 @@ def test_sigterm_keeps_busy_connections_until_done_or_the_grace(pki, own_router)
         t.stop()
 
 
+def test_sigterm_lets_a_handshake_in_flight_finish_and_be_served(pki, own_router):
+    """A client can finish its side of a TLS 1.3 handshake and send its request before the server
+    has read its Finished. A SIGTERM in between must not drop it: the connection gets the drain."""
+    t = Terminator(pki.dir, pki.certificates, f"127.0.0.1:{own_router.port}", grace=5)
+    try:
+        sock = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = pki.client_context().wrap_bio(incoming, outgoing, server_hostname="app.test")
+        while True:                     # the client's side of the handshake, its last flight held back
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                assert data, "the terminator closed during the handshake"
+                incoming.write(data)
+        tls.write(b"request")
+        held = outgoing.read()          # the client's Finished, then the request
+        t.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: _refused(t.port), timeout=5, what="listener closed")
+        sock.sendall(held)
+        answer = b""
+        while len(answer) < len(b"request"):
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                assert data, f"connection closed after {answer!r}"
+                incoming.write(data)
+        assert answer == b"request"
+        sock.close()
+        assert t.proc.wait(5) == 0
+    finally:
+        t.stop()
+
+
 def test_max_connections_defers_accepting(pki, own_router):
     t = Terminator(pki.dir, pki.certificates, f"127.0.0.1:{own_router.port}", max_connections=2)
     try:
