@@ -20,7 +20,7 @@ from typing import NamedTuple
 from frontgate import proxy_protocol
 from mux_router import forwarding
 from mux_router.http1 import CHUNKED, CLOSE, LENGTH, NO_BODY, ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser
-from mux_router.routing import acl_allows, find_redirect, misdirected, select_app
+from mux_router.routing import acl_allows, find_redirect, misdirected, select_app_for
 
 log = logging.getLogger("mux-router")
 
@@ -256,20 +256,19 @@ class ClientProtocol(asyncio.Protocol):
             head = parser.feed(data)
         except HttpError:
             head = None
-        if (head is None or parser.consumed != len(data) or head.chunked or head.content_length
-                or head.is_websocket_upgrade):
+        if head is None or parser.consumed != len(data) or head.has_body or head.is_websocket_upgrade:
             self._to_slow(data)
             return
         conn = self.conn
         cfg = router.config
-        if ((conn.sni_host is not None and misdirected(conn.sni_host, head.host))
+        if (misdirected(conn.sni_host, head.host)
                 or (cfg.redirects and find_redirect(cfg.redirects, listener=conn.listener.name, client_ip=conn.peer_ip,
                                                     host=head.host, host_as_sent=head.host_as_sent,
                                                     target=head.origin_target) is not None)):
             self._to_slow(data)
             return
-        app = select_app(cfg.apps, head.host, head.path, head.headers if cfg.routes_by_header else ())
-        if app is None or (app.acls and not acl_allows(app, conn.peer_ip, head.path)):
+        app = select_app_for(cfg, head)
+        if app is None or not acl_allows(app, conn.peer_ip, head.path):
             self._to_slow(data)
             return
         servers = router.server_order(app, conn.hash_key(app, head))
@@ -621,7 +620,7 @@ class FastExchange:
             return
         rest = self.parser.leftover
         head = self.head
-        if resp.status < 200:             # informational (the parser refuses a status below 100)
+        if resp.informational:
             if resp.status == 101:
                 self._answer(502, "backend switched protocols without an upgrade request", "SH")
                 return

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-from frontgate.config import App, Network, RedirectRule
+from frontgate.config import App, Network, RedirectRule, RouterConfig
+
+if TYPE_CHECKING:
+    from mux_router.http1 import RequestHead
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -91,6 +94,12 @@ def select_app(apps: Sequence[App], host: str | None, path: str, headers: Header
         if app_matches(app, host, path, headers):
             return app
     return default
+
+
+def select_app_for(config: RouterConfig, head: RequestHead) -> App | None:
+    """select_app for a parsed request; its fields are read (from its raw head) only when some
+    app routes by a header."""
+    return select_app(config.apps, head.host, head.path, head.headers if config.routes_by_header else ())
 
 
 def sni_host(authority: str | None) -> str | None:

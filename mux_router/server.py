@@ -36,7 +36,7 @@ from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, DetachableWriter, Routed
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
-from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
+from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app_for, sni_host
 from mux_router.stats import RouterAdmin, RouterStats
 
 log = logging.getLogger("mux-router")
@@ -881,7 +881,7 @@ class Exchange:
             code, location = redirect
             self.route = "<redirect>"
             return await self._answer(code, location=location, termination="LR")
-        app = select_app(cfg.apps, head.host, head.path, head.headers if cfg.routes_by_header else ())
+        app = select_app_for(cfg, head)
         if app is None:
             return await self._answer(404, "no app serves this host and path", termination="PR")
         self.app = app

@@ -156,7 +156,7 @@ class ClientSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
+        self._end_deadlines()
         if self.connect_task is not None:
             self.connect_task.cancel()
         if self.upstream is not None:
@@ -185,7 +185,8 @@ class ClientSide(asyncio.Protocol):
                 and not self.transport.is_closing()):
             self.transport.resume_reading()
 
-    def _cancel_timer(self) -> None:
+    def _end_deadlines(self) -> None:
+        """No more handshake timer, and out of the idle sweep."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -210,7 +211,7 @@ class ClientSide(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self._cancel_timer()
+        self._end_deadlines()
         if self.transport is not None:
             if abort:
                 self.transport.abort()
@@ -328,7 +329,7 @@ class ClientConnection(ClientSide):
         route = self.terminator.passthrough_routes.lookup(hello.server_name) if hello else None
         if route is None:
             return bytes(buf)
-        self._cancel_timer()
+        self._end_deadlines()
         self.closed = True          # this object is done; the passthrough takes the transport
         self.terminator.stats.passthrough += 1
         relay = PassthroughConnection(self.terminator, self.transport, route, hello.server_name, bytes(buf))
@@ -348,7 +349,7 @@ class ClientConnection(ClientSide):
         self.established = True
         self.terminator.stats.handshake_ok(self.tls.get_protocol_version_name())
         self._flush()
-        self._cancel_timer()
+        self._end_deadlines()
         self.terminator.idle_sweep.add(self)
         if self.upstream is not None:
             self._send_proxy_header()

@@ -20,15 +20,20 @@ class Member:
         return False
 
 
+def on_a_loop(interval: float, body) -> None:
+    """Run `await body(loop, sweep, log)` on a fresh event loop with a Sweep of `interval`."""
+    async def run():
+        loop = asyncio.get_running_loop()
+        await body(loop, Sweep(loop, interval), [])
+    asyncio.run(run())
+
+
 def test_interval_is_a_quarter_of_short_timeouts_and_a_second_for_long_ones():
     assert interval_for(1.0) == 0.25 and interval_for(10.0) == 1.0 and interval_for(3600.0) == 1.0
 
 
 def test_expired_members_are_told_once_and_leave_and_the_timer_stops_when_none_is_left():
-    async def run():
-        loop = asyncio.get_running_loop()
-        sweep = Sweep(loop, 0.05)
-        log: list = []
+    async def body(loop, sweep, log):
         start = loop.time()
         soon, later = Member("soon", start + 0.1, log), Member("later", start + 0.3, log)
         sweep.add(soon)
@@ -47,14 +52,11 @@ def test_expired_members_are_told_once_and_leave_and_the_timer_stops_when_none_i
         assert sweep._handle is not None
         await asyncio.sleep(0.1)
         assert log[-1][0] == "again" and sweep._handle is None
-    asyncio.run(run())
+    on_a_loop(0.05, body)
 
 
 def test_a_member_ended_by_another_during_a_tick_is_not_swept_after_it():
-    async def run():
-        loop = asyncio.get_running_loop()
-        sweep = Sweep(loop, 0.02)
-        log: list = []
+    async def body(loop, sweep, log):
         now = loop.time()
         first = Member("first", now, log, sweep=sweep)
         second = Member("second", now, log, ends=[first], sweep=sweep)
@@ -63,14 +65,11 @@ def test_a_member_ended_by_another_during_a_tick_is_not_swept_after_it():
         sweep.add(second)
         await asyncio.sleep(0.1)
         assert len(log) == 1 and not sweep.members
-    asyncio.run(run())
+    on_a_loop(0.02, body)
 
 
 def test_a_discarded_member_is_never_swept_and_close_stops_the_timer():
-    async def run():
-        loop = asyncio.get_running_loop()
-        sweep = Sweep(loop, 0.02)
-        log: list = []
+    async def body(loop, sweep, log):
         gone = Member("gone", loop.time(), log)
         sweep.add(gone)
         sweep.discard(gone)
@@ -79,4 +78,4 @@ def test_a_discarded_member_is_never_swept_and_close_stops_the_timer():
         assert log == []
         sweep.close()
         assert sweep._handle is None and not sweep.members
-    asyncio.run(run())
+    on_a_loop(0.02, body)
