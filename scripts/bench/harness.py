@@ -30,6 +30,7 @@ class System:
     short: str                    # for the chart
     tls: bool                     # reached over HTTPS (terminator / stunnel) or plain HTTP (router / HAProxy)
     frontgate: bool               # frontgate's side of the comparison
+    diagnostic: bool = False      # a measuring stick beside the comparison (the relay floors), not a rival
 
 
 FRONTGATE = System("frontgate", "frontgate (tls-terminator + mux-router)", "frontgate", tls=True, frontgate=True)
@@ -40,7 +41,13 @@ REF_CLOSE0 = System("ref_close0", "stunnel (TIMEOUTclose = 0) + HAProxy", "stunn
 ROUTER = System("router", "mux-router alone (plain HTTP)", "mux-router", tls=False, frontgate=True)
 HAPROXY = System("haproxy", "HAProxy alone (plain HTTP)", "HAProxy", tls=False, frontgate=False)
 DIRECT = System("direct", "direct to one backend (plain HTTP)", "one backend direct", tls=False, frontgate=False)
-SYSTEMS = {s.key: s for s in (FRONTGATE, REF_SEED, REF_CLOSE0, ROUTER, HAPROXY, DIRECT)}
+# Scenario 4's floors (scripts/bench/floor.py): what Python, uvloop and the sockets cost without
+# the router's HTTP work, and with only its two head parsers.
+FLOOR = System("floor", "uvloop relay, no HTTP work (floor)", "relay floor", tls=False, frontgate=False,
+               diagnostic=True)
+FLOOR_PARSERS = System("floor_parsers", "uvloop relay + the router's head parsers (floor)", "relay+parsers",
+                       tls=False, frontgate=False, diagnostic=True)
+SYSTEMS = {s.key: s for s in (FRONTGATE, REF_SEED, REF_CLOSE0, ROUTER, HAPROXY, DIRECT, FLOOR, FLOOR_PARSERS)}
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,8 @@ class Run:
                 yield self._start_frontgate(procs, tag, tls=system.tls, cert=cert)
             elif system in (REF_SEED, REF_CLOSE0, HAPROXY):
                 yield self._start_reference(procs, tag, system, cert=cert)
+            elif system in (FLOOR, FLOOR_PARSERS):
+                yield self._start_floor(procs, tag, parsers=system is FLOOR_PARSERS)
             else:
                 raise ValueError(system)
             procs.check_alive()     # a daemon that died under load makes the measurement void
@@ -187,6 +196,14 @@ class Run:
             pids.append(procs.start(f"{tag}-tls-terminator-{i}",
                                     [str(self.bin / "tls-terminator"), "--config", str(tcfg)], ports=(tls_port,)).pid)
         return Endpoint(tls_port, tuple(pids))
+
+    def _start_floor(self, procs: Processes, tag: str, parsers: bool) -> Endpoint:
+        """As many relay processes as routers, sharing a port (SO_REUSEPORT), in front of nginx."""
+        port = free_port()
+        argv = [str(self.bin / "python"), "-m", "scripts.bench.floor", "--port", str(port),
+                "--backend", str(self.backends.nginx), *(["--parsers"] if parsers else [])]
+        pids = [procs.start(f"{tag}-{i}", argv, ports=(port,)).pid for i in range(self.settings.fg_workers)]
+        return Endpoint(port, tuple(pids))
 
     def _start_reference(self, procs: Processes, tag: str, system: System, cert: str) -> Endpoint:
         haproxy_port = free_port()

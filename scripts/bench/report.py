@@ -103,9 +103,20 @@ def comparisons(results: Results, scenarios: list[Scenario]) -> list[Comparison]
         for m in sc.metrics:
             if m.headline:
                 for ours, ref in pairs(sc):
+                    if ref.diagnostic:
+                        continue        # a measuring stick, in its scenario's table only
                     out.append(Comparison(sc, m, ours, ref, results.summary(sc.id, ours.key, m.key),
                                           results.summary(sc.id, ref.key, m.key)))
     return out
+
+
+def floor_notes(results: Results, sc: Scenario) -> list[str]:
+    """What the diagnostic systems (the relay floors) reach against each real reference."""
+    first = next((m for m in sc.metrics if m.headline), sc.metrics[0])
+    refs = [s for s in sc.systems if not s.frontgate and not s.diagnostic]
+    return [f"{d.label} / {ref.label} ({first.label}): "
+            f"{ratio_text(ratio(results.summary(sc.id, d.key, first.key), results.summary(sc.id, ref.key, first.key)))}"
+            for d in sc.systems if d.diagnostic for ref in refs]
 
 
 # --------------------------------------------------------------------------- tables
@@ -226,6 +237,10 @@ def markdown(results: Results, scenarios: list[Scenario], settings: Settings, no
            "- same routes on both stacks (by Host), same certificate (ECDSA P-256 unless said), clients do not "
            "verify it. Both negotiate TLS 1.3; note the TLS libraries differ (see Machine): frontgate uses the "
            "OpenSSL that comes with pyOpenSSL/cryptography, stunnel and HAProxy Debian's.",
+           "- scenario 4 also runs two measuring sticks beside the router, as many processes as routers "
+           "(`scripts/bench/floor.py`): a uvloop relay that does no HTTP work (a backend connection per client "
+           "connection, heads sent on as they came, bodies framed by Content-Length), and the same relay with the "
+           "router's two head parsers. Not rivals: they show what the router's other HTTP work costs.",
            "- logging as shipped: stunnel logs every connection at its default level (seed 004: to syslog; here "
            "to a file), mux-router writes one access-log line per request (to a file), HAProxy logs nothing.",
            "- every daemon's output, and the configs, are in the work dir kept with `--keep`.", ""]
@@ -234,10 +249,8 @@ def markdown(results: Results, scenarios: list[Scenario], settings: Settings, no
     out += ["## Summary", "", summary_table(results, scenarios, settings.rounds), ""]
     for sc in scenarios:
         out += [f"## {sc.id}. {sc.title}", "", scenario_table(results, sc, settings.rounds), ""]
-        for n in notes.get(sc.id, []):
-            out.append(f"- {n}")
-        if notes.get(sc.id):
-            out.append("")
+        lines = floor_notes(results, sc) + notes.get(sc.id, [])
+        out += [f"- {n}" for n in lines] + ([""] if lines else [])
     if results.failures:
         out += ["## Failed measurements", "", "These are left out of the medians above.", ""]
         for sid, system, rnd, why in results.failures:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from scripts.bench import configs
-from scripts.bench.harness import DIRECT, FRONTGATE, HAPROXY, REF_CLOSE0, REF_SEED, ROUTER, Run, System
+from scripts.bench.harness import (DIRECT, FLOOR, FLOOR_PARSERS, FRONTGATE, HAPROXY, REF_CLOSE0, REF_SEED, ROUTER, Run,
+                                   System)
 from scripts.bench.parse import AbResult, WrkResult, parse_ab, parse_s_client_session, parse_wrk
 from scripts.bench.procs import run_tool
 
@@ -199,7 +200,8 @@ SCENARIOS: dict[int, Scenario] = {s.id: s for s in (
         Metric("full_rsa", "full handshake, RSA-2048: conn/s", True, headline=True),
         Metric("resumed_ecdsa", "with tickets, ECDSA P-256: conn/s", True, headline=True),
         Metric("resumed_rsa", "with tickets, RSA-2048: conn/s", True, headline=True)), _s3),
-    Scenario(4, "Plain HTTP keep-alive through the router alone, 1 KiB, 64 connections (wrk)", (ROUTER, HAPROXY), (
+    Scenario(4, "Plain HTTP keep-alive through the router alone, 1 KiB, 64 connections (wrk)",
+             (ROUTER, HAPROXY, FLOOR, FLOOR_PARSERS), (
         Metric("rps", "requests/s", True, headline=True),
         Metric("p50", "p50 ms", False, _MS),
         Metric("p99", "p99 ms", False, _MS)), _s4),

@@ -23,6 +23,7 @@ def test_bench_smoke_runs_scenarios_1_and_4(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     results = (tmp_path / "results.md").read_text()
     for label in ("frontgate (tls-terminator + mux-router)", "stunnel (seed 004 config) + HAProxy",
-                  "mux-router alone (plain HTTP)", "HAProxy alone (plain HTTP)"):
+                  "mux-router alone (plain HTTP)", "HAProxy alone (plain HTTP)", "uvloop relay, no HTTP work (floor)",
+                  "uvloop relay + the router's head parsers (floor)"):
         assert label in results
     assert "Failed measurements" not in results

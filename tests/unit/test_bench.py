@@ -190,7 +190,24 @@ def test_pairs_compare_haproxy_with_the_router_and_the_rest_with_the_pipeline():
     from scripts.bench.scenarios import SCENARIOS
     assert [(a.key, b.key) for a, b in pairs(SCENARIOS[6])] == [
         ("frontgate", "ref_seed"), ("frontgate", "ref_close0"), ("router", "haproxy"), ("frontgate", "direct")]
-    assert [(a.key, b.key) for a, b in pairs(SCENARIOS[4])] == [("router", "haproxy")]
+    assert [(a.key, b.key) for a, b in pairs(SCENARIOS[4])] == [
+        ("router", "haproxy"), ("router", "floor"), ("router", "floor_parsers")]
+
+
+def test_the_relay_floors_stay_out_of_the_summary_and_are_set_against_haproxy():
+    from scripts.bench.harness import Settings
+    from scripts.bench.report import Results, comparisons, markdown
+    from scripts.bench.scenarios import SCENARIOS
+    r = Results()
+    for system, rps in (("router", 1000.0), ("haproxy", 2000.0), ("floor", 2400.0), ("floor_parsers", 1700.0)):
+        r.add(4, system, {"rps": rps, "p50": 1.0, "p99": 2.0})
+    assert [(c.ours.key, c.ref.key) for c in comparisons(r, [SCENARIOS[4]])] == [("router", "haproxy")]
+    text = markdown(r, [SCENARIOS[4]], Settings(rounds=1), {}, {"cpus": "2"}, 60.0, None)
+    summary = text.split("## Summary")[1].split("## 4.")[0]
+    assert "floor" not in summary
+    assert "| uvloop relay, no HTTP work (floor) | 2,400 | 1.00 | 2.00 | 0.42 |" in text    # router / floor
+    assert "- uvloop relay, no HTTP work (floor) / HAProxy alone (plain HTTP) (requests/s): 1.20" in text
+    assert "- uvloop relay + the router's head parsers (floor) / HAProxy alone (plain HTTP) (requests/s): 0.85" in text
 
 
 def test_markdown_medians_ratios_and_failures():
