@@ -518,7 +518,7 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
 
 
-_pending_log: list[str] = []
+_pending_log: list = []     # lines, and httplog entries (fields, note) to be formatted at the flush
 
 
 _log_date = [-1, ""]     # httplog's accept date to the second, made once a second: [second, text]
@@ -530,16 +530,18 @@ def _log_second(second: int) -> str:
     return _log_date[1]
 
 
-def access_log(line: str) -> None:
-    """Queue an access-log line; the lines of one event-loop pass go out in one write at its end
-    (a write per line costs a syscall per request), so no line waits longer than that pass."""
+def access_log(entry: str | tuple) -> None:
+    """Queue an access-log line, or an httplog entry; the lines of one event-loop pass go out in one
+    write at its end (a write per line costs a syscall per request), so no line waits longer than
+    that pass. An httplog entry is formatted then too: formatting the pass's lines in one go costs
+    less than one at a time between the requests' other work."""
     if not _pending_log:
         asyncio.get_running_loop().call_soon(_flush_access_log)
-    _pending_log.append(line)
+    _pending_log.append(entry)
 
 
 def _flush_access_log() -> None:
-    lines = "\n".join(_pending_log) + "\n"
+    lines = "\n".join([e if type(e) is str else _httplog_line(*e) for e in _pending_log]) + "\n"
     _pending_log.clear()
     sys.stdout.write(lines)
     sys.stdout.flush()
@@ -793,12 +795,16 @@ class ClientConnection:
         # HAProxy's httplog: client [accept date] frontend backend/server Tq/Tw/Tc/Tr/Tt status
         # bytes - - termination actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue "request"
         # (%-formatting: a line per request, and the fastest way Python has to make one).
-        accepted_ms = int(accepted * 1000)
         actconn = len(router.connections)
-        line = _HTTPLOG % (*self.client, _log_second(accepted_ms // 1000), accepted_ms % 1000, self.listener.name,
-                           backend, server or "-", tq, tw, tc, tr, tt, status, sent, termination,
-                           actconn, actconn, retries, request_line)
-        access_log(line + f" ({note})" if note else line)
+        access_log(((*self.client, int(accepted * 1000), self.listener.name, backend, server or "-", tq, tw, tc, tr,
+                     tt, status, sent, termination, actconn, actconn, retries, request_line), note))
+
+
+def _httplog_line(fields: tuple, note: str) -> str:
+    """An httplog entry's line; `fields` are _HTTPLOG's with the accept time in ms where the date goes."""
+    ip, port, accepted_ms, *rest = fields
+    line = _HTTPLOG % (ip, port, _log_second(accepted_ms // 1000), accepted_ms % 1000, *rest)
+    return line + f" ({note})" if note else line
 
 
 _HTTPLOG = '%s:%d [%s.%03d] %s %s/%s %.0f/%.0f/%.0f/%.0f/%.0f %d %d - - %s %d/%d/0/0/%d 0/0 "%s"'
