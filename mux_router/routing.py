@@ -60,17 +60,20 @@ def any_host_matches(patterns: Iterable[str], host: str | None) -> bool:
     return host in exact or bool(suffixes) and any(_under(s, host) for s in suffixes)
 
 
-def app_matches(app: App, host: str | None, path: str, headers: Headers = ()) -> bool:
-    """Host (exact, `*.suffix` or regex), path (prefix, and regex if set) and header conditions
-    all hold."""
+def host_conditions_hold(app: App, host: str | None) -> bool:
+    """The app's host conditions (exact, `*.suffix` or regex) hold for `host`; an app without any
+    takes every host, and a request without one."""
+    if not app.hosts and app.host_regex is None:
+        return True
+    if host is None:
+        return False
+    return any_host_matches(app.hosts, host) or (app.host_regex is not None and app.host_regex.fullmatch(host) is not None)
+
+
+def other_conditions_hold(app: App, path: str, headers: Headers = ()) -> bool:
+    """The app's path (prefix, and regex if set) and header conditions hold."""
     if not path.startswith(app.path_prefix):
         return False
-    if app.hosts or app.host_regex is not None:
-        if host is None:
-            return False
-        if not (any_host_matches(app.hosts, host)
-                or (app.host_regex is not None and app.host_regex.fullmatch(host))):
-            return False
     if app.path_regex is not None and not app.path_regex.search(path):
         return False
     if app.header is not None:
@@ -80,20 +83,59 @@ def app_matches(app: App, host: str | None, path: str, headers: Headers = ()) ->
     return True
 
 
+def app_matches(app: App, host: str | None, path: str, headers: Headers = ()) -> bool:
+    """Host, path and header conditions all hold."""
+    return host_conditions_hold(app, host) and other_conditions_hold(app, path, headers)
+
+
+class _AppsByHost:
+    """One config's apps, split by host for select_app: per host, the apps whose host conditions
+    hold for it, in file order, worked out on the first request for that host and then looked up.
+    A request then checks only those apps' other conditions, instead of every app's host: with many
+    apps behind one address, routing costs the same for the first app as for the last. Hosts come
+    from clients, so the memo is bounded: full, it starts over (a client that sends endless names
+    pays what a scan of the apps costs)."""
+
+    MAX_HOSTS = 1024
+
+    def __init__(self, apps: Sequence[App]):
+        self.apps = apps                # held: the cache below is keyed by its id
+        defaults = [a for a in apps if a.default]
+        self.default = defaults[-1] if defaults else None
+        # A default app without host conditions is only the fallback, wherever it is in the file.
+        self._routed = tuple(a for a in apps if not (a.default and not a.hosts and a.host_regex is None))
+        self._by_host: dict[str | None, tuple[App, ...]] = {}
+
+    def candidates(self, host: str | None) -> tuple[App, ...]:
+        found = self._by_host.get(host)
+        if found is None:
+            found = tuple(a for a in self._routed if host_conditions_hold(a, host))
+            if len(self._by_host) >= self.MAX_HOSTS:
+                self._by_host.clear()
+            self._by_host[host] = found
+        return found
+
+
+_INDEXES: dict[int, _AppsByHost] = {}       # by id(apps): the live config's, and one just replaced
+
+
+def _apps_by_host(apps: Sequence[App]) -> _AppsByHost:
+    index = _INDEXES.get(id(apps))
+    if index is None or index.apps is not apps:
+        if len(_INDEXES) >= 4:
+            _INDEXES.clear()
+        index = _INDEXES[id(apps)] = _AppsByHost(apps)
+    return index
+
+
 def select_app(apps: Sequence[App], host: str | None, path: str, headers: Headers = ()) -> App | None:
     """The first app in file order whose conditions match; else the default app, if any (a
     default app without host conditions is only that fallback, wherever it is in the file)."""
-    if host is not None:
-        host = host.lower()
-    default = None
-    for app in apps:
-        if app.default:
-            default = app
-            if not app.hosts and app.host_regex is None:
-                continue
-        if app_matches(app, host, path, headers):
+    index = _apps_by_host(apps)
+    for app in index.candidates(host.lower() if host is not None else None):
+        if other_conditions_hold(app, path, headers):
             return app
-    return default
+    return index.default
 
 
 def select_app_for(config: RouterConfig, head: RequestHead) -> App | None:

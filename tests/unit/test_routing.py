@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from frontgate.config import Address, App, RedirectRule, Server
 from mux_router.routing import (any_host_matches, find_redirect, host_matches, ip_in, misdirected, parse_ip,
@@ -95,8 +98,6 @@ def test_prefix_location_and_conditions():
 
 # --------------------------------------------------------------------------- regex, header, default, ACLs
 
-import re  # noqa: E402
-
 from frontgate.config import Acl, HeaderMatch  # noqa: E402
 from mux_router.routing import acl_allows  # noqa: E402
 
@@ -168,3 +169,58 @@ def test_misdirected_with_hosts_as_the_parser_gives_them():
         assert not misdirected(sni, h.host), host_field
     h = parse_request_head(b"GET http://b.localhost/x HTTP/1.1\r\nHost: b.localhost\r\n\r\n")[0]
     assert misdirected(sni, h.host)
+
+
+# --------------------------------------------------------------------------- routing by host index
+
+def _select_by_scan(apps, host, path, headers=()):
+    """The plain definition select_app's per-host index must agree with: every app in file order."""
+    from mux_router.routing import app_matches
+    host = host.lower() if host is not None else None
+    default = None
+    for a in apps:
+        if a.default:
+            default = a
+            if not a.hosts and a.host_regex is None:
+                continue
+        if app_matches(a, host, path, headers):
+            return a
+    return default
+
+
+_HOST_PATTERNS = ("a.x", "b.x", "*.x", "*.a.x", "x")
+_HOSTS = ("a.x", "b.x", "c.a.x", "x", "A.X", "y", None)
+_PATHS = ("/", "/a", "/a/b", "/b.png")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.sampled_from(_HOST_PATTERNS), max_size=2),
+                          st.sampled_from((None, r"[ab]\.x")), st.sampled_from(("/", "/a", "/a/b")),
+                          st.sampled_from((None, r"\.png$")), st.booleans()), max_size=6),
+       st.sampled_from(_HOSTS), st.sampled_from(_PATHS))
+def test_the_host_index_chooses_what_a_scan_of_every_app_chooses(specs, host, path):
+    apps, has_default = [], False
+    for i, (hosts, host_regex, prefix, path_regex, default) in enumerate(specs):
+        default = default and not has_default        # the config allows one
+        has_default = has_default or default
+        apps.append(App(name=f"app{i}", hosts=tuple(hosts), path_prefix=prefix, servers=SERVERS, default=default,
+                        host_regex=re.compile(host_regex) if host_regex else None,
+                        path_regex=re.compile(path_regex) if path_regex else None))
+    apps = tuple(apps)
+    for _ in range(2):                                  # worked out, then looked up
+        assert select_app(apps, host, path) is _select_by_scan(apps, host, path)
+
+
+def test_many_apps_and_many_hosts_and_a_reload():
+    from mux_router.routing import _AppsByHost
+    apps = tuple(app(f"app{i}", [f"app{i}.localhost"]) for i in range(200))
+    assert select_app(apps, "app199.localhost", "/").name == "app199"
+    assert select_app(apps, "app0.localhost", "/").name == "app0"
+    # Endless client-made names: the memo starts over when full, and answers stay right.
+    for i in range(_AppsByHost.MAX_HOSTS + 10):
+        assert select_app(apps, f"nobody{i}.localhost", "/") is None
+    assert select_app(apps, "app7.localhost", "/").name == "app7"
+    # A reload's apps (a new tuple) get their own index.
+    reloaded = (app("moved", ["app7.localhost"]),) + apps
+    assert select_app(reloaded, "app7.localhost", "/").name == "moved"
+    assert select_app(apps, "app7.localhost", "/").name == "app7"
