@@ -67,7 +67,8 @@ def host_conditions_hold(app: App, host: str | None) -> bool:
         return True
     if host is None:
         return False
-    return any_host_matches(app.hosts, host) or (app.host_regex is not None and app.host_regex.fullmatch(host) is not None)
+    return (any_host_matches(app.hosts, host)
+            or (app.host_regex is not None and app.host_regex.fullmatch(host) is not None))
 
 
 def other_conditions_hold(app: App, path: str, headers: Headers = ()) -> bool:
@@ -81,11 +82,6 @@ def other_conditions_hold(app: App, path: str, headers: Headers = ()) -> bool:
         if not any(n.lower() == wanted and app.header.regex.search(v.decode("latin-1")) for n, v in headers):
             return False
     return True
-
-
-def app_matches(app: App, host: str | None, path: str, headers: Headers = ()) -> bool:
-    """Host, path and header conditions all hold."""
-    return host_conditions_hold(app, host) and other_conditions_hold(app, path, headers)
 
 
 class _AppsByHost:

@@ -175,7 +175,7 @@ def test_misdirected_with_hosts_as_the_parser_gives_them():
 
 def _select_by_scan(apps, host, path, headers=()):
     """The plain definition select_app's per-host index must agree with: every app in file order."""
-    from mux_router.routing import app_matches
+    from mux_router.routing import host_conditions_hold, other_conditions_hold
     host = host.lower() if host is not None else None
     default = None
     for a in apps:
@@ -183,7 +183,7 @@ def _select_by_scan(apps, host, path, headers=()):
             default = a
             if not a.hosts and a.host_regex is None:
                 continue
-        if app_matches(a, host, path, headers):
+        if host_conditions_hold(a, host) and other_conditions_hold(a, path, headers):
             return a
     return default
 
