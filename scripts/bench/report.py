@@ -112,7 +112,7 @@ def comparisons(results: Results, scenarios: list[Scenario]) -> list[Comparison]
 
 def floor_notes(results: Results, sc: Scenario) -> list[str]:
     """What the diagnostic systems (the relay floors) reach against each real reference."""
-    first = next((m for m in sc.metrics if m.headline), sc.metrics[0])
+    first = sc.first_metric
     refs = [s for s in sc.systems if not s.frontgate and not s.diagnostic]
     return [f"{d.label} / {ref.label} ({first.label}): "
             f"{ratio_text(ratio(results.summary(sc.id, d.key, first.key), results.summary(sc.id, ref.key, first.key)))}"
@@ -139,7 +139,7 @@ def summary_table(results: Results, scenarios: list[Scenario], rounds: int) -> s
 
 
 def scenario_table(results: Results, sc: Scenario, rounds: int) -> str:
-    first = next((m for m in sc.metrics if m.headline), sc.metrics[0])
+    first = sc.first_metric
     counterpart = {ref.key: ours for ours, ref in pairs(sc)}
     header = ["system", *[m.label for m in sc.metrics], f"frontgate / this ({first.label})"]
     rows = []

@@ -41,6 +41,11 @@ class Scenario:
     measure: Callable[[Run, System], dict[str, float]]
     notes: str = ""
 
+    @property
+    def first_metric(self) -> Metric:
+        """The metric a scenario's ratios are given in: its first headline one."""
+        return next((m for m in self.metrics if m.headline), self.metrics[0])
+
 
 class MeasurementError(RuntimeError):
     pass
