@@ -126,6 +126,8 @@ class ClientProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.client_eof = False
         self.closed: asyncio.Future | None = None
+        self.last_sent: tuple | None = None     # FastExchange's memos of the heads it made
+        self.last_answer: tuple | None = None
 
     # ---- asyncio callbacks
 
@@ -533,11 +535,20 @@ class FastExchange:
         self.server_timer.set(config.timeouts.server)
         backend.protocol.sink = self
         self.sent_at = time.monotonic()
-        backend.transport.write(forwarding.backend_request_head(
-            head, client_ip=conn.client[0], scheme=conn.listener.scheme,
-            client_trusted=conn.client_trusted(config), keep_alive=True,
-            forwarded_for=config.forwarded_for, forwarded=config.forwarded, rules=app.request_headers,
-            client_cert_line=conn.client_cert_line))
+        # The head the connection's last request got, if this one is the same (parsed heads are
+        # shared by their bytes) for the same app under the same config: the rest is the
+        # connection's own and does not change.
+        last = client.last_sent
+        if last is not None and last[0] is head and last[1] is app and last[2] is config:
+            out = last[3]
+        else:
+            out = forwarding.backend_request_head(
+                head, client_ip=conn.client[0], scheme=conn.listener.scheme,
+                client_trusted=conn.client_trusted(config), keep_alive=True,
+                forwarded_for=config.forwarded_for, forwarded=config.forwarded, rules=app.request_headers,
+                client_cert_line=conn.client_cert_line)
+            client.last_sent = (head, app, config, out)
+        backend.transport.write(out)
 
     # ---- backend callbacks
 
@@ -634,8 +645,14 @@ class FastExchange:
         self.status = resp.status
         self.framing = resp.body
         self.keep = head.keep_alive and resp.body is not CLOSE and not self.router.stopping
-        out = forwarding.client_response_head(resp, keep_alive=self.keep, client_version=head.version,
-                                              rules=self.app.response_headers)
+        last = self.client.last_answer       # as for the request head
+        if (last is not None and last[0] is resp and last[1] is self.app and last[2] == self.keep
+                and last[3] == head.version):
+            out = last[4]
+        else:
+            out = forwarding.client_response_head(resp, keep_alive=self.keep, client_version=head.version,
+                                                  rules=self.app.response_headers)
+            self.client.last_answer = (resp, self.app, self.keep, head.version, out)
         if resp.body is LENGTH:
             self.remaining = resp.content_length
             self._length_body(rest, out)

@@ -1069,3 +1069,41 @@ def test_a_server_dying_under_a_pooled_request_is_redispatched_to_another(own):
     died = [t for _, _, t, _ in own.backends["rr1"].seen if t.startswith("/die")]
     assert len(died) == 1 and own.router.markers(died[0]) == ["FASTPATH", "ENGINE"]
     assert own.router.log_line(died[0])["status"] == "200"
+
+
+# --------------------------------------------------------------------------- repeated requests
+
+def test_a_repeated_request_gets_heads_made_under_the_config_of_the_moment(own):
+    """A connection that repeats a request byte for byte gets the heads made for the last one
+    (fastpath: last_sent, last_answer) only while nothing they depend on changed: after a reload
+    that adds header rules to the app, the same request on the same connection carries them. One
+    connection repeats a request to the echo (what the backend got), another one to /len (what
+    the client got)."""
+    own.warm()
+    to_echo, to_fixed = Client(own.port), Client(own.port)
+    echo, fixed = uid("/echo"), uid("/len")
+
+    def ask() -> tuple[dict[str, str], dict[str, str]]:
+        status, _, body = to_echo.request(echo)
+        assert status == 200
+        status, answered, fixed_body = to_fixed.request(fixed)
+        assert status == 200 and fixed_body == LEN_BODY
+        return {n.lower(): v for n, v in json.loads(body)["headers"]}, answered
+
+    before = [ask(), ask()]
+    assert before[0] == before[1]
+    sent, answered = before[0]
+    assert "x-rule" not in sent and "x-answer" not in answered
+    config = own.router.config.read_text()
+    own.router.config.write_text(config.replace(
+        'servers = ["' + own.ka.address + '"]',
+        'servers = ["' + own.ka.address + '"]\nrequest_headers = { set = { X-Rule = "after" } }\n'
+        'response_headers = { set = { X-Answer = "after" } }'))
+    assert own.router.config.read_text() != config
+    own.router.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded" in own.router.output(), what="reload")
+    sent, answered = ask()
+    to_echo.close()
+    to_fixed.close()
+    assert sent["x-rule"] == "after" and answered["x-answer"] == "after"
+    assert own.router.markers(echo) == ["FASTPATH"] * 3 and own.router.markers(fixed) == ["FASTPATH"] * 3
