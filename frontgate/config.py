@@ -202,6 +202,7 @@ class RouterConfig:
     timeouts: Timeouts
     redirects: tuple[RedirectRule, ...]
     apps: tuple[App, ...]
+    access_log: str = "all"                # all | errors (as HAProxy's dontlog-normal) | off
     access_log_format: str = "httplog"     # httplog | json
     forwarded_for: str = "append"          # append (to a trusted source's list) | replace
     forwarded: bool = False                # also send RFC 7239 Forwarded
@@ -547,6 +548,7 @@ def _build_router(root: _Table) -> RouterConfig:
     state_file = r.path("state_file", "state/health.json")
     stale = r.positive_seconds("state_stale_after", 15.0)
     trusted = _networks(r, "trusted_sources", ["127.0.0.1/32", "::1/128"], {})
+    access_log = r.str("access_log", "all", ("all", "errors", "off"))
     access_log_format = r.str("access_log_format", "httplog", ("httplog", "json"))
     forwarded_for = r.str("forwarded_for", "append", ("append", "replace"))
     forwarded = r.bool("forwarded", False)
@@ -682,7 +684,8 @@ def _build_router(root: _Table) -> RouterConfig:
 
     return RouterConfig(path=root.file, workers=workers, state_file=state_file, state_stale_after=stale,
                         trusted_sources=trusted, listeners=tuple(listeners), timeouts=timeouts,
-                        redirects=tuple(redirects), apps=tuple(apps), access_log_format=access_log_format,
+                        redirects=tuple(redirects), apps=tuple(apps), access_log=access_log,
+                        access_log_format=access_log_format,
                         forwarded_for=forwarded_for, forwarded=forwarded, retry_after=retry_after,
                         error_pages=router_error_pages, grace=grace, admin=admin)
 

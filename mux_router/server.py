@@ -782,6 +782,9 @@ class ClientConnection:
         backend, _, server = (route or "-/-").partition("/")
         router = self.router
         router.stats.request_done(backend, server, status, received, sent)
+        which = router.config.access_log
+        if which != "all" and (which == "off" or _normal(status, termination, retries)):
+            return
         if router.config.access_log_format == "json":
             ip, port = self.client
             access_log(json.dumps({
@@ -798,6 +801,12 @@ class ClientConnection:
         actconn = len(router.connections)
         access_log(((*self.client, int(accepted * 1000), self.listener.name, backend, server or "-", tq, tw, tc, tr,
                      tt, status, sent, termination, actconn, actconn, retries, request_line), note))
+
+
+def _normal(status: int, termination: str, retries: int) -> bool:
+    """A request that `access_log = "errors"` leaves out, as HAProxy's `option dontlog-normal`:
+    answered below 500, ended normally (or by a redirect), no retry."""
+    return status < 500 and termination in ("--", "LR") and not retries
 
 
 def _httplog_line(fields: tuple, note: str) -> str:

@@ -124,8 +124,8 @@ def stunnel_conf(workdir: Path, name: str, pem: Path, accept: int, connect: int,
 def router_toml(workdir: Path, public_port: int | None, from_terminator: str | None,
                 backends: Backends, workers: int) -> str:
     """mux-router with the same three routes as HAProxy; no redirects (the benchmark's clients are
-    all local, and HAProxy above has none either). `from_terminator`: its address (`unix:/path`
-    or `host:port`)."""
+    all local, and HAProxy above has none either) and no access log (HAProxy above logs nothing).
+    `from_terminator`: its address (`unix:/path` or `host:port`)."""
     listeners = ""
     if public_port is not None:
         listeners += f"""
@@ -155,6 +155,7 @@ servers = [{servers}]
 workers = {workers}
 state_file = "{workdir}/health.json"
 trusted_sources = ["127.0.0.1/32", "::1/128"]
+access_log = "off"
 {listeners}
 [timeouts]
 http_request = 10

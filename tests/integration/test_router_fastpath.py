@@ -1107,3 +1107,42 @@ def test_a_repeated_request_gets_heads_made_under_the_config_of_the_moment(own):
     to_fixed.close()
     assert sent["x-rule"] == "after" and answered["x-answer"] == "after"
     assert own.router.markers(echo) == ["FASTPATH"] * 3 and own.router.markers(fixed) == ["FASTPATH"] * 3
+
+
+# --------------------------------------------------------------------------- access_log
+
+def _reload_with(env: Env, router_line: str) -> None:
+    key = router_line.split("=")[0].strip()
+    config = "".join(line for line in env.router.config.read_text().splitlines(keepends=True)
+                     if not line.startswith(f"{key} ="))
+    env.router.config.write_text(config.replace("[router]\n", f"[router]\n{router_line}\n", 1))
+    reloads = env.router.output().count("reloaded")
+    env.router.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: env.router.output().count("reloaded") > reloads, what="reload")
+
+
+def test_access_log_errors_keeps_only_the_abnormal_and_off_keeps_none(own):
+    """`access_log = "errors"` (HAProxy's dontlog-normal) logs a 502 and a 404 but not a 200 on
+    either path; `off` logs nothing. The log_line helper waits for the line it wants, so the
+    lines that must be missing are checked after a logged one that came later."""
+    _reload_with(own, 'access_log = "errors"')
+    own.warm()
+    c = Client(own.port)
+    engine_ok, fast_ok, bad, unknown = uid("/len"), uid("/len"), uid("/bad-head"), uid("/nowhere")
+    c.request(engine_ok, host="rr.localhost")           # a cold pool: the engine
+    assert c.request(fast_ok)[0] == 200
+    assert c.request(bad)[0] == 502
+    assert c.request(unknown, host="unknown.localhost")[0] == 404
+    assert own.router.log_line(bad)["status"] == "502" and own.router.log_line(unknown)["status"] == "404"
+    assert own.router.markers(engine_ok) == ["ENGINE"] and own.router.markers(fast_ok) == ["FASTPATH"]
+    assert engine_ok not in own.router.output().replace(f"ENGINE GET {engine_ok}", "")
+    assert f'"GET {fast_ok} HTTP/1.1"' not in own.router.output()
+    _reload_with(own, 'access_log = "off"')
+    silent = uid("/bad-head")
+    assert c.request(silent)[0] == 502
+    _reload_with(own, 'access_log = "all"')
+    last = uid("/len")
+    assert c.request(last)[0] == 200
+    own.router.log_line(last)
+    c.close()
+    assert f'"GET {silent} HTTP/1.1"' not in own.router.output()

@@ -150,6 +150,7 @@ ROUTER_ERRORS = [
     (("connect = 2", "keep_alive = -1"), "timeouts.keep_alive", "positive number of seconds"),
     (("connect = 2", "queue = 0"), "timeouts.queue", "positive number of seconds"),
     (('trusted_sources = ["127.0.0.1/32"]', 'access_log_format = "clf"'), "router.access_log_format", "not one of"),
+    (('trusted_sources = ["127.0.0.1/32"]', 'access_log = "none"'), "router.access_log", "not one of"),
     (('trusted_sources = ["127.0.0.1/32"]', 'forwarded_for = "keep"'), "router.forwarded_for", "not one of"),
     (('trusted_sources = ["127.0.0.1/32"]', 'retry_after = -1'), "router.retry_after", "out of range"),
     (('trusted_sources = ["127.0.0.1/32"]', 'grace = 0'), "router.grace", "positive number of seconds"),
@@ -256,7 +257,7 @@ def test_shipped_configs_are_valid():
 def test_router_extended_keys(tmp_path):
     (tmp_path / "503.html").write_text("<h1>later</h1>")
     text = ROUTER.replace('trusted_sources = ["127.0.0.1/32"]', 'trusted_sources = ["127.0.0.1/32"]\n'
-                          'access_log_format = "json"\nforwarded_for = "replace"\nforwarded = true\nretry_after = 30\ngrace = 2.5')
+                          'access_log = "errors"\naccess_log_format = "json"\nforwarded_for = "replace"\nforwarded = true\nretry_after = 30\ngrace = 2.5')
     text = text.replace("connect = 2", "connect = 2\nkeep_alive = 3\nqueue = 0.5")
     text += """
 [error_pages]
@@ -278,7 +279,8 @@ response_headers = { delete = ["Server"] }
 error_pages = { 503 = "503.html" }
 """
     cfg = load_router_config(write(tmp_path, "mux-router.toml", text))
-    assert (cfg.access_log_format, cfg.forwarded_for, cfg.forwarded, cfg.retry_after) == ("json", "replace", True, 30)
+    assert (cfg.access_log, cfg.access_log_format, cfg.forwarded_for, cfg.forwarded, cfg.retry_after) == (
+        "errors", "json", "replace", True, 30)
     assert cfg.grace == 2.5
     assert (cfg.timeouts.keep_alive, cfg.timeouts.queue) == (3, 0.5)
     assert cfg.error_pages[503].body == b"<h1>later</h1>" and cfg.error_pages[503].content_type.startswith("text/html")
