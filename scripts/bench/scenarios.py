@@ -30,6 +30,7 @@ class Metric:
     higher_is_better: bool
     fmt: str = "{:,.0f}"
     headline: bool = False            # shown in the summary table and the chart
+    noted: bool = False               # its ratios against the references in the scenario's notes
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,30 @@ def _url(port: int, path: str, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"
 
 
+# A wrk script that makes every request different: a new query string each time, so that no
+# request head is one the proxy has seen before (wrk alone repeats one request byte for byte).
+EVERY_REQUEST_DIFFERENT = """\
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, wrk.path .. "?n=" .. n)
+end
+"""
+
+
 def wrk(run: Run, port: int, path: str, tls: bool, connections: int, host: str = configs.HOST_STATIC,
-        close: bool = False) -> WrkResult:
+        close: bool = False, script: str | None = None) -> WrkResult:
+    """`script`: a wrk Lua script's text."""
     s = run.settings
     duration = 1 if s.smoke else max(1, round(s.duration))
     argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--latency", "--timeout", "5s",
             "-H", f"Host: {host}"]
     if close:
         argv += ["-H", "Connection: close"]
+    if script is not None:
+        path_of_script = run.workdir / f"wrk-{abs(hash(script))}.lua"
+        path_of_script.write_text(script)
+        argv += ["-s", str(path_of_script)]
     result = parse_wrk(run_tool([*argv, _url(port, path, tls)], timeout=duration + 30))
     if result.requests == 0:
         raise MeasurementError(f"wrk completed no request against {_url(port, path, tls)}")
@@ -149,7 +166,9 @@ def _s3(run: Run, system: System) -> dict[str, float]:
 def _s4(run: Run, system: System) -> dict[str, float]:
     with run.stack(system) as ep:
         r = wrk(run, ep.port, "/1k.bin", tls=False, connections=64)
-    return {"rps": r.requests_per_s, "p50": r.latency_ms[50], "p99": r.latency_ms[99]}
+        varied = wrk(run, ep.port, "/1k.bin", tls=False, connections=64, script=EVERY_REQUEST_DIFFERENT)
+    return {"rps": r.requests_per_s, "p50": r.latency_ms[50], "p99": r.latency_ms[99],
+            "rps_varied": varied.requests_per_s}
 
 
 def _ws_client(run: Run, *args: str, timeout: float) -> dict:
@@ -209,7 +228,8 @@ SCENARIOS: dict[int, Scenario] = {s.id: s for s in (
              (ROUTER, HAPROXY, FLOOR, FLOOR_PARSERS), (
         Metric("rps", "requests/s", True, headline=True),
         Metric("p50", "p50 ms", False, _MS),
-        Metric("p99", "p99 ms", False, _MS)), _s4),
+        Metric("p99", "p99 ms", False, _MS),
+        Metric("rps_varied", "requests/s, every request different", True, noted=True)), _s4),
     Scenario(5, "WebSocket over TLS: idle tunnels held, then echo round trips on 100 active tunnels", TLS_SYSTEMS, (
         Metric("rss_per_tunnel_kib", "RSS per idle tunnel, KiB", False, "{:,.1f}", headline=True),
         Metric("rss_held_mib", "RSS with the tunnels held, MiB", False, "{:,.1f}"),

@@ -27,3 +27,5 @@ def test_bench_smoke_runs_scenarios_1_and_4(tmp_path):
                   "uvloop relay + the router's head parsers (floor)"):
         assert label in results
     assert "Failed measurements" not in results
+    varied = [line for line in results.splitlines() if "every request different): " in line]
+    assert len(varied) == 1 and varied[0].rsplit(": ", 1)[1][0].isdigit(), varied
