@@ -126,7 +126,10 @@ class ClientProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.client_eof = False
         self.closed: asyncio.Future | None = None
-        self.last_sent: tuple | None = None     # FastExchange's memos of the heads it made
+        # The last fast request's bytes with what was made of them: (bytes, config, head, app,
+        # the head sent on); and the last response's: (head, app, keep-alive, client's version,
+        # the head sent back). A connection that repeats a request reuses them.
+        self.last_request: tuple | None = None
         self.last_answer: tuple | None = None
 
     # ---- asyncio callbacks
@@ -253,26 +256,34 @@ class ClientProtocol(asyncio.Protocol):
                 return
         router = self.router
         started = time.monotonic()
-        parser = RequestHeadParser()
-        try:
-            head = parser.feed(data)
-        except HttpError:
-            head = None
-        if head is None or parser.consumed != len(data) or head.has_body or head.is_websocket_upgrade:
-            self._to_slow(data)
-            return
         conn = self.conn
         cfg = router.config
-        if (misdirected(conn.sni_host, head.host)
-                or (cfg.redirects and find_redirect(cfg.redirects, listener=conn.listener.name, client_ip=conn.peer_ip,
-                                                    host=head.host, host_as_sent=head.host_as_sent,
-                                                    target=head.origin_target) is not None)):
-            self._to_slow(data)
-            return
-        app = select_app_for(cfg, head)
-        if app is None or not acl_allows(app, conn.peer_ip, head.path):
-            self._to_slow(data)
-            return
+        last = self.last_request
+        if last is not None and last[1] is cfg and last[0] == data:
+            # The same request as the last one, under the same config: the same head and route
+            # (what else they depend on is the connection's own), and the same head to send on.
+            _, _, head, app, sent = last
+        else:
+            parser = RequestHeadParser()
+            try:
+                head = parser.feed(data)
+            except HttpError:
+                head = None
+            if head is None or parser.consumed != len(data) or head.has_body or head.is_websocket_upgrade:
+                self._to_slow(data)
+                return
+            if (misdirected(conn.sni_host, head.host)
+                    or (cfg.redirects and find_redirect(cfg.redirects, listener=conn.listener.name,
+                                                        client_ip=conn.peer_ip, host=head.host,
+                                                        host_as_sent=head.host_as_sent,
+                                                        target=head.origin_target) is not None)):
+                self._to_slow(data)
+                return
+            app = select_app_for(cfg, head)
+            if app is None or not acl_allows(app, conn.peer_ip, head.path):
+                self._to_slow(data)
+                return
+            sent = None
         servers = router.server_order(app, conn.hash_key(app, head))
         if not servers:
             self._to_slow(data)             # the engine's 503
@@ -291,7 +302,14 @@ class ClientProtocol(asyncio.Protocol):
         self.timer.clear()
         conn.requests += 1
         conn.request_started = started
-        self.exchange = FastExchange(self, cfg, head, data, app, servers, slot, backend, started)
+        if sent is None:
+            sent = forwarding.backend_request_head(
+                head, client_ip=conn.client[0], scheme=conn.listener.scheme,
+                client_trusted=conn.client_trusted(cfg), keep_alive=True,
+                forwarded_for=cfg.forwarded_for, forwarded=cfg.forwarded, rules=app.request_headers,
+                client_cert_line=conn.client_cert_line)
+            self.last_request = (data, cfg, head, app, sent)
+        self.exchange = FastExchange(self, cfg, head, data, app, servers, slot, backend, started, sent)
 
     def exchange_done(self, keep: bool) -> None:
         self.exchange = None
@@ -522,9 +540,9 @@ class FastExchange:
     finished = False
 
     def __init__(self, client: ClientProtocol, config, head, raw: bytes, app, servers, slot, backend,
-                 started: float):
+                 started: float, sent: bytes):
         self.client = client
-        self.conn = conn = client.conn
+        self.conn = client.conn
         self.router = client.router
         self.config = config
         self.head, self.raw, self.app, self.slot, self.backend = head, raw, app, slot, backend
@@ -535,20 +553,7 @@ class FastExchange:
         self.server_timer.set(config.timeouts.server)
         backend.protocol.sink = self
         self.sent_at = time.monotonic()
-        # The head the connection's last request got, if this one is the same (parsed heads are
-        # shared by their bytes) for the same app under the same config: the rest is the
-        # connection's own and does not change.
-        last = client.last_sent
-        if last is not None and last[0] is head and last[1] is app and last[2] is config:
-            out = last[3]
-        else:
-            out = forwarding.backend_request_head(
-                head, client_ip=conn.client[0], scheme=conn.listener.scheme,
-                client_trusted=conn.client_trusted(config), keep_alive=True,
-                forwarded_for=config.forwarded_for, forwarded=config.forwarded, rules=app.request_headers,
-                client_cert_line=conn.client_cert_line)
-            client.last_sent = (head, app, config, out)
-        backend.transport.write(out)
+        backend.transport.write(sent)
 
     # ---- backend callbacks
 

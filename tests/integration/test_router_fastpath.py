@@ -1109,6 +1109,33 @@ def test_a_repeated_request_gets_heads_made_under_the_config_of_the_moment(own):
     assert own.router.markers(echo) == ["FASTPATH"] * 3 and own.router.markers(fixed) == ["FASTPATH"] * 3
 
 
+
+def test_a_repeated_request_is_routed_again_after_a_reload(own):
+    """The same request bytes on the same connection, before and after a reload that moves its
+    host to another app: the route made for the last request is not reused across configs."""
+    own.warm()
+    c = Client(own.port)
+    target = uid("/echo")
+    names = []
+    for _ in range(2):
+        status, _, body = c.request(target)
+        assert status == 200
+        names.append(json.loads(body)["name"])
+    assert names == ["ka", "ka"] and own.router.markers(target) == ["FASTPATH"] * 2
+    config = own.router.config.read_text()
+    own.router.config.write_text(config.replace('hosts = ["ka.localhost"]', 'hosts = ["elsewhere.localhost"]')
+                                 .replace('hosts = ["rr.localhost"]', 'hosts = ["rr.localhost", "ka.localhost"]'))
+    own.router.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded" in own.router.output(), what="reload")
+    for _ in range(3):                  # cold pools for rr first: the engine, then the fast path
+        status, _, body = c.request(target)
+        assert status == 200
+        names.append(json.loads(body)["name"])
+    c.close()
+    assert names[2:] in (["rr1", "rr2", "rr1"], ["rr2", "rr1", "rr2"])
+    assert own.router.markers(target)[-1] == "FASTPATH"
+
+
 # --------------------------------------------------------------------------- access_log
 
 def _reload_with(env: Env, router_line: str) -> None:
