@@ -128,7 +128,8 @@ class ClientProtocol(asyncio.Protocol):
         self.closed: asyncio.Future | None = None
         # The last fast request's bytes with what was made of them: (bytes, config, head, app,
         # the head sent on); and the last response's: (head, app, keep-alive, client's version,
-        # the head sent back). A connection that repeats a request reuses them.
+        # the head sent back, the request's method). A connection that repeats a request reuses
+        # them, and a response head that repeats the last one is not parsed again.
         self.last_request: tuple | None = None
         self.last_answer: tuple | None = None
 
@@ -538,6 +539,7 @@ class FastExchange:
     termination = "--"
     t_response = -1.0
     finished = False
+    parser: ResponseHeadParser | None = None      # made when the response head is not the last one
 
     def __init__(self, client: ClientProtocol, config, head, raw: bytes, app, servers, slot, backend,
                  started: float, sent: bytes):
@@ -548,7 +550,6 @@ class FastExchange:
         self.head, self.raw, self.app, self.slot, self.backend = head, raw, app, slot, backend
         self.servers = servers          # the balancer's order: a stale connection's retry may redispatch
         self.started = started
-        self.parser = ResponseHeadParser(head.method)
         self.server_timer = client.server_timer     # the connection's: one Deadline for all its exchanges
         self.server_timer.set(config.timeouts.server)
         backend.protocol.sink = self
@@ -627,21 +628,31 @@ class FastExchange:
     # ---- the response
 
     def _response_head(self, data: bytes) -> None:
-        try:
-            resp = self.parser.feed(data)
-        except HttpError as e:
-            self._answer(502, e.reason, "SH")
-            return
-        if resp is None:
-            return
-        rest = self.parser.leftover
         head = self.head
+        last = self.client.last_answer
+        if (self.parser is None and last is not None and data.startswith(last[0].raw)
+                and last[5] == head.method):
+            # The head of the connection's last response again (a head ends at its first empty
+            # line, so this is all of it), to the same method: the same parse.
+            resp = last[0]
+            rest = data[len(resp.raw):]
+        else:
+            if self.parser is None:
+                self.parser = ResponseHeadParser(head.method)
+            try:
+                resp = self.parser.feed(data)
+            except HttpError as e:
+                self._answer(502, e.reason, "SH")
+                return
+            if resp is None:
+                return
+            rest = self.parser.leftover
         if resp.informational:
             if resp.status == 101:
                 self._answer(502, "backend switched protocols without an upgrade request", "SH")
                 return
             self._send(forwarding.client_response_head(resp, keep_alive=True, client_version=head.version))
-            self.parser = ResponseHeadParser(head.method)
+            self.parser = ResponseHeadParser(head.method)       # not None: no shortcut for the next head
             if rest:
                 self._response_head(rest)
             return
@@ -650,14 +661,13 @@ class FastExchange:
         self.status = resp.status
         self.framing = resp.body
         self.keep = head.keep_alive and resp.body is not CLOSE and not self.router.stopping
-        last = self.client.last_answer       # as for the request head
         if (last is not None and last[0] is resp and last[1] is self.app and last[2] == self.keep
                 and last[3] == head.version):
             out = last[4]
         else:
             out = forwarding.client_response_head(resp, keep_alive=self.keep, client_version=head.version,
                                                   rules=self.app.response_headers)
-            self.client.last_answer = (resp, self.app, self.keep, head.version, out)
+            self.client.last_answer = (resp, self.app, self.keep, head.version, out, head.method)
         if resp.body is LENGTH:
             self.remaining = resp.content_length
             self._length_body(rest, out)

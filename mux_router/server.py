@@ -778,13 +778,13 @@ class ClientConnection:
     def write_log(self, started: float, route: str | None, status: int, sent: int, request_line: str,
                    note: str, termination: str, tq: float, tw: float, tc: float, tr: float, tt: float,
                    retries: int, received: int = 0) -> None:
-        accepted = time.time() - (time.monotonic() - started)
         backend, _, server = (route or "-/-").partition("/")
         router = self.router
         router.stats.request_done(backend, server, status, received, sent)
         which = router.config.access_log
         if which != "all" and (which == "off" or _normal(status, termination, retries)):
             return
+        accepted = time.time() - (time.monotonic() - started)
         if router.config.access_log_format == "json":
             ip, port = self.client
             access_log(json.dumps({
