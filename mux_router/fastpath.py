@@ -765,6 +765,6 @@ class FastExchange:
         self.router.stats.fast_path += 1
         # Tq/Tw/Tc: the head came in one read, a slot was free, the connection was pooled.
         self.conn.write_log(self.started, self.app.server_key(backend.server), self.status, self.sent,
-                             self.head.request_line, self.note, self.termination, 0.0, 0.0, 0.0, self.t_response,
+                             self.head, self.note, self.termination, 0.0, 0.0, 0.0, self.t_response,
                              (time.monotonic() - self.started) * 1000, 0, len(self.raw))
         self.client.exchange_done(keep)

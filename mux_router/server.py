@@ -771,13 +771,15 @@ class ClientConnection:
 
     def log_request(self, ex: "Exchange") -> None:
         total = (time.monotonic() - ex.started) * 1000
-        self.write_log(ex.started, ex.route, ex.status, ex.sent, ex.head.request_line, ex.note,
+        self.write_log(ex.started, ex.route, ex.status, ex.sent, ex.head, ex.note,
                         ex.termination, ex.t_head, ex.t_queue, ex.t_connect, ex.t_response, total, ex.retries,
                         ex.head_size + ex.body_in)
 
-    def write_log(self, started: float, route: str | None, status: int, sent: int, request_line: str,
+    def write_log(self, started: float, route: str | None, status: int, sent: int, request: RequestHead | str,
                    note: str, termination: str, tq: float, tw: float, tc: float, tr: float, tt: float,
                    retries: int, received: int = 0) -> None:
+        """Count the request, and log it as `access_log` says. `request`: its head, or the text
+        that stands for its request line; the line is made only for a log line."""
         backend, _, server = (route or "-/-").partition("/")
         router = self.router
         router.stats.request_done(backend, server, status, received, sent)
@@ -785,6 +787,7 @@ class ClientConnection:
         if which != "all" and (which == "off" or _normal(status, termination, retries)):
             return
         accepted = time.time() - (time.monotonic() - started)
+        request_line = request if type(request) is str else request.request_line
         if router.config.access_log_format == "json":
             ip, port = self.client
             access_log(json.dumps({
