@@ -39,6 +39,29 @@ class Routed(NamedTuple):
     slot: object | None             # a claimed server slot, or None: queue for one
 
 
+class LastRequest(NamedTuple):
+    """A client connection's last fast request and what was made of it: the same bytes again
+    under the same config have the same head and route, and get the same head sent on (what
+    else those depend on is the connection's own)."""
+    data: bytes
+    config: object
+    head: object
+    app: object
+    sent: bytes                     # the head sent to the backend
+
+
+class LastAnswer(NamedTuple):
+    """The last final response head on a client connection, the request it answered, and the
+    head the client got: a response head that repeats it, to the same method, is the same parse,
+    and the same head goes to the client for the same app, keep-alive and version."""
+    resp: object
+    method: str
+    app: object
+    keep: bool
+    version: str
+    out: bytes
+
+
 class DetachableWriter(asyncio.StreamWriter):
     """A StreamWriter that can be dropped while its transport goes on: when a WebSocket tunnel
     takes a connection over, the stream objects the engine used go (an idle tunnel should cost
@@ -126,12 +149,8 @@ class ClientProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.client_eof = False
         self.closed: asyncio.Future | None = None
-        # The last fast request's bytes with what was made of them: (bytes, config, head, app,
-        # the head sent on); and the last response's: (head, app, keep-alive, client's version,
-        # the head sent back, the request's method). A connection that repeats a request reuses
-        # them, and a response head that repeats the last one is not parsed again.
-        self.last_request: tuple | None = None
-        self.last_answer: tuple | None = None
+        self.last_request: LastRequest | None = None
+        self.last_answer: LastAnswer | None = None
 
     # ---- asyncio callbacks
 
@@ -260,10 +279,8 @@ class ClientProtocol(asyncio.Protocol):
         conn = self.conn
         cfg = router.config
         last = self.last_request
-        if last is not None and last[1] is cfg and last[0] == data:
-            # The same request as the last one, under the same config: the same head and route
-            # (what else they depend on is the connection's own), and the same head to send on.
-            _, _, head, app, sent = last
+        if last is not None and last.config is cfg and last.data == data:
+            head, app, sent = last.head, last.app, last.sent
         else:
             parser = RequestHeadParser()
             try:
@@ -309,7 +326,7 @@ class ClientProtocol(asyncio.Protocol):
                 client_trusted=conn.client_trusted(cfg), keep_alive=True,
                 forwarded_for=cfg.forwarded_for, forwarded=cfg.forwarded, rules=app.request_headers,
                 client_cert_line=conn.client_cert_line)
-            self.last_request = (data, cfg, head, app, sent)
+            self.last_request = LastRequest(data, cfg, head, app, sent)
         self.exchange = FastExchange(self, cfg, head, data, app, servers, slot, backend, started, sent)
 
     def exchange_done(self, keep: bool) -> None:
@@ -630,11 +647,10 @@ class FastExchange:
     def _response_head(self, data: bytes) -> None:
         head = self.head
         last = self.client.last_answer
-        if (self.parser is None and last is not None and data.startswith(last[0].raw)
-                and last[5] == head.method):
-            # The head of the connection's last response again (a head ends at its first empty
-            # line, so this is all of it), to the same method: the same parse.
-            resp = last[0]
+        if (self.parser is None and last is not None and data.startswith(last.resp.raw)
+                and last.method == head.method):
+            # A head ends at its first empty line, so this is all of it.
+            resp = last.resp
             rest = data[len(resp.raw):]
         else:
             if self.parser is None:
@@ -661,13 +677,13 @@ class FastExchange:
         self.status = resp.status
         self.framing = resp.body
         self.keep = head.keep_alive and resp.body is not CLOSE and not self.router.stopping
-        if (last is not None and last[0] is resp and last[1] is self.app and last[2] == self.keep
-                and last[3] == head.version):
-            out = last[4]
+        if (last is not None and last.resp is resp and last.app is self.app and last.keep == self.keep
+                and last.version == head.version):
+            out = last.out
         else:
             out = forwarding.client_response_head(resp, keep_alive=self.keep, client_version=head.version,
                                                   rules=self.app.response_headers)
-            self.client.last_answer = (resp, self.app, self.keep, head.version, out, head.method)
+            self.client.last_answer = LastAnswer(resp, head.method, self.app, self.keep, head.version, out)
         if resp.body is LENGTH:
             self.remaining = resp.content_length
             self._length_body(rest, out)

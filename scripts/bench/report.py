@@ -110,19 +110,20 @@ def comparisons(results: Results, scenarios: list[Scenario]) -> list[Comparison]
     return out
 
 
+def _ratio_note(results: Results, sc: Scenario, a: System, b: System, metric: Metric) -> str:
+    return (f"{a.label} / {b.label} ({metric.label}): "
+            f"{ratio_text(ratio(results.summary(sc.id, a.key, metric.key), results.summary(sc.id, b.key, metric.key)))}")
+
+
 def floor_notes(results: Results, sc: Scenario) -> list[str]:
     """What the diagnostic systems (the relay floors) reach against each real reference."""
-    first = sc.first_metric
     refs = [s for s in sc.systems if not s.frontgate and not s.diagnostic]
-    return [f"{d.label} / {ref.label} ({first.label}): "
-            f"{ratio_text(ratio(results.summary(sc.id, d.key, first.key), results.summary(sc.id, ref.key, first.key)))}"
-            for d in sc.systems if d.diagnostic for ref in refs]
+    return [_ratio_note(results, sc, d, ref, sc.first_metric) for d in sc.systems if d.diagnostic for ref in refs]
 
 
 def metric_notes(results: Results, sc: Scenario) -> list[str]:
     """The ratios of a scenario's `noted` metrics, frontgate's side against each real reference."""
-    return [f"{ours.label} / {ref.label} ({m.label}): "
-            f"{ratio_text(ratio(results.summary(sc.id, ours.key, m.key), results.summary(sc.id, ref.key, m.key)))}"
+    return [_ratio_note(results, sc, ours, ref, m)
             for m in sc.metrics if m.noted for ours, ref in pairs(sc) if not ref.diagnostic]
 
 
