@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from frontgate import client_auth, names
+from frontgate.client_auth import ClientAuthRule, ClientCert
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -167,6 +170,7 @@ class App:
     request_headers: HeaderRules = NO_HEADER_RULES
     response_headers: HeaderRules = NO_HEADER_RULES
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)
+    client_cert: ClientCert | None = None   # client_ca: a verified client certificate is needed
 
     def server_key(self, server: Server) -> str:
         """The key of this server in the health state file."""
@@ -212,6 +216,15 @@ class RouterConfig:
     admin: AdminConfig | None = None       # [admin]: metrics and stats listener; None = none
 
     @functools.cached_property
+    def client_auth_rules(self) -> tuple[ClientAuthRule, ...]:
+        """What the terminator asks for, by server name (derived from the apps' client_ca)."""
+        return client_auth.terminator_rules(self.apps)
+
+    @functools.cached_property
+    def client_auth_index(self) -> names.NameIndex[ClientAuthRule | None]:
+        return client_auth.rule_index(self.client_auth_rules)
+
+    @functools.cached_property
     def routes_by_header(self) -> bool:
         """Some app has a header condition: only then does routing need a request's fields."""
         return any(app.header is not None for app in self.apps)
@@ -246,14 +259,6 @@ class TlsPolicy:
 
 
 @dataclass(frozen=True)
-class ClientAuthRule:
-    """[[client_auth]]: ask for a client certificate when the SNI matches."""
-    sni: tuple[str, ...]                  # exact names or "*.suffix"
-    verify: str                           # "required" | "optional"
-    ca: Path                              # PEM bundle of the CAs that issue client certificates
-
-
-@dataclass(frozen=True)
 class PassthroughRoute:
     """[[passthrough]]: relay the raw TLS stream, undecrypted, when the SNI matches."""
     sni: tuple[str, ...]
@@ -278,7 +283,8 @@ class TerminatorConfig:
     group: str | None = None
     chroot: Path | None = None
     tls: TlsPolicy = TlsPolicy()
-    client_auth: tuple[ClientAuthRule, ...] = ()
+    client_auth: tuple[ClientAuthRule, ...] = ()   # from router_config's apps (client_ca)
+    router_config: Path | None = None
     passthrough: tuple[PassthroughRoute, ...] = ()
     grace: float = 10.0                   # SIGTERM: seconds busy connections get to finish
     admin: AdminConfig | None = None      # [admin]: metrics and stats listener; None = none
@@ -488,15 +494,13 @@ def _load(path: str | Path, build: Callable[[_Table], Any]) -> Any:
 
 # --------------------------------------------------------------------------- host patterns
 
-def _host_pattern(t: _Table, key: str, i: int, value: str) -> str:
-    """Exact host names or `*.suffix`; lower-cased, no port, no trailing dot."""
-    host = value.strip().lower().rstrip(".")
-    label_chars = set("abcdefghijklmnopqrstuvwxyz0123456789-.")
-    body = host[2:] if host.startswith("*.") else host
-    if not body or not set(body) <= label_chars or ".." in body or body.startswith("."):
-        raise ConfigError(t.file, f"{t.key(key)}[{i}]",
-                          f"{value!r} is not a host name or '*.suffix' pattern")
-    return host
+def _host_pattern(t: _Table, key: str, i: int, value: str, subtree: bool = True) -> str:
+    """An exact host name, `*.suffix` (one label) or, where `subtree`, `**.suffix` (any depth), in
+    the names module's normalised form."""
+    try:
+        return names.pattern(value, subtree=subtree)
+    except names.BadName as e:
+        raise ConfigError(t.file, f"{t.key(key)}[{i}]", str(e)) from None
 
 
 def _networks(t: _Table, name: str, default: Any, aliases: Mapping[str, tuple[Network, ...]]) -> tuple[Network, ...]:
@@ -674,7 +678,8 @@ def _build_router(root: _Table) -> RouterConfig:
                   max_body=at.int("max_body", 0, 0, 2**62), acls=tuple(acls),
                   request_headers=_header_rules(at.table("request_headers"), _ROUTER_SET_REQUEST_FIELDS),
                   response_headers=_header_rules(at.table("response_headers")),
-                  error_pages=_error_pages(at.table("error_pages")))
+                  error_pages=_error_pages(at.table("error_pages")),
+                  client_cert=_client_cert(at))
         at.done()
         if any(a.name == name for a in apps):
             raise at.error("name", f"duplicate app name {name!r}")
@@ -682,6 +687,8 @@ def _build_router(root: _Table) -> RouterConfig:
             raise at.error("default", "only one app can have default = true")
         apps.append(app)
 
+    for app, problem in client_auth.disagreements(apps):
+        raise ConfigError(root.file, f"app[{apps.index(app)}].client_ca", problem)
     return RouterConfig(path=root.file, workers=workers, state_file=state_file, state_stale_after=stale,
                         trusted_sources=trusted, listeners=tuple(listeners), timeouts=timeouts,
                         redirects=tuple(redirects), apps=tuple(apps), access_log=access_log,
@@ -698,6 +705,18 @@ _FIELD_VALUE_RE = re.compile(r"[\t \x21-\x7e]*")
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
                   ".json": "application/json", ".txt": "text/plain; charset=utf-8"}
 MAX_ERROR_PAGE = 64 * 1024
+
+
+def _client_cert(at: _Table) -> ClientCert | None:
+    """`client_ca` (a PEM bundle) and `client_cert` ("required", the default, or "optional")."""
+    if "client_ca" not in at.data:
+        if "client_cert" in at.data:
+            raise at.error("client_cert", "needs client_ca (the CA bundle that issues the certificates)")
+        return None
+    cert = ClientCert(ca=at.path("client_ca"), verify=at.str("client_cert", "required", client_auth.VERIFY_MODES))
+    if not cert.ca.is_file():
+        raise at.error("client_ca", f"file {str(cert.ca)!r} not found")
+    return cert
 
 
 def _regex(t: _Table, name: str, default: Any = None) -> re.Pattern | None:
@@ -794,7 +813,9 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
         group=t.str("group", None),
         chroot=t.path("chroot", None),
         grace=t.positive_seconds("grace", 10.0),
+        router_config=t.path("router_config", None),
     )
+    router_config = cfg_args["router_config"]
     if require_files and cfg_args["certs_dir"] is not None and not cfg_args["certs_dir"].is_dir():
         raise t.error("certs_dir", f"{str(cfg_args['certs_dir'])!r} is not a directory")
     if require_files:
@@ -828,14 +849,16 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
         raise tt.error("min_version", f"{tls.min_version} is above max_version {tls.max_version}")
     tt.done()
 
-    client_auth = []
-    for at in root.tables("client_auth"):
-        rule = ClientAuthRule(sni=_sni_patterns(at), verify=at.str("verify", "required", ("required", "optional")),
-                              ca=at.path("ca"))
-        if require_files and not rule.ca.is_file():
-            raise at.error("ca", f"file {str(rule.ca)!r} not found")
-        at.done()
-        client_auth.append(rule)
+    if "client_auth" in root.data:
+        raise ConfigError(root.file, "client_auth", "client certificates are declared on the router's apps now "
+                          "(client_ca = \"...\" in an [[app]] of mux-router.toml), and the terminator follows "
+                          "them through terminator.router_config")
+    client_auth_rules: tuple[ClientAuthRule, ...] = ()
+    if router_config is not None:
+        try:
+            client_auth_rules = load_router_config(router_config).client_auth_rules
+        except ConfigError as e:
+            raise ConfigError(root.file, "terminator.router_config", f"cannot load: {e}") from None
 
     passthrough = []
     for pt in root.tables("passthrough"):
@@ -844,15 +867,15 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
         pt.done()
         passthrough.append(route)
     admin = _admin(root, (root.file.parent / "../state/stats").resolve())
-    return TerminatorConfig(path=root.file, certificates=tuple(certs), tls=tls, client_auth=tuple(client_auth),
+    return TerminatorConfig(path=root.file, certificates=tuple(certs), tls=tls, client_auth=client_auth_rules,
                             passthrough=tuple(passthrough), admin=admin, **cfg_args)
 
 
 def _sni_patterns(t: _Table) -> tuple[str, ...]:
-    names = t.str_or_list("sni")
-    if not names:
+    patterns = t.str_or_list("sni")
+    if not patterns:
         raise t.error("sni", "required: a server name, a '*.suffix' pattern, or a list of them")
-    return tuple(_host_pattern(t, "sni", i, n) for i, n in enumerate(names))
+    return tuple(_host_pattern(t, "sni", i, n, subtree=False) for i, n in enumerate(patterns))
 
 
 def _check_account(t: _Table, user: str | None, group: str | None) -> None:

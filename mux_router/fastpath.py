@@ -20,7 +20,7 @@ from typing import NamedTuple
 from frontgate import proxy_protocol
 from mux_router import forwarding
 from mux_router.http1 import CHUNKED, CLOSE, LENGTH, NO_BODY, ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser
-from mux_router.routing import acl_allows, find_redirect, misdirected, select_app_for
+from mux_router.routing import Refusal, client_cert_line, decide
 
 log = logging.getLogger("mux-router")
 
@@ -290,16 +290,10 @@ class ClientProtocol(asyncio.Protocol):
             if head is None or parser.consumed != len(data) or head.has_body or head.is_websocket_upgrade:
                 self._to_slow(data)
                 return
-            if (misdirected(conn.sni_host, head.host)
-                    or (cfg.redirects and find_redirect(cfg.redirects, listener=conn.listener.name,
-                                                        client_ip=conn.peer_ip, host=head.host,
-                                                        host_as_sent=head.host_as_sent,
-                                                        target=head.origin_target) is not None)):
-                self._to_slow(data)
-                return
-            app = select_app_for(cfg, head)
-            if app is None or not acl_allows(app, conn.peer_ip, head.path):
-                self._to_slow(data)
+            app = decide(cfg, head, listener=conn.listener.name, client_ip=conn.peer_ip, sni_check=conn.sni_host,
+                         sni=conn.sni, cert_verified=conn.client_cert_line is not None)
+            if isinstance(app, Refusal):
+                self._to_slow(data)         # the engine gives the router's own answers
                 return
             sent = None
         servers = router.server_order(app, conn.hash_key(app, head))
@@ -325,7 +319,7 @@ class ClientProtocol(asyncio.Protocol):
                 head, client_ip=conn.client[0], scheme=conn.listener.scheme,
                 client_trusted=conn.client_trusted(cfg), keep_alive=True,
                 forwarded_for=cfg.forwarded_for, forwarded=cfg.forwarded, rules=app.request_headers,
-                client_cert_line=conn.client_cert_line)
+                client_cert_line=client_cert_line(cfg, app, conn.sni, conn.client_cert_line, head.host))
             self.last_request = LastRequest(data, cfg, head, app, sent)
         self.exchange = FastExchange(self, cfg, head, data, app, servers, slot, backend, started, sent)
 

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
+from frontgate import names
+
 MAX_REQUEST_LINE = 8 * 1024       # longer: 414
 MAX_HEAD = 32 * 1024              # request line + fields; longer: 431
 MAX_FIELDS = 100                  # more header fields: 431
@@ -68,8 +70,6 @@ _WHOLE_REQUEST_RE = re.compile(_REQUEST_LINE + _FIELD_BLOCK)
 _WHOLE_RESPONSE_RE = re.compile(_STATUS_LINE + _FIELD_BLOCK)
 _HTTP_VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _SUPPORTED_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
-# Host = uri-host [ ":" port ]; uri-host is an IP literal in brackets or a reg-name / IPv4.
-_HOST_RE = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]*))?")
 _ABSOLUTE_RE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
 _DIGITS_RE = re.compile(rb"[0-9]{1,18}")
 _QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
@@ -88,19 +88,6 @@ def comma_tokens(values: Iterable[bytes]) -> list[bytes]:
             if part:
                 out.append(part.lower())
     return out
-
-
-def split_host(value: str) -> tuple[str, str | None]:
-    """'Example.COM:8080' -> ('example.com', '8080'); '[::1]:80' -> ('[::1]', '80').
-    Lower-cased, trailing dot dropped: the form host patterns are compared with."""
-    if value.startswith("["):
-        host, _, rest = value.partition("]")
-        host += "]"
-        port = rest[1:] if rest.startswith(":") else None
-    else:
-        host, sep, port_text = value.partition(":")
-        port = port_text if sep else None
-    return host.lower().rstrip("."), port
 
 
 class _Memo(dict):
@@ -128,12 +115,14 @@ def _connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(comma_tokens((value,)))
 
 
-def _request_host(value: bytes) -> tuple[str, str]:
-    """A Host header as sent -> (its text, the host as RequestHead.host has it); 400 if invalid."""
-    if not _HOST_RE.fullmatch(value):
-        raise HttpError(400, "invalid Host header")
+def _request_host(value: bytes, what: str = "invalid Host header") -> tuple[str, str | None]:
+    """A Host header (or absolute-form authority) as sent -> (its text, the host as
+    RequestHead.host has it: frontgate.names' form, None when empty); 400 if invalid."""
     text = value.decode("latin-1")
-    return text, split_host(text)[0]
+    try:
+        return text, names.split_authority(text)[0]
+    except names.BadName:
+        raise HttpError(400, what) from None
 
 
 _CONNECTION_TOKENS = _Memo(_connection_tokens)
@@ -163,7 +152,7 @@ class RequestHead(NamedTuple):
     target: str                 # as sent: origin-form, absolute-form, or "*"
     version: str                # "HTTP/1.1" | "HTTP/1.0"
     raw: bytes                  # the head as received, request line to the empty line
-    host: str | None            # lower-cased, port and trailing dot stripped; None without Host
+    host: str | None            # frontgate.names' form, no port; None without Host (or an empty one)
     host_as_sent: str | None    # the Host header (or absolute-form authority) verbatim
     path: str                   # target without query, for routing
     origin_target: str          # path and query: what a redirect keeps
@@ -505,10 +494,9 @@ class RequestHeadParser(_HeadParser):
             # the router and the backend from picking different hosts.
             if host_as_sent is not None and authority.lower() != host_as_sent.lower():
                 raise HttpError(400, "Host header differs from the request target")
-            if not _HOST_RE.fullmatch(authority) or not authority:
+            host_text, host = _request_host(authority, "invalid authority in request target")
+            if host is None:
                 raise HttpError(400, "invalid authority in request target")
-            host_text = authority.decode("latin-1")
-            host = split_host(host_text)[0]
             path_and_query = path_and_query or b"/"
         target_text = target.decode()
         path_and_query_text = target_text if path_and_query is target else path_and_query.decode()

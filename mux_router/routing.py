@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
+from frontgate import client_auth, names
 from frontgate.config import App, Network, RedirectRule, RouterConfig
 
 if TYPE_CHECKING:
@@ -33,35 +34,23 @@ def ip_in(ip: IPAddress | None, networks: Iterable[Network]) -> bool:
     return ip is not None and any(ip in net for net in networks)
 
 
-def host_matches(pattern: str, host: str) -> bool:
-    """`pattern` is an exact name or `*.suffix` (any name ending in `.suffix`, any depth, but not
-    `suffix` itself). Both sides lower-case, no port: as config and the parser produce them."""
-    if pattern.startswith("*."):
-        return _under(pattern[1:], host)
-    return host == pattern
-
-
-def _under(suffix: str, host: str) -> bool:
-    return host.endswith(suffix) and len(host) > len(suffix)
-
-
 @functools.lru_cache(maxsize=1024)
 def _host_sets(patterns: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
-    """A config's host patterns split once: the exact names, and the suffixes of the `*.` ones."""
-    return (frozenset(p for p in patterns if not p.startswith("*.")),
-            tuple(p[1:] for p in patterns if p.startswith("*.")))
+    """A config's host patterns split once: the exact names, and the wildcard patterns."""
+    return (frozenset(p for p in patterns if not p.startswith("*")),
+            tuple(p for p in patterns if p.startswith("*")))
 
 
 def any_host_matches(patterns: Iterable[str], host: str | None) -> bool:
-    """host_matches for any of `patterns`, with a set lookup for the exact ones (asked per request)."""
+    """names.matches for any of `patterns`, with a set lookup for the exact ones (asked per request)."""
     if host is None:
         return False
-    exact, suffixes = _host_sets(tuple(patterns))
-    return host in exact or bool(suffixes) and any(_under(s, host) for s in suffixes)
+    exact, wildcards = _host_sets(tuple(patterns))
+    return host in exact or bool(wildcards) and any(names.matches(p, host) for p in wildcards)
 
 
 def host_conditions_hold(app: App, host: str | None) -> bool:
-    """The app's host conditions (exact, `*.suffix` or regex) hold for `host`; an app without any
+    """The app's host conditions (patterns or regex) hold for `host`; an app without any
     takes every host, and a request without one."""
     if not app.hosts and app.host_regex is None:
         return True
@@ -141,17 +130,14 @@ def select_app_for(config: RouterConfig, head: RequestHead) -> App | None:
 
 
 def sni_host(authority: str | None) -> str | None:
-    """A PROXY header's SNI in the form RequestHead.host has (lower-case, no trailing dot), to be
-    computed once per connection; None (no check) without one."""
-    if not authority:
-        return None
+    """A PROXY header's SNI in the form RequestHead.host has, to be computed once per connection;
+    None without one (or for an IP literal, which names no host). A name the terminator would have
+    refused (a peer that is not our terminator) becomes one no host equals: every request on the
+    connection is misdirected."""
     try:
-        # RFC 6066 3: SNI never carries an IP literal, yet some clients (wrk) send the URL's address
-        # there. That names no host, so there is nothing for the Host header to contradict.
-        ipaddress.ip_address(authority)
-        return None
-    except ValueError:
-        return authority.lower().rstrip(".") or None
+        return names.sni_name(authority)
+    except names.BadName:
+        return "<invalid server name>"
 
 
 def misdirected(sni: str | None, host: str | None) -> bool:
@@ -199,3 +185,54 @@ def find_redirect(rules: Sequence[RedirectRule], *, listener: str, client_ip: IP
             return rule.code, rule.prefix.rstrip("/") + target
         return rule.code, rule.location
     return None
+
+
+class Refusal(NamedTuple):
+    """The router's own answer instead of forwarding: an error, or a redirect (`location`)."""
+    status: int
+    detail: str = ""
+    termination: str = "PR"            # the log's termination state
+    route: str | None = None           # the log's route when no app is chosen
+    app: App | None = None             # the app chosen, for its error pages
+    close: bool = False
+    location: str | None = None
+
+
+def decide(cfg: RouterConfig, head: RequestHead, *, listener: str, client_ip: IPAddress | None,
+           sni_check: str | None, sni: str | None, cert_verified: bool) -> App | Refusal:
+    """Every decision on a request before it is forwarded, in order, in the one place both the
+    fast path and the engine ask: the 421 check (`sni_check`: the connection's SNI where the
+    listener checks it), redirects, the app, its client-certificate rule (`sni`: the connection's
+    SNI whatever the listener, `cert_verified`: the PROXY header's word), its ACL, its body limit."""
+    host = head.host
+    if misdirected(sni_check, host):
+        # This connection is not for that host: whatever the terminator checked for the SNI name
+        # (a client certificate) says nothing about the other one. Closed: the client is to open
+        # a new connection for that host.
+        return Refusal(421, f"this connection is for {sni_check}, not {host}", route="<misdirected>", close=True)
+    if cfg.redirects:
+        redirect = find_redirect(cfg.redirects, listener=listener, client_ip=client_ip, host=host,
+                                 host_as_sent=head.host_as_sent, target=head.origin_target)
+        if redirect is not None:
+            return Refusal(redirect[0], termination="LR", route="<redirect>", location=redirect[1])
+    app = select_app_for(cfg, head)
+    if app is None:
+        return Refusal(404, "no app serves this host and path")
+    if app.client_cert is not None:
+        refused = client_auth.refusal(app, cfg.client_auth_index, sni, cert_verified, host)
+        if refused is not None:
+            return Refusal(refused[0], refused[1], app=app, close=refused[0] == 421)
+    if app.acls and not acl_allows(app, client_ip, head.path):
+        return Refusal(403, "denied by the app's access rules", app=app)
+    if app.max_body and (head.content_length or 0) > app.max_body:
+        return Refusal(413, f"the body is larger than {app.max_body} bytes", app=app)
+    return app
+
+
+def client_cert_line(cfg: RouterConfig, app: App, sni: str | None, line: bytes | None,
+                     host: str | None) -> bytes | None:
+    """The X-Client-Cert-Subject line a request's backend gets: only for an app with client_ca,
+    and only when the certificate was verified for this very host."""
+    if line is None or not client_auth.certified(app, cfg.client_auth_index, sni, True, host):
+        return None
+    return line

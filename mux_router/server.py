@@ -36,7 +36,7 @@ from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, DetachableWriter, Routed
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
-from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app_for, sni_host
+from mux_router.routing import Refusal, client_cert_line, decide, ip_in, parse_ip, sni_host
 from mux_router.stats import RouterAdmin, RouterStats
 
 log = logging.getLogger("mux-router")
@@ -569,8 +569,9 @@ class ClientConnection:
         self.requests = 0
         self.request_started = time.monotonic()
         # From the PROXY header, computed once for all the connection's requests:
-        self.sni_host: str | None = None              # normalised like RequestHead.host; None: no check
-        self.client_cert_line: bytes | None = None    # X-Client-Cert-Subject line for the backend
+        self.sni: str | None = None                   # the SNI, normalised like RequestHead.host
+        self.sni_host: str | None = None              # the SNI where the listener checks it (421)
+        self.client_cert_line: bytes | None = None    # a verified certificate's X-Client-Cert-Subject
         self._trusted_in: RouterConfig | None = None  # client_trusted()'s cache
         self._trusted = False
 
@@ -658,8 +659,9 @@ class ClientConnection:
             self.peer_ip = parse_ip(header.src[0])
             self.client = (str(self.peer_ip), header.src[1])
             self._trusted_in = None
+        self.sni = sni_host(header.authority)
         if self.listener.sni_host_check:
-            self.sni_host = sni_host(header.authority)
+            self.sni_host = self.sni
         if header.client_cert_subject is not None:
             self.client_cert_line = forwarding.client_cert_subject_line(header.client_cert_subject)
 
@@ -886,28 +888,19 @@ class Exchange:
             self.app, self.route = app, f"{app.name}/-"
             return await self._serve(app, servers, slot)
         head, conn, cfg = self.head, self.conn, self.config
-        if misdirected(conn.sni_host, head.host):
-            # This connection is not for that host: whatever the terminator checked for the SNI
-            # name (a client certificate) says nothing about the other one. Closed: the client
-            # is to open a new connection for that host.
-            self.route = "<misdirected>"
-            return await self._answer(421, f"this connection is for {conn.sni_host}, not {head.host}",
-                                      termination="PR", close=True)
-        redirect = find_redirect(cfg.redirects, listener=conn.listener.name, client_ip=conn.peer_ip,
-                                 host=head.host, host_as_sent=head.host_as_sent, target=head.origin_target)
-        if redirect is not None:
-            code, location = redirect
-            self.route = "<redirect>"
-            return await self._answer(code, location=location, termination="LR")
-        app = select_app_for(cfg, head)
-        if app is None:
-            return await self._answer(404, "no app serves this host and path", termination="PR")
+        app = decide(cfg, head, listener=conn.listener.name, client_ip=conn.peer_ip, sni_check=conn.sni_host,
+                     sni=conn.sni, cert_verified=conn.client_cert_line is not None)
+        if isinstance(app, Refusal):
+            refusal = app
+            if refusal.app is not None:
+                self.app = refusal.app
+                self.route = f"{refusal.app.name}/-"
+            elif refusal.route is not None:
+                self.route = refusal.route
+            return await self._answer(refusal.status, refusal.detail, location=refusal.location,
+                                      termination=refusal.termination, close=refusal.close)
         self.app = app
         self.route = f"{app.name}/-"
-        if not acl_allows(app, conn.peer_ip, head.path):
-            return await self._answer(403, "denied by the app's access rules", termination="PR")
-        if app.max_body and (head.content_length or 0) > app.max_body:
-            return await self._answer(413, f"the body is larger than {app.max_body} bytes", termination="PR")
         servers = self.router.server_order(app, conn.hash_key(app, head))
         if not servers:
             return await self._answer(503, f"no server of {app.name} is up", termination="SC")
@@ -1004,7 +997,7 @@ class Exchange:
             client_trusted=conn.client_trusted(cfg),
             keep_alive=self.router.backends.keeps_alive and not head.is_websocket_upgrade,
             forwarded_for=cfg.forwarded_for, forwarded=cfg.forwarded, rules=app.request_headers,
-            client_cert_line=conn.client_cert_line))
+            client_cert_line=client_cert_line(cfg, app, conn.sni, conn.client_cert_line, head.host)))
         if head.has_body:
             self.upload = asyncio.create_task(self._upload_body(backend))
         sent_at = time.monotonic()

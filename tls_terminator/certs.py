@@ -35,8 +35,9 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
-from frontgate.config import CertificateEntry, ClientAuthRule, ConfigError, TerminatorConfig, TlsPolicy
-from tls_terminator.sni import SniIndex, build_index, normalize, unusable_names
+from frontgate import client_auth, names
+from frontgate.client_auth import ClientAuthRule
+from frontgate.config import CertificateEntry, ConfigError, TerminatorConfig, TlsPolicy
 from tls_terminator.tls import new_context
 
 log = logging.getLogger("tls-terminator")
@@ -387,7 +388,7 @@ class CertStore:
         self.problems = list(problems)       # files that did not load (reported, skipped)
         by_name: dict[str, list[LoadedCertificate]] = {}
         for c in self.certificates:
-            for name in dict.fromkeys(normalize(n) for n in c.names):
+            for name in dict.fromkeys(names.certificate_patterns(c.names)[0]):
                 by_name.setdefault(name, []).append(c)
         sets: dict[tuple[int, ...], CertSet] = {}
         # The previous store's contexts serve again when their certificates are the same objects
@@ -405,13 +406,13 @@ class CertStore:
             return sets[key]
 
         named = [((name,), intern(choose(group, now))) for name, group in by_name.items()]
-        default_names = [normalize(n) for n in default.names]
+        default_names = names.certificate_patterns(default.names)[0]
         default_set = next((s for (n,), s in named if n in default_names and default in s.certificates), None)
         self.default_set = default_set or intern((default,))
-        self.index: SniIndex[CertSet] = build_index(named, self.default_set)
+        self.index: names.NameIndex[CertSet] = names.build_index(named, self.default_set)
         self.sets = sets
-        self.client_auth: SniIndex[int | None] = build_index(
-            ((rule.sni, i) for i, rule in enumerate(cfg.client_auth)), None)
+        # The router judges hosts by this same index (client_auth.rule_index over the same rules).
+        self.client_auth = client_auth.rule_index(cfg.client_auth)
 
     # ---- loading
 
@@ -443,23 +444,34 @@ class CertStore:
 
     # ---- choosing
 
+    def _set_for(self, server_name: str | bytes | None) -> CertSet:
+        """What a client asking for `server_name` is served (for reports: a name that the
+        handshake would refuse gets the default here)."""
+        try:
+            name = names.sni_name(server_name)
+        except names.BadName:
+            name = None
+        return self.index.lookup(name)
+
     def certificate_for(self, server_name: str | bytes | None) -> LoadedCertificate:
-        return self.index.lookup(server_name).primary
+        return self._set_for(server_name).primary
 
     def context_for(self, server_name: str | bytes | None) -> SSL.Context:
-        return self.index.lookup(server_name).context
+        return self._set_for(server_name).context
 
     def on_server_name(self, conn: SSL.Connection) -> None:
-        # Runs inside the handshake, once the ClientHello is parsed (also when it has no SNI).
-        name = conn.get_servername()
+        """Runs inside the handshake, once the ClientHello is parsed (also when it has no SNI).
+        Raises names.BadName for a server name that is not a host name: the handshake fails."""
+        name = names.sni_name(conn.get_servername())
         cert_set = self.index.lookup(name)
-        rule_index = self.client_auth.lookup(name) if self.cfg.client_auth else None
-        if rule_index is None:
+        rule = self.client_auth.lookup(name)
+        if rule is None:
             conn.set_context(cert_set.context)
             return
+        rule_index = self.cfg.client_auth.index(rule)
         conn.set_context(cert_set.context_with_client_auth(rule_index))
         # The verify mode is the connection's own (copied from the front context when it was made).
-        conn.set_verify(_VERIFY_MODES[self.cfg.client_auth[rule_index].verify])
+        conn.set_verify(_VERIFY_MODES[rule.verify])
 
     # ---- reporting
 
@@ -476,7 +488,7 @@ class CertStore:
                 out.append(f"{c.label}: not valid before {c.not_before:%Y-%m-%d %H:%M} UTC")
             if not c.names:
                 out.append(f"{c.label}: has no DNS names; it can only serve as the default")
-            for name in unusable_names(c.names):
+            for name in names.certificate_patterns(c.names)[1]:
                 out.append(f"{c.label}: name {name!r} can never match (only '*.' + domain wildcards are)")
             problem = loose_permissions(c.key_file)
             if problem:

@@ -41,14 +41,13 @@ from collections import deque
 
 from OpenSSL import SSL
 
-from frontgate import proxy_protocol
+from frontgate import names, proxy_protocol
 from frontgate.config import Address, ConfigError, PassthroughRoute, TerminatorConfig, load_terminator_config
 from frontgate.memory import release_free_memory
 from frontgate.sweep import Sweep, interval_for
 from tls_terminator.certs import CertStore, client_cert_subject, files_fingerprint
 from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
 from tls_terminator.privileges import PrivilegeError, drop_privileges
-from tls_terminator.sni import SniIndex, build_index
 from tls_terminator.stats import TerminatorAdmin, TerminatorStats, handshake_failure_reason
 from tls_terminator.tls import Front, drain_output, may_have_plaintext, renew_bios
 
@@ -326,13 +325,14 @@ class ClientConnection(ClientSide):
             if hello is None and len(buf) <= MAX_HELLO + 1024:
                 return b""
         self.sniffed = None
-        route = self.terminator.passthrough_routes.lookup(hello.server_name) if hello else None
+        route = self.terminator.passthrough_route(hello.server_name) if hello else None
         if route is None:
             return bytes(buf)
         self._end_deadlines()
         self.closed = True          # this object is done; the passthrough takes the transport
         self.terminator.stats.passthrough += 1
-        relay = PassthroughConnection(self.terminator, self.transport, route, hello.server_name, bytes(buf))
+        relay = PassthroughConnection(self.terminator, self.transport, route, names.sni_name(hello.server_name),
+                                      bytes(buf))
         self.transport.set_protocol(relay)
         self.terminator.replace_connection(self, relay)
         relay.start()
@@ -559,7 +559,7 @@ class ClientConnection(ClientSide):
         alpn = self.tls.get_alpn_proto_negotiated()
         return proxy_protocol.ProxyHeader(
             command="PROXY", family=family, src=src, dst=dst,
-            authority=_ascii_or_none(server_name),
+            authority=names.sni_name(server_name),       # valid: on_server_name refused anything else
             alpn=_ascii_or_none(alpn),
             tls_version=self.tls.get_protocol_version_name(),
             tls_cipher=self.tls.get_cipher_name(),
@@ -823,7 +823,7 @@ class Terminator:
         self.store = store
         # The front context outlives certificate reloads (sessions keep resuming); see tls.Front.
         self.front = Front(cfg.tls, self._on_server_name, cfg.path)
-        self.passthrough_routes: SniIndex[PassthroughRoute | None] = _passthrough_index(cfg)
+        self.passthrough_routes: names.NameIndex[PassthroughRoute | None] = _passthrough_index(cfg)
         self.fingerprint = files_fingerprint(cfg)
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection | PassthroughConnection] = set()
@@ -875,11 +875,21 @@ class Terminator:
         if self.cfg.certs_poll_interval > 0:
             self.poll_task = self.loop.create_task(self._poll_certificates())
 
+    def passthrough_route(self, server_name: str | None) -> PassthroughRoute | None:
+        try:
+            return self.passthrough_routes.lookup(names.sni_name(server_name))
+        except names.BadName:
+            return None         # not a name: OpenSSL's side refuses the handshake
+
     def _on_server_name(self, conn: SSL.Connection) -> None:
         # Whatever store is current when the ClientHello arrives: a reload changes what new
         # handshakes get, never an established connection.
         try:
             self.store.on_server_name(conn)
+        except names.BadName as e:
+            # Not a host name ("a.b..", control bytes, non-ASCII): no certificate, so the handshake
+            # fails, and no stage ever judges a name the other would read differently.
+            log.info("handshake refused: %s", e)
         except Exception:
             # Never an exception out of OpenSSL's callback: this client's handshake fails (the
             # front context has no certificate), the daemon goes on.
@@ -1066,5 +1076,5 @@ async def serve(cfg: TerminatorConfig, store: CertStore) -> None:
     await terminator.admin.stop()
 
 
-def _passthrough_index(cfg: TerminatorConfig) -> SniIndex[PassthroughRoute | None]:
-    return build_index(((route.sni, route) for route in cfg.passthrough), None)
+def _passthrough_index(cfg: TerminatorConfig) -> names.NameIndex[PassthroughRoute | None]:
+    return names.build_index(((route.sni, route) for route in cfg.passthrough), None)

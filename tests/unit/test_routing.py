@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from frontgate.config import Address, App, RedirectRule, Server
-from mux_router.routing import (any_host_matches, find_redirect, host_matches, ip_in, misdirected, parse_ip,
-                                select_app, sni_host)
+from mux_router.routing import any_host_matches, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
 
 
 def app(name, hosts, prefix="/"):
@@ -22,6 +21,7 @@ APPS = (
     app("maps-api", ["maps.localhost"], "/api/"),
     app("maps", ["maps.localhost"]),
     app("coltrane", ["coltrane.localhost", "*.coltrane.localhost"]),
+    app("deep", ["**.deep.localhost"]),
     app("admin", ["*.localhost"], "/admin"),
 )
 
@@ -33,7 +33,9 @@ APPS = (
     ("MAPS.localhost", "/", "maps"),                    # case-insensitive
     ("coltrane.localhost", "/x", "coltrane"),
     ("a.coltrane.localhost", "/", "coltrane"),          # wildcard
-    ("a.b.coltrane.localhost", "/", "coltrane"),        # any depth
+    ("a.b.coltrane.localhost", "/", None),              # "*." is one label (RFC 6125), as for certificates
+    ("a.b.deep.localhost", "/", "deep"),                # "**." is any depth
+    ("deep.localhost", "/", None),
     ("xcoltrane.localhost", "/", None),                 # not a label boundary
     ("other.localhost", "/admin/users", "admin"),
     ("other.localhost", "/", None),
@@ -46,9 +48,10 @@ def test_select_app(host, path, expected):
     assert (chosen.name if chosen else None) == expected
 
 
-def test_host_matches():
-    assert host_matches("a.b", "a.b") and not host_matches("a.b", "x.a.b")
-    assert host_matches("*.a.b", "x.a.b") and not host_matches("*.a.b", "a.b") and not host_matches("*.a.b", ".a.b")
+def test_any_host_matches():
+    assert any_host_matches(["a.b"], "a.b") and not any_host_matches(["a.b"], "x.a.b")
+    assert any_host_matches(["*.a.b"], "x.a.b") and not any_host_matches(["*.a.b"], "a.b")
+    assert not any_host_matches(["*.a.b"], "y.x.a.b") and any_host_matches(["**.a.b"], "y.x.a.b")
     assert not any_host_matches(["a"], None)
 
 
@@ -144,8 +147,10 @@ def test_acls_first_matching_path_decides():
 
 
 @pytest.mark.parametrize("authority, expected", [
-    ("a.localhost", "a.localhost"), ("A.LocalHost.", "a.localhost"), (None, None), ("", None), (".", None),
-    ("127.0.0.1", None), ("::1", None)])     # an IP literal is not a server name (RFC 6066): no check
+    ("a.localhost", "a.localhost"), ("A.LocalHost.", "a.localhost"), (None, None), ("", None),
+    ("127.0.0.1", None), ("::1", None),      # an IP literal is not a server name (RFC 6066): no check
+    # not names (a terminator refuses them): nothing any Host equals
+    (".", "<invalid server name>"), ("a.localhost..", "<invalid server name>"), ("a\nb", "<invalid server name>")])
 def test_sni_host_is_normalised_like_the_request_host(authority, expected):
     assert sni_host(authority) == expected
 
@@ -188,7 +193,7 @@ def _select_by_scan(apps, host, path, headers=()):
     return default
 
 
-_HOST_PATTERNS = ("a.x", "b.x", "*.x", "*.a.x", "x")
+_HOST_PATTERNS = ("a.x", "b.x", "*.x", "*.a.x", "x", "**.x")
 _HOSTS = ("a.x", "b.x", "c.a.x", "x", "A.X", "y", None)
 _PATHS = ("/", "/a", "/a/b", "/b.png")
 

@@ -25,10 +25,31 @@ def test_defaults(tmp_path):
     assert cfg.grace == 10
 
 
+# Client certificates are declared once, on the router's apps; the terminator follows them.
+ROUTER_WITH_CLIENT_CERTS = '''[listen.main]
+address = "127.0.0.1:8443"
+proxy_protocol = true
+[[app]]
+name = "secure"
+hosts = ["Secure.Test", "*.secure.test"]
+client_ca = "clients.pem"
+servers = ["127.0.0.1:1"]
+[[app]]
+name = "opt"
+hosts = ["opt.test"]
+client_ca = "opt.pem"
+client_cert = "optional"
+servers = ["127.0.0.1:2"]
+'''
+
+
 def test_everything(tmp_path):
     (tmp_path / "certs").mkdir()
     (tmp_path / "clients.pem").write_text("x")
+    (tmp_path / "opt.pem").write_text("x")
+    (tmp_path / "router.toml").write_text(ROUTER_WITH_CLIENT_CERTS)
     cfg = load(tmp_path, HEAD + '''certs_dir = "certs"
+router_config = "router.toml"
 certs_poll_interval = 0
 grace = 3
 allow_loose_key_permissions = true
@@ -42,13 +63,6 @@ ciphersuites = "TLS_AES_256_GCM_SHA384"
 prefer_server_ciphers = "always"
 session_tickets = false
 session_timeout = 600
-[[client_auth]]
-sni = ["Secure.Test", "*.secure.test"]
-ca = "clients.pem"
-[[client_auth]]
-sni = "opt.test"
-verify = "optional"
-ca = "clients.pem"
 [[passthrough]]
 sni = "*.pass.example"
 backend = "127.0.0.1:9443"
@@ -62,7 +76,8 @@ proxy_protocol = true
                                 session_tickets=False, session_timeout=600)
     assert [(r.sni, r.verify, r.ca) for r in cfg.client_auth] == [
         (("secure.test", "*.secure.test"), "required", tmp_path / "clients.pem"),
-        (("opt.test",), "optional", tmp_path / "clients.pem")]
+        (("opt.test",), "optional", tmp_path / "opt.pem")]
+    assert cfg.router_config == tmp_path / "router.toml"
     route = cfg.passthrough[0]
     assert route.sni == ("*.pass.example",) and route.backend == Address.parse("127.0.0.1:9443") and route.proxy_protocol
 
@@ -78,9 +93,9 @@ proxy_protocol = true
     ('certs_dir = "."\n[tls]\nmin_version = "SSLv3"\n', "tls.min_version", "is not one of"),
     ('certs_dir = "."\n[tls]\nmin_version = "TLSv1.3"\nmax_version = "TLSv1.2"\n', "tls.min_version", "above"),
     ('certs_dir = "."\n[tls]\nsesion_tickets = false\n', "tls.sesion_tickets", "unknown key"),
-    ('certs_dir = "."\n[[client_auth]]\nsni = "a.test"\nca = "missing.pem"\n', "client_auth[0].ca", "not found"),
-    ('certs_dir = "."\n[[client_auth]]\nsni = "a.test"\nverify = "maybe"\nca = "t.toml"\n',
-     "client_auth[0].verify", "is not one of"),
+        ('certs_dir = "."\n[[client_auth]]\nsni = "a.test"\nca = "t.toml"\n', "client_auth",
+         "declared on the router's apps"),
+        ('certs_dir = "."\nrouter_config = "missing.toml"\n', "terminator.router_config", "cannot load"),
     ('certs_dir = "."\n[[passthrough]]\nbackend = "127.0.0.1:1"\n', "passthrough[0].sni", "required"),
     ('certs_dir = "."\n[[passthrough]]\nsni = "a b"\nbackend = "127.0.0.1:1"\n', "passthrough[0].sni[0]",
      "not a host name"),
