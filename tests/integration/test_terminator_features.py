@@ -272,10 +272,15 @@ def mtls(ca, router, tmp_path):
     clients.cert_pem.write_to_path(str(tmp_path / "clients-ca.pem"))
     for name in ("secure.test", "opt.test", "app.test"):
         make_leaf(ca, name).write_pem(tmp_path / f"{name}.pem")
-    tables = ('[[client_auth]]\nsni = "secure.test"\nverify = "required"\nca = "clients-ca.pem"\n'
-              '[[client_auth]]\nsni = ["opt.test"]\nverify = "optional"\nca = "clients-ca.pem"\n'
-              + "".join(f'[[certificate]]\ncert = "{n}.pem"\n' for n in ("app.test", "secure.test", "opt.test")))
-    t = start(tmp_path, router, tables)
+    # Declared on the router's apps; the terminator follows them through router_config.
+    (tmp_path / "router.toml").write_text(
+        '[listen.main]\naddress = "127.0.0.1:1"\nproxy_protocol = true\n'
+        '[[app]]\nname = "secure"\nhosts = ["secure.test"]\nclient_ca = "clients-ca.pem"\nservers = ["127.0.0.1:1"]\n'
+        '[[app]]\nname = "opt"\nhosts = ["opt.test"]\nclient_ca = "opt-ca.pem"\nclient_cert = "optional"\n'
+        'servers = ["127.0.0.1:2"]\n')
+    clients.cert_pem.write_to_path(str(tmp_path / "opt-ca.pem"))
+    tables = "".join(f'[[certificate]]\ncert = "{n}.pem"\n' for n in ("app.test", "secure.test", "opt.test"))
+    t = start(tmp_path, router, tables, router_config='"router.toml"')
     yield t, clients
     t.stop()
 
@@ -504,7 +509,12 @@ proxy_protocol = true
 scheme = "https"
 [[app]]
 name = "recorded"
-hosts = ["a.localhost", "b.localhost", "secure.localhost"]
+hosts = ["a.localhost", "b.localhost"]
+servers = ["127.0.0.1:{backend}"]
+[[app]]
+name = "secure"
+hosts = ["secure.localhost"]
+client_ca = "clients-ca.pem"
 servers = ["127.0.0.1:{backend}"]
 """
 
@@ -517,15 +527,15 @@ def stack(ca, tmp_path):
     port = free_port()
     (tmp_path / "state").mkdir()
     (tmp_path / "mux-router.toml").write_text(ROUTER_BEHIND.format(port=port, backend=backend.port))
-    router_proc = start_daemon(["mux-router", "--config", str(tmp_path / "mux-router.toml")],
-                               wait_for=("127.0.0.1", port))
     clients = trustme.CA()
     clients.cert_pem.write_to_path(str(tmp_path / "clients-ca.pem"))
+    router_proc = start_daemon(["mux-router", "--config", str(tmp_path / "mux-router.toml")],
+                               wait_for=("127.0.0.1", port))
     make_leaf(ca, "a.localhost", "b.localhost", "secure.localhost").write_pem(tmp_path / "site.pem")
     t = None
     try:
-        t = Terminator(tmp_path, '[[client_auth]]\nsni = "secure.localhost"\nverify = "required"\n'
-                                 'ca = "clients-ca.pem"\n[[certificate]]\ncert = "site.pem"\n', f"127.0.0.1:{port}")
+        t = Terminator(tmp_path, '[[certificate]]\ncert = "site.pem"\n', f"127.0.0.1:{port}",
+                       router_config='"mux-router.toml"')
         yield t, clients, backend
     finally:
         if t is not None:
