@@ -32,6 +32,7 @@ RELOAD_CONFIRM_SECONDS = 5.0      # how long `reload` waits for each process to 
 def check_configs(configs: Path) -> list[str]:
     """Every problem in the three configs, one line each; empty when all is well."""
     errors: list[str] = []
+    terminator = router = None
     try:
         terminator = load_terminator_config(configs / "tls-terminator.toml")
     except ConfigError as e:
@@ -40,11 +41,20 @@ def check_configs(configs: Path) -> list[str]:
         # Import here: the certificate code pulls in pyOpenSSL, which the other checks don't need.
         from tls_terminator.certs import check_certificates
         errors.extend(check_certificates(terminator))
-    for loader, name in ((load_router_config, "mux-router"), (load_checker_config, "health-checker")):
-        try:
-            loader(configs / f"{name}.toml")
-        except ConfigError as e:
-            errors.append(str(e))
+    try:
+        router = load_router_config(configs / "mux-router.toml")
+    except ConfigError as e:
+        errors.append(str(e))
+    try:
+        load_checker_config(configs / "health-checker.toml")
+    except ConfigError as e:
+        errors.append(str(e))
+    if terminator is not None and router is not None and router.client_auth_rules:
+        follows = terminator.router_config is not None and terminator.router_config.resolve() == router.path.resolve()
+        if not follows:
+            # The router would refuse every request for those apps: no handshake would ask for a certificate.
+            errors.append(f"{terminator.path}: terminator.router_config: must name {router.path.name}, whose apps "
+                          "declare client_ca: the terminator asks for client certificates from that declaration")
     return errors
 
 

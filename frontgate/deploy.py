@@ -43,7 +43,9 @@ def config_files(stage: str, configs: Path) -> list[Path]:
         except ConfigError:
             return [own]       # invalid: `frontgate check` reports it; the TOML alone still fingerprints
         # A renewed certificate is a changed config: `frontgate reload` makes the terminator load it.
-        return [own, *(p for c in cfg.certificates for p in (c.cert, c.key) if p is not None)]
+        # Its client-certificate demand comes from the router's apps (router_config) and their CAs.
+        followed = [cfg.router_config, *(rule.ca for rule in cfg.client_auth)] if cfg.router_config else []
+        return [own, *(p for c in cfg.certificates for p in (c.cert, c.key) if p is not None), *followed]
     return [own]
 
 

@@ -54,7 +54,8 @@ class ProxyHeader:
     alpn: str | None = None
     tls_version: str | None = None            # "TLSv1.3"
     tls_cipher: str | None = None             # "TLS_AES_256_GCM_SHA384"
-    client_cert_subject: str | None = None    # CN of the verified client certificate (mTLS), SSL sub-TLV 0x22
+    client_cert_subject: str | None = None    # CN of the verified client certificate (mTLS), SSL sub-TLV 0x22;
+                                              # decoded only with PP2_CLIENT_CERT_CONN and verify = 0
 
     @property
     def is_tls(self) -> bool:
@@ -203,12 +204,15 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | Non
         ssl_value = tlvs[PP2_TYPE_SSL]
         if len(ssl_value) < _SSL_HEAD.size:
             raise ProxyProtocolError(f"SSL TLV of {len(ssl_value)} bytes is shorter than its 5-byte head")
+        client_flags, verify = _SSL_HEAD.unpack_from(ssl_value)
         subs = _parse_tlvs(ssl_value[_SSL_HEAD.size:], "SSL sub-TLV")
         if PP2_SUBTYPE_SSL_VERSION in subs:
             tls_version = _text(subs[PP2_SUBTYPE_SSL_VERSION], "ascii", "SSL version")
         if PP2_SUBTYPE_SSL_CIPHER in subs:
             tls_cipher = _text(subs[PP2_SUBTYPE_SSL_CIPHER], "ascii", "SSL cipher")
-        if PP2_SUBTYPE_SSL_CN in subs:
+        # A subject counts only when the header says a certificate came on this connection and
+        # verified (verify = 0): a CN beside any other word is no client identity.
+        if PP2_SUBTYPE_SSL_CN in subs and client_flags & PP2_CLIENT_CERT_CONN and verify == 0:
             client_cn = _text(subs[PP2_SUBTYPE_SSL_CN], "utf-8", "SSL CN")
     header = ProxyHeader(command=command, family=family, src=src, dst=dst, authority=authority, alpn=alpn,
                          tls_version=tls_version, tls_cipher=tls_cipher, client_cert_subject=client_cn)

@@ -45,7 +45,7 @@ def check_host(app: App, spec: CheckSpec, address: Address) -> str:
     (the backend may route on it), else the server's own address."""
     if spec.host:
         return spec.host
-    exact = next((h for h in app.hosts if not h.startswith("*.")), None)
+    exact = next((h for h in app.hosts if not h.startswith("*")), None)
     if exact:
         return exact
     return "localhost" if address.is_unix else str(address)

@@ -33,7 +33,8 @@ def dns_names(router_config: Path | None) -> list[str]:
     names = list(BASE_NAMES)
     if router_config is not None:
         for app in load_router_config(router_config).apps:
-            names.extend(h for h in app.hosts if h not in names)
+            # A certificate covers one label under a wildcard: "**.x" (any depth) gets "*.x".
+            names.extend(h for h in (h.replace("**.", "*.", 1) for h in app.hosts) if h not in names)
     return names
 
 

@@ -288,6 +288,12 @@ name = "coltrane"
 hosts = ["coltrane.localhost", "*.coltrane.localhost"]
 servers = ["{coltrane}"]
 [[app]]
+name = "certified"
+hosts = ["certified.localhost"]
+client_ca = "clients-ca.pem"
+client_cert = "optional"
+servers = ["{coltrane}"]
+[[app]]
 name = "flaky0"
 hosts = ["flaky0.localhost"]
 retries = 0
@@ -335,6 +341,7 @@ class Env:
         for b in self.backends.values():
             self.loop.run(b.start())
         self.ws_server = self.loop.run(self._start_ws())
+        (self.dir / "clients-ca.pem").write_text("the router only needs the file to exist\n")
         self.config.write_text(ROUTER_TOML.format(public=self.public, proxied=self.proxied, ws=self.ws_port,
                                                   **{n: b.address for n, b in self.backends.items()}))
         self.proc = start_daemon(["mux-router", "--config", str(self.config)], wait_for=("127.0.0.1", self.public))
@@ -394,7 +401,8 @@ def test_routes_by_exact_host_wildcard_and_path_prefix(env):
     assert get(env.public, "maps.localhost", "/api/v1?x=1")[2]["name"] == "api"
     assert get(env.public, "maps.localhost", "/apiary")[2]["name"] in ("maps1", "maps2")
     assert get(env.public, "coltrane.localhost")[2]["name"] == "coltrane"
-    assert get(env.public, "a.b.coltrane.localhost")[2]["name"] == "coltrane"
+    assert get(env.public, "a.coltrane.localhost")[2]["name"] == "coltrane"
+    assert get(env.public, "a.b.coltrane.localhost")[0] == 404        # "*." is one label
     assert get(env.public, "COLTRANE.localhost:8080")[2]["name"] == "coltrane"
     status, _, echo = get(env.public, "maps.localhost", "/api/v1?x=1")
     assert status == 200 and echo["request_line"] == "GET /api/v1?x=1 HTTP/1.1"
@@ -549,7 +557,7 @@ def test_proxy_v2_host_other_than_the_sni_is_421_and_not_forwarded(env):
 
 
 def test_client_cert_subject_comes_only_from_the_proxy_header(env):
-    def echo(header: bytes, port: int, host: str = "coltrane.localhost") -> dict:
+    def echo(header: bytes, port: int, host: str = "certified.localhost") -> dict:
         client = RawClient(port)
         client.send(header)
         status, _, body = client.request(host, "/", "X-Client-Cert-Subject: forged\r\nConnection: close\r\n")
@@ -558,11 +566,16 @@ def test_client_cert_subject_comes_only_from_the_proxy_header(env):
         return json.loads(body)
     with_cert = proxy_protocol.encode(proxy_protocol.ProxyHeader(
         command="PROXY", family="TCP4", src=("203.0.113.9", 40000), dst=("127.0.0.1", 443),
-        authority="coltrane.localhost", tls_version="TLSv1.3", client_cert_subject="alice"))
+        authority="certified.localhost", tls_version="TLSv1.3", client_cert_subject="alice"))
     assert header_values(echo(with_cert, env.proxied), "X-Client-Cert-Subject") == ["alice"]
+    # Only the app that declares client_ca hears of the certificate (sni_host_check aside).
+    other_app = proxy_protocol.encode(proxy_protocol.ProxyHeader(
+        command="PROXY", family="TCP4", src=("203.0.113.9", 40000), dst=("127.0.0.1", 443),
+        authority="coltrane.localhost", tls_version="TLSv1.3", client_cert_subject="alice"))
+    assert header_values(echo(other_app, env.proxied, "coltrane.localhost"), "X-Client-Cert-Subject") == []
     without = proxy_protocol.encode(proxy_protocol.ProxyHeader(
         command="PROXY", family="TCP4", src=("127.0.0.1", 40000), dst=("127.0.0.1", 443),
-        authority="coltrane.localhost", tls_version="TLSv1.3"))
+        authority="certified.localhost", tls_version="TLSv1.3"))
     assert header_values(echo(without, env.proxied), "X-Client-Cert-Subject") == []
     # The public listener, from a trusted source: dropped all the same.
     assert header_values(echo(b"", env.public), "X-Client-Cert-Subject") == []

@@ -32,9 +32,10 @@ def test_fingerprints_follow_what_each_stage_reads(tmp_path):
     assert deployed.changed(configs) == []
     router = configs / "mux-router.toml"
     router.write_text(router.read_text() + "\n# a comment is a change too\n")
-    assert deployed.changed(configs) == ["mux-router", "health-checker"]    # the checker reads the server list
-    deployed.record("mux-router", configs)
-    deployed.record("health-checker", configs)
+    # The checker reads the server list, the terminator the apps' client certificate declarations.
+    assert deployed.changed(configs) == ["tls-terminator", "mux-router", "health-checker"]
+    for stage in ("tls-terminator", "mux-router", "health-checker"):
+        deployed.record(stage, configs)
     (tmp_path / "certs" / "dev.pem").write_text("a renewed certificate\n")
     assert deployed.changed(configs) == ["tls-terminator"]
     # Contents, not paths: the same files elsewhere fingerprint the same.

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from frontgate import proxy_protocol
 from frontgate.proxy_protocol import (MAX_PAYLOAD, SIGNATURE, ProxyHeader, ProxyProtocolError, decode,
                                       encode)
 
@@ -219,3 +220,17 @@ def test_addresses_inet_pton_refuses_still_encode_when_ipaddress_takes_them():
     scoped = ProxyHeader(family="TCP6", src=("fe80::1%eth0", 1), dst=("fe80::2", 2))
     plain = ProxyHeader(family="TCP6", src=("fe80::1", 1), dst=("fe80::2", 2))
     assert encode(scoped) == encode(plain)
+
+
+@pytest.mark.parametrize("client_flags,verify,expected", [
+    (proxy_protocol.PP2_CLIENT_SSL | proxy_protocol.PP2_CLIENT_CERT_CONN, 0, "alice"),
+    (proxy_protocol.PP2_CLIENT_SSL | proxy_protocol.PP2_CLIENT_CERT_CONN, 1, None),     # did not verify
+    (proxy_protocol.PP2_CLIENT_SSL, 0, None),                                          # no certificate came
+    (proxy_protocol.PP2_CLIENT_SSL | proxy_protocol.PP2_CLIENT_CERT_SESS, 0, None),    # not on this connection
+])
+def test_a_subject_counts_only_when_the_header_says_it_verified(client_flags, verify, expected):
+    ssl_tlv = struct.pack("!BI", client_flags, verify) + struct.pack("!BH", proxy_protocol.PP2_SUBTYPE_SSL_CN, 5) + b"alice"
+    tlvs = struct.pack("!BH", proxy_protocol.PP2_TYPE_SSL, len(ssl_tlv)) + ssl_tlv
+    data = proxy_protocol.SIGNATURE + struct.pack("!BBH", 0x21, 0x00, len(tlvs)) + tlvs
+    header, consumed = proxy_protocol.decode(data)
+    assert consumed == len(data) and header.client_cert_subject == expected
