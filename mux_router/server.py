@@ -36,6 +36,7 @@ from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, DetachableWriter, Routed
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
+from mux_router.request_trailers import TrailerFilter
 from mux_router.routing import acl_allows, find_redirect, ip_in, misdirected, parse_ip, select_app_for, sni_host
 from mux_router.stats import RouterAdmin, RouterStats
 
@@ -1200,15 +1201,16 @@ class Exchange:
 
     async def _upload_chunked(self, backend: BackendConnection) -> None:
         decoder = ChunkedDecoder(error_status=400)
+        body = TrailerFilter(decoder, forwarding.owned_fields(self.app.request_headers))
         limit = self.app.max_body
-        while not decoder.done:
+        while not body.done:
             data = await self._client_data()
-            _, used = decoder.feed(data)
+            out, used = body.feed(data)
             if limit and decoder.body_bytes > limit:
                 raise HttpError(413, f"the body is larger than {limit} bytes")
             if used < len(data):
                 self.conn.buf = bytearray(data[used:])
-            await self._to_backend(backend, data[:used])
+            await self._to_backend(backend, out)
 
     # ---- WebSocket
 
