@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from frontgate import proxy_protocol
 from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, Server, load_router_config
 from frontgate.health_state import StateFollower
+from frontgate.restart_keys import admin_changes, refuse_restart_changes
 from frontgate.sweep import Sweep, interval_for
 from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
@@ -252,8 +253,7 @@ class Router:
         for listener in self.config.listeners:
             self.servers[listener.address] = await self._bind(listener)
             self.listeners[listener.address] = listener
-            log.info("listening on %s (%s%s)", listener.address, listener.name,
-                     ", PROXY v2 required" if listener.proxy_protocol else "")
+            log.info("listening on %s (%s)", listener.address, listener_settings(listener))
         self.health.refresh()
         await self.admin.start()        # the admin listener and the 1 s snapshot task, with [admin]
 
@@ -266,7 +266,9 @@ class Router:
         loop = asyncio.get_running_loop()
 
         def new_connection() -> ClientProtocol:
-            return ClientProtocol(self, listener, ClientConnection)
+            # The address's settings as of now, not as of the bind: a reload that changed them
+            # (proxy_protocol, scheme, ...) applies to every connection accepted after it.
+            return ClientProtocol(self, self.listeners.get(address, listener), ClientConnection)
 
         if address.is_unix:
             shared = inherited_unix_listener(address.path)
@@ -343,6 +345,7 @@ class Router:
             path = self.config.path
             try:
                 new = load_router_config(path)
+                refuse_restart_changes(path, admin_changes(self.config.admin, new.admin))
             except ConfigError as e:
                 log.error("reload failed, keeping the running config: %s", e)
                 return
@@ -362,7 +365,11 @@ class Router:
                 if address not in by_address:
                     self.servers.pop(address).close()
             self.servers.update(added)
+            for address, listener in by_address.items():
+                if address in self.listeners and listener != self.listeners[address]:
+                    log.info("listener %s changed, for new connections: %s", address, listener_settings(listener))
             self.listeners = by_address
+            self.admin.admin = new.admin        # `refresh`; the rest is refused above unless unchanged
             self._set_apps(new.apps)
             self.backends.idle_timeout = new.timeouts.keep_alive
             self.tunnel_sweep.interval = self._tunnel_sweep_interval(new)
@@ -488,6 +495,14 @@ class Router:
                     future.set_result(slot)
                     return
         slot.active -= 1
+
+
+def listener_settings(listener: Listener) -> str:
+    """A listener's settings for the log: its name, scheme and what it requires."""
+    text = f"{listener.name}, {listener.scheme}"
+    if listener.proxy_protocol:
+        text += ", PROXY v2 required" + ("" if listener.sni_host_check else ", no SNI host check")
+    return text
 
 
 def inherited_unix_listener(path: str) -> socket.socket | None:
