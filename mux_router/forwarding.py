@@ -52,21 +52,33 @@ _CLIENT_CERT_SUBJECT_LOWER = CLIENT_CERT_SUBJECT.lower()
 # underscore spellings are dropped from everyone: a trusted proxy writes the dash form, so an
 # underscore form came through it from its own client.
 ROUTER_OWNED = FORWARDED_FIELDS | {_CLIENT_CERT_SUBJECT_LOWER}
+# The other X-Forwarded-* fields (-Port, -Ssl, -Prefix, -Server ...) the router does not write,
+# but frameworks read them to tell the scheme, port or path the client used: the namespace is the
+# router's. They go on only from trusted_sources, and only in their dash spelling.
+FORWARDED_PREFIX = b"x-forwarded-"
+
+
+def is_owned(folded: bytes, owned: frozenset[bytes]) -> bool:
+    """A folded field name is the router's: in `owned` (owned_fields) or in the X-Forwarded-* space."""
+    return folded in owned or folded.startswith(FORWARDED_PREFIX)
+
+
 _UNSAFE_IN_VALUE = frozenset(range(0x20)) | {0x7F, ord("%")}
 
 
 def _field_line_re(names: bytes, rest: bytes = b"") -> re.Pattern[bytes]:
-    """A raw head's field lines whose name matches the pattern `names` (the parser has checked
-    them: `name:value`, no space before the colon), found with one search instead of a loop over
+    """A raw head's field lines whose name (and colon) match the pattern `names` (the parser has
+    checked them: `name:value`, no space before the colon), found with one search instead of a loop over
     the fields: a head without any (nearly all) goes on as it came, with the router's fields added
     at its end."""
-    return re.compile(rb"\r\n" + names + rb":" + rest)
+    return re.compile(rb"\r\n" + names + rest)
 
 
-_HOP_LINE_RE = _field_line_re(rb"(?i:" + b"|".join(sorted(HOP_BY_HOP)) + rb")", rb"[^\r]*")
+_HOP_LINE_RE = _field_line_re(rb"(?i:" + b"|".join(sorted(HOP_BY_HOP)) + rb"):", rb"[^\r]*")
 # Connection is among them, so a head whose Connection names other fields matches too; the owned
 # fields in every spelling a backend may fold to theirs.
-_REQUEST_REWRITE_RE = _field_line_re(any_spelling(HOP_BY_HOP | ROUTER_OWNED | FRAMING))
+_REQUEST_REWRITE_RE = _field_line_re(rb"(?:" + any_spelling(HOP_BY_HOP | ROUTER_OWNED | FRAMING) + rb":|"
+                                     + any_spelling((FORWARDED_PREFIX,)) + rb")")
 
 
 def client_cert_subject_line(subject: str) -> bytes:
@@ -115,6 +127,9 @@ def _request_fields(head: RequestHead, skip: frozenset[bytes], client_trusted: b
         if lname in ROUTER_OWNED:
             if client_trusted and lname in FORWARDED_FIELDS and b"_" not in name:
                 sent.setdefault(lname, []).append(value)
+        elif lname.startswith(FORWARDED_PREFIX):
+            if client_trusted and b"_" not in name and lname not in skip:
+                lines.append(name + b": " + value)
         elif lname in FRAMING:
             # RFC 9110 8.6 / 9112 6.1: one field saying exactly what the router framed the body
             # by, so that the backend cannot read ",chunked" or "5, 5" another way.

@@ -5,9 +5,10 @@ comes back.
 A trailer is a header field that arrives after the body (RFC 9110 6.5), and servers that merge
 trailers into the request's fields (or hand them to the application beside them) would take a
 client's `X-Forwarded-For` or `X_Client_Cert_Subject` trailer for the router's. Trailer fields
-that fold (mux_router/field_names.py) to a field the router owns (forwarding.owned_fields) are
-dropped, from every source: a trailer is never believed, even from trusted_sources. The request
-itself goes on: the same policy as for the head.
+that fold (mux_router/field_names.py) to a field the router owns (forwarding.is_owned: its own,
+the names the app's request rules set or delete, any X-Forwarded-*) are dropped, from every
+source: a trailer is never believed, even from trusted_sources. The request itself goes on: the
+same policy as for the head.
 
 To drop a field the relay holds the trailer section back until its empty line (at most the
 decoder's trailer limit, 32 KiB), so that no byte of it reaches the backend before it is judged.
@@ -15,6 +16,7 @@ decoder's trailer limit, 32 KiB), so that no byte of it reaches the backend befo
 from __future__ import annotations
 
 from mux_router.field_names import fold
+from mux_router.forwarding import is_owned
 from mux_router.http1 import ChunkedDecoder, Headers, Trailers
 
 CRLF = b"\r\n"
@@ -22,7 +24,7 @@ CRLF = b"\r\n"
 
 def without_owned(fields: Headers, owned: frozenset[bytes]) -> Headers:
     """The trailer fields that go on: those whose folded name is not in `owned`."""
-    return tuple((name, value) for name, value in fields if fold(name) not in owned)
+    return tuple((name, value) for name, value in fields if not is_owned(fold(name), owned))
 
 
 class TrailerFilter:

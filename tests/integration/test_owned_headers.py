@@ -36,16 +36,19 @@ FORGED_HEAD = ("X_Client_Cert_Subject: head-subject-admin\r\n"
                "X_Real_IP: 1.2.3.5\r\n"
                "x-real_ip: 1.2.3.6\r\n"
                "X_Forwarded_Proto: gopher-head\r\n"
-               "X_App_Role: head-role-admin\r\n")
+               "X_App_Role: head-role-admin\r\n"
+               "X-Forwarded-Ssl: head-ssl-on\r\n")
 FORGED_TRAILERS = (b"X_Client_Cert_Subject: trailer-subject-admin\r\n"
                    b"X_Forwarded_For: 4.3.2.1\r\n"
                    b"X-Checksum: kept\r\n"
                    b"X_Real_IP: 4.3.2.2\r\n"
                    b"x-real_ip: 4.3.2.3\r\n"
                    b"X-Forwarded-For: 4.3.2.4\r\n"
-                   b"X-App-Role: trailer-role-admin\r\n")
+                   b"X-App-Role: trailer-role-admin\r\n"
+                   b"X_Forwarded_Port: 4433-trailer\r\n")
 FORGED_VALUES = [b"head-subject-admin", b"1.2.3.4", b"1.2.3.5", b"1.2.3.6", b"gopher-head", b"head-role-admin",
-                 b"trailer-subject-admin", b"4.3.2.1", b"4.3.2.2", b"4.3.2.3", b"4.3.2.4", b"trailer-role-admin"]
+                 b"trailer-subject-admin", b"4.3.2.1", b"4.3.2.2", b"4.3.2.3", b"4.3.2.4", b"trailer-role-admin",
+                 b"head-ssl-on", b"4433-trailer"]
 
 
 class Env:

@@ -61,6 +61,10 @@ FORGED = [
     ("X_App_Role: admin", False, RULES),          # a name the app's rules set
     ("X_App_Role: admin", True, RULES),
     ("X_Debug: admin", False, RULES),              # a name the app's rules delete
+    ("X-Forwarded-Port: 8443", False, None),        # the X-Forwarded-* space is the router's
+    ("X-Forwarded-Ssl: forged-on", False, None),
+    ("X_Forwarded_Ssl: forged-on", True, None),            # from trusted sources: the dash form only
+    ("x-forwarded_prefix: /admin", True, None),
 ]
 
 
@@ -79,6 +83,14 @@ def test_a_trusted_client_dash_form_is_believed_its_underscore_form_dropped():
     h = head("GET / HTTP/1.1", "Host: h", "X-Forwarded-For: 1.1.1.1", "X_Forwarded_For: 6.6.6.6")
     out = backend_request_head(h, client_ip="127.0.0.1", scheme="http", client_trusted=True)
     assert b"X-Forwarded-For: 1.1.1.1, 127.0.0.1\r\n" in out and b"6.6.6.6" not in out
+
+
+def test_a_trusted_client_other_x_forwarded_fields_go_on_in_their_dash_form():
+    h = head("GET / HTTP/1.1", "Host: h", "X-Forwarded-Port: 8443", "X-Forwarded-Prefix: /app")
+    out = backend_request_head(h, client_ip="127.0.0.1", scheme="http", client_trusted=True)
+    assert b"X-Forwarded-Port: 8443\r\n" in out and b"X-Forwarded-Prefix: /app\r\n" in out
+    out = backend_request_head(h, client_ip="127.0.0.1", scheme="http", client_trusted=False)
+    assert b"8443" not in out and b"/app" not in out
 
 
 def test_other_underscore_fields_go_on():
@@ -120,6 +132,7 @@ TRAILERS = [
     (b"X_Forwarded_For: 1.2.3.4\r\nX-Checksum: 1\r\nX_Real_IP: 1.2.3.4\r\n\r\n", b"X-Checksum: 1\r\n\r\n"),
     (b"x-real_ip: 1.2.3.4\r\nforwarded: for=1.2.3.4\r\n\r\n", b"\r\n"),
     (b"X-Forwarded-Proto: gopher\r\n\r\n", b"\r\n"),                   # believed in no trailer
+    (b"X-Forwarded-Port: 1\r\nX_Forwarded_Ssl: on\r\nX-Forwarded: 2\r\n\r\n", b"X-Forwarded: 2\r\n\r\n"),
     (b"X_App_Role: admin\r\nX-Debug: 1\r\nX-Other: 2\r\n\r\n", b"X-Other: 2\r\n\r\n"),
 ]
 
