@@ -135,7 +135,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def __init__(self, router, listener, make_connection):
         self.router = router
-        self.listener = listener        # as bound; the connection follows reloads of its address
+        self.listener = listener        # as of the accept; the connection follows reloads of its address
         self._make_connection = make_connection     # server.ClientConnection
         self.mode = _IDLE
         self.buf = b""                  # client bytes not yet used

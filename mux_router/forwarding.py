@@ -8,6 +8,7 @@ from http import HTTPStatus
 from typing import Mapping
 
 from frontgate.config import CLIENT_CERT_SUBJECT_FIELD, NO_HEADER_RULES, ErrorPage, HeaderRules
+from mux_router.field_names import any_spelling, fold
 from mux_router.http1 import RequestHead, ResponseHead
 
 # Hop-by-hop fields (RFC 9110 7.6.1) describe one connection, never the next one. Transfer-Encoding
@@ -45,19 +46,39 @@ FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # it: a client's own, from any source on any listener, is always dropped.
 CLIENT_CERT_SUBJECT = CLIENT_CERT_SUBJECT_FIELD.encode()
 _CLIENT_CERT_SUBJECT_LOWER = CLIENT_CERT_SUBJECT.lower()
+# The fields the router writes itself, folded (field_names.fold): a client's copy, in any spelling
+# a backend would read as one of them, never reaches the backend as it came. The dash spelling of
+# a forwarding field from a trusted source is the one exception (believed and extended); its
+# underscore spellings are dropped from everyone: a trusted proxy writes the dash form, so an
+# underscore form came through it from its own client.
+ROUTER_OWNED = FORWARDED_FIELDS | {_CLIENT_CERT_SUBJECT_LOWER}
+# The other X-Forwarded-* fields (-Port, -Ssl, -Prefix, -Server ...) the router does not write,
+# but frameworks read them to tell the scheme, port or path the client used: the namespace is the
+# router's. They go on only from trusted_sources, and only in their dash spelling.
+FORWARDED_PREFIX = b"x-forwarded-"
+
+
+def is_owned(folded: bytes, owned: frozenset[bytes]) -> bool:
+    """A folded field name is the router's: in `owned` (owned_fields) or in the X-Forwarded-* space."""
+    return folded in owned or folded.startswith(FORWARDED_PREFIX)
+
+
 _UNSAFE_IN_VALUE = frozenset(range(0x20)) | {0x7F, ord("%")}
 
 
-def _field_line_re(names: frozenset[bytes], rest: bytes = b"") -> re.Pattern[bytes]:
-    """A raw head's field lines named `names` (the parser has checked them: `name:value`, no space
-    before the colon), found with one search instead of a loop over the fields: a head without any
-    (nearly all) goes on as it came, with the router's fields added at its end."""
-    return re.compile(rb"\r\n(?i:" + b"|".join(sorted(names)) + rb"):" + rest)
+def _field_line_re(names: bytes, rest: bytes = b"") -> re.Pattern[bytes]:
+    """A raw head's field lines whose name (and colon) match the pattern `names` (the parser has
+    checked them: `name:value`, no space before the colon), found with one search instead of a loop over
+    the fields: a head without any (nearly all) goes on as it came, with the router's fields added
+    at its end."""
+    return re.compile(rb"\r\n" + names + rest)
 
 
-_HOP_LINE_RE = _field_line_re(HOP_BY_HOP, rb"[^\r]*")
-# Connection is among them, so a head whose Connection names other fields matches too.
-_REQUEST_REWRITE_RE = _field_line_re(HOP_BY_HOP | FORWARDED_FIELDS | FRAMING | {_CLIENT_CERT_SUBJECT_LOWER})
+_HOP_LINE_RE = _field_line_re(rb"(?i:" + b"|".join(sorted(HOP_BY_HOP)) + rb"):", rb"[^\r]*")
+# Connection is among them, so a head whose Connection names other fields matches too; the owned
+# fields in every spelling a backend may fold to theirs.
+_REQUEST_REWRITE_RE = _field_line_re(rb"(?:" + any_spelling(HOP_BY_HOP | ROUTER_OWNED | FRAMING) + rb":|"
+                                     + any_spelling((FORWARDED_PREFIX,)) + rb")")
 
 
 def client_cert_subject_line(subject: str) -> bytes:
@@ -72,9 +93,18 @@ def client_cert_subject_line(subject: str) -> bytes:
 
 @functools.lru_cache(maxsize=1024)
 def _compiled(rules: HeaderRules) -> tuple[frozenset[bytes], list[bytes]]:
-    """(lower-case names to drop, field lines to add) for a rule set; computed once per config."""
-    skip = frozenset(n.encode() for n in rules.delete) | frozenset(n.lower().encode() for n, _ in rules.set)
+    """(folded names to drop, field lines to add) for a rule set; computed once per config. The
+    names a rule sets or deletes are the router's for that app, like ROUTER_OWNED."""
+    skip = frozenset(fold(n.encode()) for n in rules.delete) | frozenset(fold(n.encode()) for n, _ in rules.set)
     return skip, [f"{n}: {v}".encode() for n, v in rules.set + rules.add]
+
+
+@functools.lru_cache(maxsize=1024)
+def owned_fields(rules: HeaderRules = NO_HEADER_RULES) -> frozenset[bytes]:
+    """The folded names a client may not send to an app whose request rules are `rules`: the
+    router's own and those the rules set or delete. For trailers (request_trailers.py): there no
+    copy is believed, from any source."""
+    return ROUTER_OWNED | _compiled(rules)[0]
 
 
 _NO_RULES_COMPILED: tuple[frozenset[bytes], list[bytes]] = (frozenset(), [])
@@ -93,10 +123,13 @@ def _request_fields(head: RequestHead, skip: frozenset[bytes], client_trusted: b
     keep = frozenset({b"upgrade"}) if head.is_websocket_upgrade else frozenset()
     framed = False          # the framing field has been written, in its one canonical form
     for name, value in _end_to_end(head.headers, head.connection_tokens, keep):
-        lname = name.lower()
-        if lname in FORWARDED_FIELDS:
-            if client_trusted:
+        lname = fold(name)
+        if lname in ROUTER_OWNED:
+            if client_trusted and lname in FORWARDED_FIELDS and b"_" not in name:
                 sent.setdefault(lname, []).append(value)
+        elif lname.startswith(FORWARDED_PREFIX):
+            if client_trusted and b"_" not in name and lname not in skip:
+                lines.append(name + b": " + value)
         elif lname in FRAMING:
             # RFC 9110 8.6 / 9112 6.1: one field saying exactly what the router framed the body
             # by, so that the backend cannot read ",chunked" or "5, 5" another way.
@@ -104,7 +137,7 @@ def _request_fields(head: RequestHead, skip: frozenset[bytes], client_trusted: b
                 lines.append(b"Transfer-Encoding: chunked" if head.chunked
                              else b"Content-Length: " + str(head.content_length).encode())
                 framed = True
-        elif lname not in skip and lname != _CLIENT_CERT_SUBJECT_LOWER:
+        elif lname not in skip:
             lines.append(name + b": " + value)
     return lines
 
@@ -163,7 +196,7 @@ def client_response_head(resp: ResponseHead, *, keep_alive: bool, client_version
         keep = frozenset({b"upgrade"}) if switching else frozenset()
         lines = [_start_line(resp.raw)]
         lines += [name + b": " + value for name, value in _end_to_end(resp.headers, resp.connection_tokens, keep)
-                  if name.lower() not in skip]
+                  if fold(name) not in skip]
     lines += extra
     if switching:
         lines.append(b"Connection: Upgrade")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
 from frontgate import names
+from mux_router.field_names import any_spelling
 
 MAX_REQUEST_LINE = 8 * 1024       # longer: 414
 MAX_HEAD = 32 * 1024              # request line + fields; longer: 431
@@ -419,7 +420,8 @@ def _content_length(values: list[bytes], status: int) -> int | None:
 # would frame the message for such a backend although the router ignored it): _fields_named
 # refuses them.
 _REQUEST_FIELDS_RE = re.compile(
-    rb"\n((?i:host|content[-_]length|transfer[-_]encoding|connection|upgrade)):[\t ]*(" + _VALUE_CHARS + rb"*)\r")
+    rb"\n(" + any_spelling((b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"))
+    + rb"):[\t ]*(" + _VALUE_CHARS + rb"*)\r")
 _RESPONSE_FIELDS_RE = re.compile(
     rb"\n((?i:content-length|transfer-encoding|connection)):[\t ]*(" + _VALUE_CHARS + rb"*)\r")
 
@@ -640,6 +642,9 @@ class ChunkedDecoder:
         self._trailers: list[tuple[bytes, bytes]] = []
         self._trailer_bytes = 0
         self.body_bytes = 0             # decoded data so far
+        # Where the trailer section starts in the data of the last feed (0: before it, it had
+        # started already); None while the chunks go on. For a relay that rewrites the trailers.
+        self.trailers_from: int | None = None
 
     @property
     def done(self) -> bool:
@@ -648,6 +653,7 @@ class ChunkedDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> tuple[list[ChunkData | Trailers], int]:
         data = bytes(data)
         events: list[ChunkData | Trailers] = []
+        self.trailers_from = 0 if self._state == _TRAILER else None
         i, n = 0, len(data)
         while i < n and self._state != _DONE:
             if self._state == _DATA:
@@ -691,7 +697,7 @@ class ChunkedDecoder:
                 if size:
                     self._remaining, self._state = size, _DATA
                 else:
-                    self._state = _TRAILER
+                    self._state, self.trailers_from = _TRAILER, i
             else:
                 self._trailer_bytes += len(line) + 2
                 if not line:

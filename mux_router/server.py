@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from frontgate import proxy_protocol
 from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, Server, load_router_config
 from frontgate.health_state import StateFollower
+from frontgate.restart_keys import admin_changes, refuse_restart_changes
 from frontgate.sweep import Sweep, interval_for
 from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, DetachableWriter, Routed
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
+from mux_router.request_trailers import TrailerFilter
 from mux_router.routing import Refusal, client_cert_line, decide, ip_in, parse_ip, sni_host
 from mux_router.stats import RouterAdmin, RouterStats
 
@@ -251,8 +253,7 @@ class Router:
         for listener in self.config.listeners:
             self.servers[listener.address] = await self._bind(listener)
             self.listeners[listener.address] = listener
-            log.info("listening on %s (%s%s)", listener.address, listener.name,
-                     ", PROXY v2 required" if listener.proxy_protocol else "")
+            log.info("listening on %s (%s)", listener.address, listener_settings(listener))
         self.health.refresh()
         await self.admin.start()        # the admin listener and the 1 s snapshot task, with [admin]
 
@@ -265,7 +266,9 @@ class Router:
         loop = asyncio.get_running_loop()
 
         def new_connection() -> ClientProtocol:
-            return ClientProtocol(self, listener, ClientConnection)
+            # The address's settings as of now, not as of the bind: a reload that changed them
+            # (proxy_protocol, scheme, ...) applies to every connection accepted after it.
+            return ClientProtocol(self, self.listeners.get(address, listener), ClientConnection)
 
         if address.is_unix:
             shared = inherited_unix_listener(address.path)
@@ -342,6 +345,7 @@ class Router:
             path = self.config.path
             try:
                 new = load_router_config(path)
+                refuse_restart_changes(path, admin_changes(self.config.admin, new.admin))
             except ConfigError as e:
                 log.error("reload failed, keeping the running config: %s", e)
                 return
@@ -361,7 +365,11 @@ class Router:
                 if address not in by_address:
                     self.servers.pop(address).close()
             self.servers.update(added)
+            for address, listener in by_address.items():
+                if address in self.listeners and listener != self.listeners[address]:
+                    log.info("listener %s changed, for new connections: %s", address, listener_settings(listener))
             self.listeners = by_address
+            self.admin.admin = new.admin        # `refresh`; the rest is refused above unless unchanged
             self._set_apps(new.apps)
             self.backends.idle_timeout = new.timeouts.keep_alive
             self.tunnel_sweep.interval = self._tunnel_sweep_interval(new)
@@ -487,6 +495,14 @@ class Router:
                     future.set_result(slot)
                     return
         slot.active -= 1
+
+
+def listener_settings(listener: Listener) -> str:
+    """A listener's settings for the log: its name, scheme and what it requires."""
+    text = f"{listener.name}, {listener.scheme}"
+    if listener.proxy_protocol:
+        text += ", PROXY v2 required" + ("" if listener.sni_host_check else ", no SNI host check")
+    return text
 
 
 def inherited_unix_listener(path: str) -> socket.socket | None:
@@ -1193,15 +1209,16 @@ class Exchange:
 
     async def _upload_chunked(self, backend: BackendConnection) -> None:
         decoder = ChunkedDecoder(error_status=400)
+        body = TrailerFilter(decoder, forwarding.owned_fields(self.app.request_headers))
         limit = self.app.max_body
-        while not decoder.done:
+        while not body.done:
             data = await self._client_data()
-            _, used = decoder.feed(data)
+            out, used = body.feed(data)
             if limit and decoder.body_bytes > limit:
                 raise HttpError(413, f"the body is larger than {limit} bytes")
             if used < len(data):
                 self.conn.buf = bytearray(data[used:])
-            await self._to_backend(backend, data[:used])
+            await self._to_backend(backend, out)
 
     # ---- WebSocket
 

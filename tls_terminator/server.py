@@ -44,6 +44,7 @@ from OpenSSL import SSL
 from frontgate import names, proxy_protocol
 from frontgate.config import Address, ConfigError, PassthroughRoute, TerminatorConfig, load_terminator_config
 from frontgate.memory import release_free_memory
+from frontgate.restart_keys import admin_changes, refuse_restart_changes
 from frontgate.sweep import Sweep, interval_for
 from tls_terminator.certs import CertStore, client_cert_subject, files_fingerprint
 from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
@@ -962,24 +963,26 @@ class Terminator:
     # ---- signals
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config and the certificates. A config that does not load is refused
-        whole; a certificate file that does not load is reported and skipped (its previous version
-        stays in service)."""
+        """SIGHUP: re-read the config and the certificates. A config that does not load, or that
+        changes what only a restart can (frontgate/restart_keys.py), is refused whole; a
+        certificate file that does not load is reported and skipped (its previous version stays
+        in service)."""
         try:
             cfg = load_terminator_config(self.cfg.path)
+            # Bound (and the privileges dropped) once, at start; forward_to is read per connection.
+            refuse_restart_changes(cfg.path, [(f"terminator.{key}", getattr(self.cfg, key), getattr(cfg, key))
+                                              for key in ("listen", "user", "group", "chroot")]
+                                   + admin_changes(self.cfg.admin, cfg.admin))
             fingerprint = files_fingerprint(cfg)
             store = CertStore.load(cfg, previous=self.store, strict=False)
             front = self.front if cfg.tls == self.cfg.tls else Front(cfg.tls, self._on_server_name, cfg.path)
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
             return
-        for key in ("listen", "user", "group", "chroot", "admin"):
-            if getattr(cfg, key) != getattr(self.cfg, key):
-                log.warning("%s changed to %s: that takes a restart; keeping %s", key, getattr(cfg, key),
-                            getattr(self.cfg, key))
         if front is not self.front:
             log.info("[tls] changed: new sessions only (resumption of older ones ends)")
         self.cfg, self.store, self.front, self.fingerprint = cfg, store, front, fingerprint
+        self.admin.admin = cfg.admin            # `refresh`; the rest is refused above unless unchanged
         self.idle_sweep.interval = interval_for(cfg.idle_timeout)
         self.passthrough_routes = _passthrough_index(cfg)
         self.report(store, f"reloaded {cfg.path}: {store.describe()}, forwarding to {cfg.forward_to}")
