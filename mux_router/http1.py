@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
+from frontgate.paths import UnsafeTarget, normalise_target
+
 MAX_REQUEST_LINE = 8 * 1024       # longer: 414
 MAX_HEAD = 32 * 1024              # request line + fields; longer: 431
 MAX_FIELDS = 100                  # more header fields: 431
@@ -165,8 +167,9 @@ class RequestHead(NamedTuple):
     raw: bytes                  # the head as received, request line to the empty line
     host: str | None            # lower-cased, port and trailing dot stripped; None without Host
     host_as_sent: str | None    # the Host header (or absolute-form authority) verbatim
-    path: str                   # target without query, for routing
-    origin_target: str          # path and query: what a redirect keeps
+    path: str                   # the normalised path (frontgate.paths), for routing, ACLs, the uri hash
+    origin_target: str          # normalised path and query as sent: what a redirect keeps
+    forward_target: str         # the target the backend receives: `target` with the normalised path
     content_length: int | None
     chunked: bool
     keep_alive: bool            # what the client asked for (version default, Connection header)
@@ -509,10 +512,8 @@ class RequestHeadParser(_HeadParser):
                 raise HttpError(400, "invalid authority in request target")
             host_text = authority.decode("latin-1")
             host = split_host(host_text)[0]
-            path_and_query = path_and_query or b"/"
         target_text = target.decode()
-        path_and_query_text = target_text if path_and_query is target else path_and_query.decode()
-        path = path_and_query_text.partition("?")[0]
+        path, origin_target, forward_target = _normal_targets(target_text, len(path_and_query))
 
         transfer_encoding = by_name.get(b"transfer-encoding")
         content_lengths = by_name.get(b"content-length")
@@ -539,8 +540,26 @@ class RequestHeadParser(_HeadParser):
                      and any(u.split(b"/")[0] == b"websocket" for u in comma_tokens(upgrade)))
         return _new_request_head((
             _METHOD_TEXT.get(method) or method.decode(), target_text, _VERSION_TEXT[version], raw, host, host_text,
-            path, path_and_query_text, content_length, chunked,
+            path, origin_target, forward_target, content_length, chunked,
             _keep_alive(version, connection), websocket, connection))
+
+
+def _normal_targets(target: str, origin_length: int) -> tuple[str, str, str]:
+    """(path, origin-form target, target to forward) for a request target whose last
+    `origin_length` characters are its path and query (all of it, but in absolute-form). 400 for a
+    target frontgate.paths refuses. `OPTIONS *` asks about the server, not a resource: it is judged
+    as the root ("/": only a prefix of "/" covers it) and forwarded as "*"."""
+    if target == "*":
+        return "/", "/", target
+    origin = target[len(target) - origin_length:]
+    if origin[:1] != "/":
+        origin = "/" + origin           # absolute-form without a path: "http://h" or "http://h?q"
+    try:
+        normal = normalise_target(origin)
+    except UnsafeTarget as e:
+        raise HttpError(400, e.reason) from None
+    forward = target if normal == target else target[:len(target) - origin_length] + normal
+    return normal.partition("?")[0], normal, forward
 
 
 def parse_request_head(buf: bytes | bytearray | memoryview, **limits) -> tuple[RequestHead, int] | None:
