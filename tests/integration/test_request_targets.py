@@ -17,8 +17,8 @@ import pytest
 
 from frontgate import proxy_protocol
 from tests.helpers import daemon_output, free_port, start_daemon, stop_daemon, wait_until
-from tests.integration.test_router import Backend, LoopThread, RawClient, parse_httplog
-from tests.integration.test_router_fastpath import INSTRUMENT
+from tests.integration.test_router import Backend, LoopThread, RawClient, parse_httplog, running
+from tests.integration.test_router_fastpath import INSTRUMENT, path_markers
 
 UNTRUSTED, TRUSTED = "127.0.0.2", "127.0.0.1"
 
@@ -107,12 +107,7 @@ class Env:
         return f"{target}{'&' if '?' in target else '?'}t={next(self._unique)}"
 
     def markers(self, target: str) -> list[str]:
-        out = []
-        for line in daemon_output(self.proc).splitlines():
-            for kind in ("FASTPATH", "ENGINE"):
-                if line.startswith(f"{kind} ") and f" {target} HTTP/1." in line:
-                    out.append(kind)
-        return out
+        return path_markers(daemon_output(self.proc), target)
 
     def forwarded(self) -> int:
         return sum(b.requests for b in self.backends.values())
@@ -142,15 +137,6 @@ def send(port: int, source: str, method: str, target: str, host: str, split: boo
         return c.response()
     finally:
         c.close()
-
-
-def running(env: Env):
-    try:
-        env.start()
-        yield env
-    finally:
-        out = env.stop()
-    assert "Traceback" not in out, out
 
 
 @pytest.fixture(scope="module")
