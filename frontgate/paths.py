@@ -35,6 +35,24 @@ class UnsafeTarget(ValueError):
         self.reason = reason
 
 
+def request_targets(target: str, origin_length: int) -> tuple[str, str, str]:
+    """(path, origin-form target, target to forward) for a request line's target whose last
+    `origin_length` characters are its path and query (all of it, but in absolute-form), each
+    normalised. An absolute-form target without a path is judged as "/" and keeps its scheme and
+    authority when forwarded. `OPTIONS *` asks about the server, not a resource: it is judged as
+    the root ("/": only a prefix of "/" covers it) and forwarded as "*"."""
+    if target == "*":
+        return "/", "/", target
+    if origin_length == len(target):        # origin-form: nearly every request
+        normal = normalise_target(target)
+        return normal.partition("?")[0], normal, normal
+    origin = target[len(target) - origin_length:]
+    if origin[:1] != "/":
+        origin = "/" + origin               # "http://h" or "http://h?q"
+    normal = normalise_target(origin)
+    return normal.partition("?")[0], normal, target[:len(target) - origin_length] + normal
+
+
 def normalise_target(target: str) -> str:
     """An origin-form target (`/path?query`, as the request line has it) in normal form: the path
     normalised, the query as sent. Returns `target` itself when it is already normal.

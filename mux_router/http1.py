@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
-from frontgate.paths import UnsafeTarget, normalise_target
+from frontgate.paths import UnsafeTarget, request_targets
 
 MAX_REQUEST_LINE = 8 * 1024       # longer: 414
 MAX_HEAD = 32 * 1024              # request line + fields; longer: 431
@@ -513,7 +513,10 @@ class RequestHeadParser(_HeadParser):
             host_text = authority.decode("latin-1")
             host = split_host(host_text)[0]
         target_text = target.decode()
-        path, origin_target, forward_target = _normal_targets(target_text, len(path_and_query))
+        try:
+            path, origin_target, forward_target = request_targets(target_text, len(path_and_query))
+        except UnsafeTarget as e:
+            raise HttpError(400, e.reason) from None
 
         transfer_encoding = by_name.get(b"transfer-encoding")
         content_lengths = by_name.get(b"content-length")
@@ -542,24 +545,6 @@ class RequestHeadParser(_HeadParser):
             _METHOD_TEXT.get(method) or method.decode(), target_text, _VERSION_TEXT[version], raw, host, host_text,
             path, origin_target, forward_target, content_length, chunked,
             _keep_alive(version, connection), websocket, connection))
-
-
-def _normal_targets(target: str, origin_length: int) -> tuple[str, str, str]:
-    """(path, origin-form target, target to forward) for a request target whose last
-    `origin_length` characters are its path and query (all of it, but in absolute-form). 400 for a
-    target frontgate.paths refuses. `OPTIONS *` asks about the server, not a resource: it is judged
-    as the root ("/": only a prefix of "/" covers it) and forwarded as "*"."""
-    if target == "*":
-        return "/", "/", target
-    origin = target[len(target) - origin_length:]
-    if origin[:1] != "/":
-        origin = "/" + origin           # absolute-form without a path: "http://h" or "http://h?q"
-    try:
-        normal = normalise_target(origin)
-    except UnsafeTarget as e:
-        raise HttpError(400, e.reason) from None
-    forward = target if normal == target else target[:len(target) - origin_length] + normal
-    return normal.partition("?")[0], normal, forward
 
 
 def parse_request_head(buf: bytes | bytearray | memoryview, **limits) -> tuple[RequestHead, int] | None:

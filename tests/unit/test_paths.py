@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from frontgate.paths import UnsafeTarget, normalise_target
+from frontgate.paths import UnsafeTarget, normalise_target, request_targets
 
 NORMALISED = [
     # (target as sent, normal form)
@@ -79,3 +79,19 @@ def test_refused(target, why):
     with pytest.raises(UnsafeTarget) as e:
         normalise_target(target)
     assert why in e.value.reason
+
+
+TARGETS = [
+    # (request-line target, length of its path and query, (path, origin-form, forwarded))
+    ("/x/../a?q=/../", 14, ("/a", "/a?q=/../", "/a?q=/../")),
+    ("/plain", 6, ("/plain", "/plain", "/plain")),
+    ("http://h", 0, ("/", "/", "http://h/")),
+    ("http://h?x", 2, ("/", "/?x", "http://h/?x")),
+    ("HTTP://h//%61dmin?y", 11, ("/admin", "/admin?y", "HTTP://h/admin?y")),
+    ("*", 1, ("/", "/", "*")),
+]
+
+
+@pytest.mark.parametrize("target,origin_length,expected", TARGETS)
+def test_request_targets(target, origin_length, expected):
+    assert request_targets(target, origin_length) == expected
