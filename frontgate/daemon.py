@@ -9,14 +9,24 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from frontgate.config import ConfigError
+from frontgate.logfields import escape_message
 
 EXIT_CONFIG_ERROR = 2
+
+
+class _OneLineFormatter(logging.Formatter):
+    """A message may quote what a client sent (an SNI name, a peer's error): escaped, so that it
+    cannot end its line and forge another. A traceback, added after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_message(record.message)
+        return super().formatMessage(record)
 
 
 def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
     """Log lines to stderr as `name[pid]: LEVEL message`; supervisord files and rotates them."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {name}[%(process)d]: %(levelname)s %(message)s"))
+    handler.setFormatter(_OneLineFormatter(f"%(asctime)s {name}[%(process)d]: %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

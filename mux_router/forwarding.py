@@ -24,6 +24,15 @@ def _start_line(raw: bytes) -> bytes:
     return raw.split(CRLF, 1)[0]
 
 
+def _raw_as_forwarded(head: RequestHead) -> bytes:
+    """The client's head with the request line the backend is to read: the target with its
+    normalised path (RequestHead.forward_target), the one the router judged."""
+    if head.forward_target == head.target:
+        return head.raw
+    line = f"{head.method} {head.forward_target} {head.version}".encode()
+    return line + head.raw[head.raw.find(CRLF):]
+
+
 def _end_to_end(headers, connection_tokens: frozenset[bytes], keep: frozenset[bytes] = frozenset()):
     """The fields that go on to the next hop: hop-by-hop ones and those the sender listed in its
     Connection header are dropped, except `keep`."""
@@ -145,7 +154,7 @@ def _request_fields(head: RequestHead, skip: frozenset[bytes], client_trusted: b
 def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, client_trusted: bool,
                          keep_alive: bool = False, forwarded_for: str = "append", forwarded: bool = False,
                          rules: HeaderRules = NO_HEADER_RULES, client_cert_line: bytes | None = None) -> bytes:
-    """The head sent to the backend: the client's request line and fields, hop-by-hop fields
+    """The head sent to the backend: the client's request line (its target normalised) and fields, hop-by-hop fields
     replaced by ours, the app's header rules applied, and the forwarding fields: X-Forwarded-For
     (appended to a trusted client's list in `append` mode, else just the client), X-Forwarded-Proto
     (the listener's scheme), X-Forwarded-Host, X-Real-IP (this hop's view, whoever sent them
@@ -154,7 +163,7 @@ def backend_request_head(head: RequestHead, *, client_ip: str, scheme: str, clie
     client_cert_subject_line) is the router's own, for a connection with a verified client cert."""
     sent: dict[bytes, list[bytes]] = {}     # the forwarding fields the (trusted) client sent
     skip, extra = _NO_RULES_COMPILED if rules is NO_HEADER_RULES else _compiled(rules)
-    raw = head.raw
+    raw = _raw_as_forwarded(head)
     if not (skip or _REQUEST_REWRITE_RE.search(raw)):
         # Nothing of the client's to drop or replace: its head as it came, ours appended.
         lines = [raw[:-4]]

@@ -18,6 +18,7 @@ from typing import Iterable, NamedTuple
 
 from frontgate import names
 from mux_router.field_names import any_spelling
+from frontgate.paths import UnsafeTarget, request_targets
 
 MAX_REQUEST_LINE = 8 * 1024       # longer: 414
 MAX_HEAD = 32 * 1024              # request line + fields; longer: 431
@@ -155,8 +156,9 @@ class RequestHead(NamedTuple):
     raw: bytes                  # the head as received, request line to the empty line
     host: str | None            # frontgate.names' form, no port; None without Host (or an empty one)
     host_as_sent: str | None    # the Host header (or absolute-form authority) verbatim
-    path: str                   # target without query, for routing
-    origin_target: str          # path and query: what a redirect keeps
+    path: str                   # the normalised path (frontgate.paths), for routing, ACLs, the uri hash
+    origin_target: str          # normalised path and query as sent: what a redirect keeps
+    forward_target: str         # the target the backend receives: `target` with the normalised path
     content_length: int | None
     chunked: bool
     keep_alive: bool            # what the client asked for (version default, Connection header)
@@ -499,10 +501,11 @@ class RequestHeadParser(_HeadParser):
             host_text, host = _request_host(authority, "invalid authority in request target")
             if host is None:
                 raise HttpError(400, "invalid authority in request target")
-            path_and_query = path_and_query or b"/"
         target_text = target.decode()
-        path_and_query_text = target_text if path_and_query is target else path_and_query.decode()
-        path = path_and_query_text.partition("?")[0]
+        try:
+            path, origin_target, forward_target = request_targets(target_text, len(path_and_query))
+        except UnsafeTarget as e:
+            raise HttpError(400, e.reason) from None
 
         transfer_encoding = by_name.get(b"transfer-encoding")
         content_lengths = by_name.get(b"content-length")
@@ -529,7 +532,7 @@ class RequestHeadParser(_HeadParser):
                      and any(u.split(b"/")[0] == b"websocket" for u in comma_tokens(upgrade)))
         return _new_request_head((
             _METHOD_TEXT.get(method) or method.decode(), target_text, _VERSION_TEXT[version], raw, host, host_text,
-            path, path_and_query_text, content_length, chunked,
+            path, origin_target, forward_target, content_length, chunked,
             _keep_alive(version, connection), websocket, connection))
 
 

@@ -165,8 +165,10 @@ def find_redirect(rules: Sequence[RedirectRule], *, listener: str, client_ip: IP
 
     `host` is the normalized host (for patterns), `host_as_sent` the Host header verbatim (what a
     `to_scheme` redirect keeps, as HAProxy does), `target` the path and query (kept by `to_scheme`
-    and `prefix`, as HAProxy's `redirect prefix`).
+    and `prefix`, as HAProxy's `redirect prefix`). The host a Location names is the rule's, or
+    the request's own for `to_scheme`: never one the target smuggles in (see _host_free).
     """
+    target = _host_free(target)
     for rule in rules:
         if rule.listeners and listener not in rule.listeners:
             continue
@@ -236,3 +238,10 @@ def client_cert_line(cfg: RouterConfig, app: App, sni: str | None, line: bytes |
     if line is None or not client_auth.certified(app, cfg.client_auth_index, sni, True, host):
         return None
     return line
+def _host_free(target: str) -> str:
+    """`target` starting with exactly one slash. The parser's normalised targets always do; this
+    keeps any other caller from making `prefix = "/"` answer `//evil.example/x` with a Location
+    that a browser reads as another host (`/\\evil.example` too: browsers take `\\` for `/`)."""
+    if target[:1] == "/" and target[1:2] not in ("/", "\\"):
+        return target
+    return "/" + target.lstrip("/\\")

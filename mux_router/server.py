@@ -31,6 +31,7 @@ from frontgate import proxy_protocol
 from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, Server, load_router_config
 from frontgate.health_state import StateFollower
 from frontgate.restart_keys import admin_changes, refuse_restart_changes
+from frontgate.logfields import escape_field
 from frontgate.sweep import Sweep, interval_for
 from mux_router import forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
@@ -805,13 +806,18 @@ class ClientConnection:
         if which != "all" and (which == "off" or _normal(status, termination, retries)):
             return
         accepted = time.time() - (time.monotonic() - started)
-        request_line = request if type(request) is str else request.request_line
+        # Every text field escaped, in both formats alike: a client chose the target and maybe
+        # the note (an SNI name, a header in an error), and must not end the line or the field.
+        request_line = escape_field(request if type(request) is str else request.request_line)
+        note, frontend = escape_field(note), escape_field(self.listener.name)
+        backend, server = escape_field(backend), escape_field(server or "-")
+        ip, port = self.client
+        ip = escape_field(ip)
         if router.config.access_log_format == "json":
-            ip, port = self.client
             access_log(json.dumps({
                 "client_ip": ip, "client_port": port,
                 "accept_date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(accepted)) + f".{int(accepted * 1000) % 1000:03d}Z",
-                "frontend": self.listener.name, "backend": backend, "server": server or "-",
+                "frontend": frontend, "backend": backend, "server": server,
                 "Tq": round(tq), "Tw": round(tw), "Tc": round(tc), "Tr": round(tr), "Tt": round(tt),
                 "status": status, "bytes": sent, "termination_state": termination, "retries": retries,
                 "request": request_line, "note": note}, separators=(",", ":")))
@@ -820,7 +826,7 @@ class ClientConnection:
         # bytes - - termination actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue "request"
         # (%-formatting: a line per request, and the fastest way Python has to make one).
         actconn = len(router.connections)
-        access_log(((*self.client, int(accepted * 1000), self.listener.name, backend, server or "-", tq, tw, tc, tr,
+        access_log(((ip, port, int(accepted * 1000), frontend, backend, server, tq, tw, tc, tr,
                      tt, status, sent, termination, actconn, actconn, retries, request_line), note))
 
 

@@ -317,6 +317,17 @@ class Client:
 
 # --------------------------------------------------------------------------- the router under test
 
+def path_markers(output: str, target: str) -> list[str]:
+    """"FASTPATH"/"ENGINE" for each time a request for target was started on either path, from
+    the output of a router run with INSTRUMENT."""
+    out = []
+    for line in output.splitlines():
+        for kind in ("FASTPATH", "ENGINE"):
+            if line.startswith(f"{kind} ") and f" {target} HTTP/1." in line:
+                out.append(kind)
+    return out
+
+
 class RouterProc:
     def __init__(self, tmp: Path, loop: LoopThread, backends: dict[str, KeepAliveBackend], *,
                  server: float = 1, keep_alive: float = 1, client: float = 5, grace: float = 3):
@@ -332,13 +343,7 @@ class RouterProc:
         return daemon_output(self.proc)
 
     def markers(self, target: str) -> list[str]:
-        """"FASTPATH"/"ENGINE" for each time a request for target was started on either path."""
-        out = []
-        for line in self.output().splitlines():
-            for kind in ("FASTPATH", "ENGINE"):
-                if line.startswith(f"{kind} ") and f" {target} HTTP/1." in line:
-                    out.append(kind)
-        return out
+        return path_markers(self.output(), target)
 
     def log_line(self, target: str, method: str = "GET") -> dict:
         request = f'"{method} {target} HTTP/1.1"'

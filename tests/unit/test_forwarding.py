@@ -164,3 +164,19 @@ def test_response_hop_by_hop_lines_go_the_rest_stays_as_sent():
     r = resp("HTTP/1.1 200 OK", "Connection: X-Hop", "X-Hop: 1", "Content-Length: 0")
     assert client_response_head(r, keep_alive=True, client_version="HTTP/1.1") == \
         b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_request_line_carries_the_normalised_target_with_the_query_as_sent():
+    cases = [
+        # (request line sent by the client, request line the backend reads)
+        ("GET /x/../%61dmin//p?q=/../%2f HTTP/1.1", b"GET /admin/p?q=/../%2f HTTP/1.1\r\n"),
+        ("GET http://h?x HTTP/1.1", b"GET http://h/?x HTTP/1.1\r\n"),
+        ("OPTIONS * HTTP/1.1", b"OPTIONS * HTTP/1.1\r\n"),
+        ("GET /plain?x HTTP/1.1", b"GET /plain?x HTTP/1.1\r\n"),
+    ]
+    for line, expected in cases:
+        for extra in ((), ("X-Forwarded-For: 6.6.6.6",)):     # head forwarded whole, and rewritten
+            out = backend_request_head(head(line, "Host: h", *extra), client_ip="10.0.0.1", scheme="http",
+                                       client_trusted=False)
+            assert out.startswith(expected + b"Host: h\r\n"), (line, extra, out)
+            assert out.count(b" HTTP/1.1\r\n") == 1

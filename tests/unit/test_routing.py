@@ -99,6 +99,30 @@ def test_prefix_location_and_conditions():
     assert redirect(rules, ip="10.1.2.3", host="a.old.example")[0] == 302
 
 
+REDIRECT_KINDS = {
+    "relative prefix": RedirectRule(code=302, prefix="/"),
+    "relative prefix with a path": RedirectRule(code=302, prefix="/base/"),
+    "absolute prefix": RedirectRule(code=302, prefix="https://new.example"),
+    "to_scheme": RedirectRule(code=301, to_scheme="https"),
+    "location": RedirectRule(code=302, location="/moved"),
+}
+# Targets that would name another host if appended as they are (the parser never passes them: a
+# normalised target starts with one slash; find_redirect holds without it).
+HOSTILE_TARGETS = ["//evil.example/x", "///evil.example/x", "/\\evil.example/x", "/\\/evil.example",
+                   "evil.example/x", "//evil.example"]
+
+
+@pytest.mark.parametrize("kind", REDIRECT_KINDS)
+@pytest.mark.parametrize("target", HOSTILE_TARGETS)
+def test_no_redirect_names_a_host_the_rule_did_not(kind, target):
+    code, location = redirect((REDIRECT_KINDS[kind],), host="maps.localhost", target=target)
+    if location.startswith("https://"):
+        authority = location[len("https://"):].split("/", 1)[0]
+        assert authority in ("new.example", "maps.localhost"), (kind, target, location)
+    else:
+        assert location.startswith("/") and location[1:2] not in ("/", "\\"), (kind, target, location)
+
+
 # --------------------------------------------------------------------------- regex, header, default, ACLs
 
 from frontgate.config import Acl, HeaderMatch  # noqa: E402
