@@ -42,6 +42,7 @@ ciphersuites = "TLS_AES_256_GCM_SHA384"
 prefer_server_ciphers = "always"
 session_tickets = false
 session_timeout = 600
+groups = ["X25519", "secp384r1"]
 [[client_auth]]
 sni = ["Secure.Test", "*.secure.test"]
 ca = "clients.pem"
@@ -59,7 +60,7 @@ proxy_protocol = true
     assert (cfg.user, cfg.group, cfg.chroot) == ("nobody", "nogroup", Path("/var/empty"))
     assert cfg.tls == TlsPolicy(min_version="TLSv1.3", max_version="TLSv1.3", ciphers="ECDHE+AESGCM",
                                 ciphersuites="TLS_AES_256_GCM_SHA384", prefer_server_ciphers="always",
-                                session_tickets=False, session_timeout=600)
+                                session_tickets=False, session_timeout=600, groups=("X25519", "secp384r1"))
     assert [(r.sni, r.verify, r.ca) for r in cfg.client_auth] == [
         (("secure.test", "*.secure.test"), "required", tmp_path / "clients.pem"),
         (("opt.test",), "optional", tmp_path / "clients.pem")]
@@ -78,6 +79,11 @@ proxy_protocol = true
     ('certs_dir = "."\n[tls]\nmin_version = "SSLv3"\n', "tls.min_version", "is not one of"),
     ('certs_dir = "."\n[tls]\nmin_version = "TLSv1.3"\nmax_version = "TLSv1.2"\n', "tls.min_version", "above"),
     ('certs_dir = "."\n[tls]\nsesion_tickets = false\n', "tls.sesion_tickets", "unknown key"),
+    ('certs_dir = "."\n[tls]\ngroups = "X25519"\n', "tls.groups", "expected an array, got a string"),
+    ('certs_dir = "."\n[tls]\ngroups = []\n', "tls.groups", "an empty list leaves no key exchange"),
+    ('certs_dir = "."\n[tls]\ngroups = ["X25519", 1]\n', "tls.groups[1]", "expected a string"),
+    ('certs_dir = "."\n[tls]\ngroups = ["X25519:X448"]\n', "tls.groups[0]", "is not a group name"),
+    ('certs_dir = "."\n[tls]\ngroups = ["X25519", "x25519"]\n', "tls.groups", "listed twice"),
     ('certs_dir = "."\n[[client_auth]]\nsni = "a.test"\nca = "missing.pem"\n', "client_auth[0].ca", "not found"),
     ('certs_dir = "."\n[[client_auth]]\nsni = "a.test"\nverify = "maybe"\nca = "t.toml"\n',
      "client_auth[0].verify", "is not one of"),
