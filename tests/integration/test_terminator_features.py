@@ -18,7 +18,7 @@ import trustme
 
 from frontgate.proxy_protocol import ProxyHeader, decode
 from tests.certmaker import DAY, client_hello, make_leaf
-from tests.helpers import BIN, REPO, free_port, start_daemon, stop_daemon, wait_until
+from tests.helpers import BIN, free_port, sslyze_binary, start_daemon, stop_daemon, wait_until
 from tests.integration.test_terminator import RouterStub, Terminator, echo_once
 from tests.pipeline import RecordingBackend
 
@@ -405,13 +405,6 @@ def test_ocsp_staple_is_served_and_reloaded(ca, router, tmp_path):
 
 
 # --------------------------------------------------------------------------- sslyze
-
-def sslyze_binary() -> Path | None:
-    for candidate in (os.environ.get("SSLYZE"), REPO / ".venv-sslyze" / "bin" / "sslyze"):
-        if candidate and Path(candidate).exists():
-            return Path(candidate)
-    return None
-
 
 @pytest.mark.skipif(sslyze_binary() is None, reason="sslyze not installed (`make test` installs it, or set SSLYZE)")
 def test_sslyze_finds_nothing_weak(ca, router, tmp_path):
