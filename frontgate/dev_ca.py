@@ -9,8 +9,9 @@ digitalSignature) is refused as a serving certificate (tls_terminator.certs).
 
 The development leaf it issues is valid 365 days (Mozilla's "intermediate" profile allows at most
 366) and is re-issued by `make deploy` when it is within RENEW_WITHIN_DAYS of expiry, when a host
-of the router is not among its names, or when it is a self-signed one made by an older frontgate.
-A certificate the CA did not issue (an operator's own) is never touched.
+of the router is not among its names, when another development CA issued it (the CA directory was
+deleted: a new CA), or when it is a self-signed one made by an older frontgate. A certificate
+frontgate did not make (an operator's own) is never touched.
 """
 from __future__ import annotations
 
