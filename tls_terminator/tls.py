@@ -50,8 +50,8 @@ def select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
 
 
 def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> None:
-    """Versions, options, ciphers, ALPN: the same on the front and on every certificate context.
-    A cipher string OpenSSL rejects is a ConfigError naming the [tls] key."""
+    """Versions, options, ciphers, groups, ALPN: the same on the front and on every certificate
+    context. A cipher string or group OpenSSL rejects is a ConfigError naming the [tls] key."""
     ctx.set_min_proto_version(_VERSIONS[policy.min_version])
     ctx.set_max_proto_version(_VERSIONS[policy.max_version])
     options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
