@@ -251,6 +251,7 @@ class TlsPolicy:
     max_version: str = "TLSv1.3"
     ciphers: str | None = None            # TLS 1.2 and below, OpenSSL cipher string
     ciphersuites: str | None = None       # TLS 1.3, OpenSSL ciphersuites string
+    groups: tuple[str, ...] | None = None  # key exchange groups (curves), OpenSSL names, preferred first
     # "tls1.2": the server's order for TLS 1.2 (scanners rate a missing order as a weakness), the
     # client's for TLS 1.3 (Mozilla: clients without AES hardware pick ChaCha20); or "always", "never".
     prefer_server_ciphers: str = "tls1.2"
@@ -841,6 +842,7 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
         max_version=tt.str("max_version", "TLSv1.3", TLS_VERSIONS),
         ciphers=tt.str("ciphers", None),
         ciphersuites=tt.str("ciphersuites", None),
+        groups=_tls_groups(tt),
         prefer_server_ciphers=tt.str("prefer_server_ciphers", "tls1.2", SERVER_CIPHER_ORDER),
         session_tickets=tt.bool("session_tickets", True),
         session_timeout=tt.int("session_timeout", 3600, 1, 7 * 86400),
@@ -869,6 +871,25 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
     admin = _admin(root, (root.file.parent / "../state/stats").resolve())
     return TerminatorConfig(path=root.file, certificates=tuple(certs), tls=tls, client_auth=client_auth_rules,
                             passthrough=tuple(passthrough), admin=admin, **cfg_args)
+
+
+def _tls_groups(t: _Table) -> tuple[str, ...] | None:
+    """[tls] groups: a list of plain group names (whether OpenSSL knows each is checked where the
+    context is made, tls_terminator.tls); None when absent."""
+    if "groups" not in t.data:
+        t.used.add("groups")
+        return None
+    groups = t.str_list("groups")
+    if not groups:
+        raise t.error("groups", "an empty list leaves no key exchange: name at least one group, e.g. \"X25519\"")
+    for i, name in enumerate(groups):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ConfigError(t.file, f"{t.key('groups')}[{i}]", f"{name!r} is not a group name (letters, digits, '-', '_')")
+    lowered = [g.lower() for g in groups]        # OpenSSL's names are case-insensitive
+    duplicates = sorted({g for g in groups if lowered.count(g.lower()) > 1})
+    if duplicates:
+        raise t.error("groups", f"{', '.join(map(repr, duplicates))} listed twice")
+    return groups
 
 
 def _sni_patterns(t: _Table) -> tuple[str, ...]:

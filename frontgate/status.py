@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frontgate import health_state
+from frontgate import dev_ca, health_state
 from frontgate.config import ConfigError, load_router_config, load_terminator_config
 from frontgate.deploy import STAGES, Process, Supervisor, SupervisorError
 
@@ -105,11 +105,12 @@ def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, 
 def certificate_facts(configs: Path) -> list[dict[str, Any]]:
     """The certificates tls-terminator.toml names (entries and certs_dir), as `frontgate certs` lists them."""
     from tls_terminator.certs import describe_certificates
+    ca = dev_ca.describe(dev_ca.default_dir(configs))
     try:
         cfg = load_terminator_config(configs / "tls-terminator.toml", require_files=False)
     except ConfigError as e:
         return [{"error": str(e)}]
-    return describe_certificates(cfg)
+    return describe_certificates(cfg) + ([ca] if ca else [])
 
 
 def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:

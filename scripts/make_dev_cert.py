@@ -1,31 +1,34 @@
 #!/usr/bin/env python3
-"""Make a self-signed development certificate for every configured certificate file that is missing.
+"""Issue the development certificates from a local development CA (made once), renewing them when due.
 
-    make_dev_cert.py configs/tls-terminator.toml [--router-config configs/mux-router.toml]
+    make_dev_cert.py configs/tls-terminator.toml [--router-config configs/mux-router.toml] [--ca-dir certs/dev-ca]
 
-For each [[certificate]] whose cert file does not exist: an ECDSA P-256 key and a self-signed
-certificate valid 825 days (the longest publicly-trusted TLS lifetime browsers ever accepted),
-with subjectAltName DNS names localhost, *.localhost and every host of every app in the router
-config. Written as one PEM (key, then certificate; mode 0600) unless the entry names a separate
-`key` file. Existing files are never touched; prints what it made, nothing when all exist.
+The CA (frontgate/dev_ca.py): certs/dev-ca/ca.pem and ca.key (mode 0600) beside the configs
+directory, made on the first run; trust ca.pem once (README, "Trusting the development CA") and
+browsers and curl accept the development certificate without warnings.
+
+For each [[certificate]] whose cert file is missing, or is a development certificate that is due
+(within 30 days of expiry, lacking a router host, issued by an earlier development CA, or
+self-signed by an older frontgate): an ECDSA
+P-256 key and a certificate from the CA valid 365 days, with subjectAltName DNS names localhost,
+*.localhost and every host of every app in the router config. Written as one PEM (key, then
+certificate; mode 0600) unless the entry names a separate `key` file, whose key is kept when it
+exists. Any other certificate is never touched. Prints what it made, nothing when nothing was due.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import sys
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from anywhere
-from frontgate.config import ConfigError, load_router_config, load_terminator_config  # noqa: E402
+from frontgate import dev_ca  # noqa: E402
+from frontgate.config import CertificateEntry, ConfigError, load_router_config, load_terminator_config  # noqa: E402
 
-VALID_DAYS = 825
 BASE_NAMES = ("localhost", "*.localhost")
 
 
@@ -38,74 +41,62 @@ def dns_names(router_config: Path | None) -> list[str]:
     return names
 
 
-def make_certificate(key, names: list[str], now: datetime.datetime | None = None) -> x509.Certificate:
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0]),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "frontgate development")])
-    return (x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))       # tolerate a little clock skew
-            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            # Ed25519/Ed448 keys (possible with an existing `key` file) sign without a separate hash.
-            .sign(key, None if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey))
-                  else hashes.SHA256()))
-
-
-def key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 from the start (never briefly world-readable), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def why_due(entry: CertificateEntry, ca: dev_ca.DevCa | None, names: list[str]) -> str | None:
+    """Why this entry's certificate should be (re)issued; None to leave the file alone."""
+    if not entry.cert.exists():
+        return "missing"
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        cert = x509.load_pem_x509_certificate(entry.cert.read_bytes())
+    except ValueError:
+        return None          # not ours to judge: `frontgate check` reports it
+    return dev_ca.reissue_reason(cert, ca, names)
 
 
-def make_missing(terminator_config: Path, router_config: Path | None) -> list[str]:
-    """Make what is missing; returns one line per file written."""
-    config = load_terminator_config(terminator_config, require_files=False)
-    missing = [c for c in config.certificates if not c.cert.exists()]
-    if not missing:
-        return []
-    names = dns_names(router_config)
+def issue(entry: CertificateEntry, ca: dev_ca.DevCa, names: list[str], reason: str) -> list[str]:
+    """Write the entry's certificate (and its key when there is none); one line per file written."""
     made = []
-    for entry in missing:
-        if entry.key is not None and entry.key.exists():
-            # A key is already there (perhaps made elsewhere): certify it rather than replace it.
-            key = serialization.load_pem_private_key(entry.key.read_bytes(), password=None)
-            new_key = False
-        else:
-            key = ec.generate_private_key(ec.SECP256R1())
-            new_key = True
-        cert_pem = make_certificate(key, names).public_bytes(serialization.Encoding.PEM)
-        if entry.key is None:
-            write_private(entry.cert, key_pem(key) + cert_pem)
-            made.append(f"made {entry.cert}: self-signed ECDSA P-256 certificate and key, "
-                        f"valid {VALID_DAYS} days, for {', '.join(names)}")
-            continue
-        if new_key:
-            write_private(entry.key, key_pem(key))
-            made.append(f"made {entry.key}: ECDSA P-256 private key")
-        write_private(entry.cert, cert_pem)
-        made.append(f"made {entry.cert}: self-signed certificate for the key in {entry.key}, "
-                    f"valid {VALID_DAYS} days, for {', '.join(names)}")
+    if entry.key is not None and entry.key.exists():
+        # A key is already there (perhaps made elsewhere): certify it rather than replace it.
+        key = serialization.load_pem_private_key(entry.key.read_bytes(), password=None)
+        new_key = False
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        new_key = True
+    cert_pem = ca.issue(key.public_key(), names).public_bytes(serialization.Encoding.PEM)
+    what = f"certificate from the development CA ({ca.cert_path}), valid {dev_ca.LEAF_VALID_DAYS} days, " \
+           f"for {', '.join(names)}"
+    why = "" if reason == "missing" else f" (renewed: the old one was {reason})"
+    if entry.key is None:
+        dev_ca.write_private(entry.cert, dev_ca.key_pem(key) + cert_pem)
+        return [f"made {entry.cert}: ECDSA P-256 key and {what}{why}"]
+    if new_key:
+        dev_ca.write_private(entry.key, dev_ca.key_pem(key))
+        made.append(f"made {entry.key}: ECDSA P-256 private key")
+    dev_ca.write_private(entry.cert, cert_pem)
+    made.append(f"made {entry.cert}: {what}, for the key in {entry.key}{why}")
+    return made
+
+
+def make_due(terminator_config: Path, router_config: Path | None, ca_dir: Path) -> list[str]:
+    """Make what is missing or due; returns one line per file written."""
+    config = load_terminator_config(terminator_config, require_files=False)
+    names = dns_names(router_config)
+    made: list[str] = []
+
+    def new_ca() -> dev_ca.DevCa:
+        ca = dev_ca.create(ca_dir)
+        made.append(f"made the development CA {ca.cert_path} (its key: {ca_dir / dev_ca.CA_KEY_NAME}, mode 0600); "
+                    "trust it once: README, \"Trusting the development CA\"")
+        return ca
+
+    ca = dev_ca.load(ca_dir)
+    if ca is not None and dev_ca.ending(ca):
+        ca = new_ca()          # its leaves are then "issued by another development CA": renewed below
+    due = [(entry, reason) for entry in config.certificates if (reason := why_due(entry, ca, names))]
+    if due and ca is None:
+        ca = new_ca()
+    for entry, reason in due:
+        made += issue(entry, ca, names, reason)
     return made
 
 
@@ -115,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--router-config", type=Path,
                    help="mux-router.toml whose app hosts go into the certificate "
                         "(default: mux-router.toml next to the terminator config, if it exists)")
+    p.add_argument("--ca-dir", type=Path,
+                   help="the development CA's directory (default: certs/dev-ca beside the configs directory)")
     args = p.parse_args(argv)
     router_config = args.router_config
     if router_config is None:
         default = args.terminator_config.parent / "mux-router.toml"
         router_config = default if default.exists() else None
+    ca_dir = args.ca_dir or dev_ca.default_dir(args.terminator_config.parent)
     try:
-        for line in make_missing(args.terminator_config, router_config):
+        for line in make_due(args.terminator_config, router_config, ca_dir):
             print(line)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent          # the venv's bin: tls-terminator, mux-router, ...
 
 
+def sslyze_binary() -> Path | None:
+    """sslyze, in its own venv (Makefile: .venv-sslyze), or where $SSLYZE says; None when absent."""
+    for candidate in (os.environ.get("SSLYZE"), REPO / ".venv-sslyze" / "bin" / "sslyze"):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the kernel just gave out; racy in theory, fine on a test machine."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:

@@ -38,6 +38,7 @@ from OpenSSL import SSL, crypto
 from frontgate import client_auth, names
 from frontgate.client_auth import ClientAuthRule
 from frontgate.config import CertificateEntry, ConfigError, TerminatorConfig, TlsPolicy
+from tls_terminator.cert_usage import unfit_for_serving
 from tls_terminator.tls import new_context
 
 log = logging.getLogger("tls-terminator")
@@ -138,6 +139,9 @@ def load_certificate(cfg_path: Path, position: int | None, entry: CertificateEnt
             raise fail(key_field, key_path, problem)
 
     leaf = chain[0]
+    unfit = unfit_for_serving(leaf)
+    if unfit:
+        raise fail(cert_key, entry.cert, f"cannot be served: {unfit}")
     if not _same_public_key(leaf, key):
         raise fail(key_field, key_path, "the private key does not match the first certificate in "
                                         f"{entry.cert.name} (the leaf must come first in the chain)")
@@ -596,9 +600,11 @@ def format_certificates(rows: list[dict]) -> str:
             out.append(f"{where}ERROR: {r['error']}")
             continue
         flags = " (default)" if r["default"] else ""
+        # A certificate without DNS names (the development CA) is shown by its subject.
+        names = f"names:   {', '.join(r['names'])}" if r["names"] else f"subject: {r['subject']}"
         out.append(
             f"{r['file']}  [{r['source']}]{flags}\n"
-            f"  names:   {', '.join(r['names']) or '-'}\n"
+            f"  {names}\n"
             f"  issuer:  {r['issuer']}\n"
             f"  key:     {r['key_type']}\n"
             f"  expires: {r['not_after']}  ({r['days_left']} days left, {r['status']})\n"

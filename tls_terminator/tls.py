@@ -29,6 +29,9 @@ INTERMEDIATE_CIPHERS = ":".join([
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ])
 INTERMEDIATE_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+# Its key exchange groups, preferred first. OpenSSL's own default list adds X448, secp521r1, the
+# ffdhe groups and (OpenSSL 3.5+) the hybrid X25519MLKEM768; scanners flag the first ones.
+INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
 ALPN_HTTP11 = b"http/1.1"
 # The same on every context: OpenSSL checks that a resumed session belongs to this context.
 # Contexts that ask for client certificates use their own (see certs.CertStore).
@@ -47,8 +50,8 @@ def select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
 
 
 def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> None:
-    """Versions, options, ciphers, ALPN: the same on the front and on every certificate context.
-    A cipher string OpenSSL rejects is a ConfigError naming the [tls] key."""
+    """Versions, options, ciphers, groups, ALPN: the same on the front and on every certificate
+    context. A cipher string or group OpenSSL rejects is a ConfigError naming the [tls] key."""
     ctx.set_min_proto_version(_VERSIONS[policy.min_version])
     ctx.set_max_proto_version(_VERSIONS[policy.max_version])
     options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
@@ -64,6 +67,7 @@ def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> 
             setter(value.encode())
         except SSL.Error as e:
             raise ConfigError(cfg_path, f"tls.{key}", f"OpenSSL accepts no cipher in {value!r}: {e}") from None
+    set_groups(ctx, policy.groups or INTERMEDIATE_GROUPS, cfg_path)
     # Idle connections (WebSocket tunnels) then cost no read/write buffers inside OpenSSL.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     # pyOpenSSL turns on partial writes: SSL_write then returns after each 16 KiB record, and a
@@ -73,6 +77,22 @@ def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> 
     ctx.set_session_id(SESSION_ID_CONTEXT)
     ctx.set_timeout(policy.session_timeout)
     ctx.set_alpn_select_callback(select_alpn)
+
+
+def set_groups(ctx: SSL.Context, groups: tuple[str, ...], cfg_path: object = "") -> None:
+    """The key exchange groups (curves) `ctx` offers, in this order. pyOpenSSL has only
+    set_tmp_ecdh (one curve); its binding has SSL_CTX_set1_curves_list (= set1_groups_list).
+    A name OpenSSL does not know is a ConfigError naming it."""
+    from OpenSSL._util import lib
+    if lib.SSL_CTX_set1_curves_list(ctx._context, ":".join(groups).encode()) == 1:
+        return
+    # Which names? Ask one at a time, on a scratch context (the list call changes nothing when it fails).
+    scratch = SSL.Context(SSL.TLS_SERVER_METHOD)
+    unknown = [g for g in groups if lib.SSL_CTX_set1_curves_list(scratch._context, g.encode()) != 1]
+    lib.ERR_clear_error()          # the failed calls left errors queued; pyOpenSSL would report them later
+    raise ConfigError(cfg_path, "tls.groups",
+                      f"OpenSSL does not know {', '.join(map(repr, unknown or groups))} as a key exchange group "
+                      f"(names such as {', '.join(map(repr, INTERMEDIATE_GROUPS))}, 'X448', 'secp521r1', 'ffdhe2048')")
 
 
 def new_context(policy: TlsPolicy, cfg_path: object = "") -> SSL.Context:

@@ -18,7 +18,7 @@ import trustme
 
 from frontgate.proxy_protocol import ProxyHeader, decode
 from tests.certmaker import DAY, client_hello, make_leaf
-from tests.helpers import BIN, REPO, free_port, start_daemon, stop_daemon, wait_until
+from tests.helpers import BIN, free_port, sslyze_binary, start_daemon, stop_daemon, wait_until
 from tests.integration.test_terminator import RouterStub, Terminator, echo_once
 from tests.pipeline import RecordingBackend
 
@@ -411,13 +411,6 @@ def test_ocsp_staple_is_served_and_reloaded(ca, router, tmp_path):
 
 # --------------------------------------------------------------------------- sslyze
 
-def sslyze_binary() -> Path | None:
-    for candidate in (os.environ.get("SSLYZE"), REPO / ".venv-sslyze" / "bin" / "sslyze"):
-        if candidate and Path(candidate).exists():
-            return Path(candidate)
-    return None
-
-
 @pytest.mark.skipif(sslyze_binary() is None, reason="sslyze not installed (`make test` installs it, or set SSLYZE)")
 def test_sslyze_finds_nothing_weak(ca, router, tmp_path):
     make_leaf(ca, "app.test").write_pem(tmp_path / "app.pem")
@@ -452,6 +445,39 @@ def test_sslyze_finds_nothing_weak(ca, router, tmp_path):
         resumption = scans["session_resumption"]["result"]
         assert resumption["tls_ticket_resumption_result"] == "FULLY_SUPPORTED", resumption
         assert resumption["session_id_resumption_result"] == "FULLY_SUPPORTED", resumption
+        # Mozilla "intermediate": these three key exchange groups and no other (OpenSSL's default
+        # list would add X448 and secp521r1).
+        curves = {c["name"] for c in scans["elliptic_curves"]["result"]["supported_curves"]}
+        assert curves == {"X25519", "secp256r1", "secp384r1"}, curves
+    finally:
+        t.stop()
+
+
+def key_exchange(port: int, groups: str, version: str = "-tls1_3") -> str:
+    """What `openssl s_client` offering only `groups` says of the key exchange ("X25519, 253 bits",
+    "ECDH, secp384r1, 384 bits"); "" when the handshake fails."""
+    out = s_client(port, "-servername", "app.test", version, "-groups", groups)
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                 if line.startswith("Server Temp Key:")), "")
+
+
+def test_key_exchange_groups_are_mozillas_by_default_and_follow_tls_groups(ca, router, tmp_path):
+    make_leaf(ca, "app.test").write_pem(tmp_path / "app.pem")
+    t = start(tmp_path, router, '[[certificate]]\ncert = "app.pem"\n')
+    try:
+        assert key_exchange(t.port, "X25519").startswith("X25519")
+        assert key_exchange(t.port, "X25519:P-256", "-tls1_2").startswith("X25519")
+        assert "secp384r1" in key_exchange(t.port, "P-384")
+        assert "prime256v1" in key_exchange(t.port, "P-256")
+        for refused in ("X448", "P-521", "ffdhe2048"):
+            assert key_exchange(t.port, refused) == "", refused
+    finally:
+        t.stop()
+    t = start(tmp_path, router, '[tls]\ngroups = ["X448", "secp521r1"]\n[[certificate]]\ncert = "app.pem"\n')
+    try:
+        assert key_exchange(t.port, "X448").startswith("X448")
+        assert "secp521r1" in key_exchange(t.port, "P-521")
+        assert key_exchange(t.port, "X25519") == ""
     finally:
         t.stop()
 

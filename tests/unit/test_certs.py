@@ -338,6 +338,31 @@ def test_check_certificates_reports_bad_ciphers(ca, tmp_path):
     assert len(errors) == 1 and "tls.ciphers: OpenSSL accepts no cipher in 'NOPE-NOTHING'" in errors[0]
 
 
+def test_check_certificates_reports_unknown_groups(ca, tmp_path):
+    from frontgate.config import TlsPolicy
+    good = write_leaf(ca, tmp_path, "good", "good.test")
+    errors = check_certificates(config(tmp_path, good, tls=TlsPolicy(groups=("X25519", "curve9000", "P-256"))))
+    assert errors == [f"{tmp_path / 'tls-terminator.toml'}: tls.groups: OpenSSL does not know 'curve9000' as a key "
+                      "exchange group (names such as 'X25519', 'prime256v1', 'secp384r1', 'X448', 'secp521r1', "
+                      "'ffdhe2048')"]
+    assert check_certificates(config(tmp_path, good, tls=TlsPolicy(groups=("X448", "P-256")))) == []
+
+
+def test_a_ca_certificate_and_its_key_are_never_served(tmp_path):
+    """The development CA in a certs_dir (someone pointed it at certs/dev-ca): refused, loudly."""
+    from frontgate import dev_ca
+    made = dev_ca.create(tmp_path / "dev-ca")
+    cfg = config(tmp_path, certs_dir=made.directory)
+    errors = check_certificates(cfg)
+    assert len(errors) == 1 and "ca.pem: cannot be served: a CA certificate" in errors[0], errors
+    # trustme's CA has digitalSignature in its keyUsage (for OCSP); a CA it is all the same.
+    other = trustme.CA()
+    other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+    other.private_key_pem.write_to_path(str(tmp_path / "other.pem"), append=True)
+    (tmp_path / "other.pem").chmod(0o600)
+    assert "cannot be served" in problem(tmp_path, CertificateEntry(cert=tmp_path / "other.pem"))
+
+
 def test_reload_reuses_what_did_not_change(ca, tmp_path):
     d = tmp_path / "certs"
     d.mkdir()

@@ -63,6 +63,7 @@ ciphersuites = "TLS_AES_256_GCM_SHA384"
 prefer_server_ciphers = "always"
 session_tickets = false
 session_timeout = 600
+groups = ["X25519", "secp384r1"]
 [[passthrough]]
 sni = "*.pass.example"
 backend = "127.0.0.1:9443"
@@ -73,7 +74,7 @@ proxy_protocol = true
     assert (cfg.user, cfg.group, cfg.chroot) == ("nobody", "nogroup", Path("/var/empty"))
     assert cfg.tls == TlsPolicy(min_version="TLSv1.3", max_version="TLSv1.3", ciphers="ECDHE+AESGCM",
                                 ciphersuites="TLS_AES_256_GCM_SHA384", prefer_server_ciphers="always",
-                                session_tickets=False, session_timeout=600)
+                                session_tickets=False, session_timeout=600, groups=("X25519", "secp384r1"))
     assert [(r.sni, r.verify, r.ca) for r in cfg.client_auth] == [
         (("secure.test", "*.secure.test"), "required", tmp_path / "clients.pem"),
         (("opt.test",), "optional", tmp_path / "opt.pem")]
@@ -93,9 +94,11 @@ proxy_protocol = true
     ('certs_dir = "."\n[tls]\nmin_version = "SSLv3"\n', "tls.min_version", "is not one of"),
     ('certs_dir = "."\n[tls]\nmin_version = "TLSv1.3"\nmax_version = "TLSv1.2"\n', "tls.min_version", "above"),
     ('certs_dir = "."\n[tls]\nsesion_tickets = false\n', "tls.sesion_tickets", "unknown key"),
-        ('certs_dir = "."\n[[client_auth]]\nsni = "a.test"\nca = "t.toml"\n', "client_auth",
-         "declared on the router's apps"),
-        ('certs_dir = "."\nrouter_config = "missing.toml"\n', "terminator.router_config", "cannot load"),
+    ('certs_dir = "."\n[tls]\ngroups = "X25519"\n', "tls.groups", "expected an array, got a string"),
+    ('certs_dir = "."\n[tls]\ngroups = []\n', "tls.groups", "an empty list leaves no key exchange"),
+    ('certs_dir = "."\n[tls]\ngroups = ["X25519", 1]\n', "tls.groups[1]", "expected a string"),
+    ('certs_dir = "."\n[tls]\ngroups = ["X25519:X448"]\n', "tls.groups[0]", "is not a group name"),
+    ('certs_dir = "."\n[tls]\ngroups = ["X25519", "x25519"]\n', "tls.groups", "listed twice"),
     ('certs_dir = "."\n[[passthrough]]\nbackend = "127.0.0.1:1"\n', "passthrough[0].sni", "required"),
     ('certs_dir = "."\n[[passthrough]]\nsni = "a b"\nbackend = "127.0.0.1:1"\n', "passthrough[0].sni[0]",
      "not a host name"),
