@@ -312,6 +312,9 @@ class CheckSpec:
     fall: int = 3
 
 
+INIT_STATES = ("fully-up", "provisional")     # how a server starts: see health_checker.rise_fall
+
+
 @dataclass(frozen=True)
 class CheckerConfig:
     path: Path
@@ -320,6 +323,7 @@ class CheckerConfig:
     defaults: CheckSpec
     per_app: Mapping[str, CheckSpec] = field(default_factory=dict)
     per_server: Mapping[str, CheckSpec] = field(default_factory=dict)   # by state file key "app/host:port"
+    init_state: str = "fully-up"      # a new server's health: full, or provisional (down on a first failure)
 
     @property
     def state_file(self) -> Path:
@@ -949,6 +953,7 @@ def _build_checker(root: _Table) -> CheckerConfig:
     c = root.table("checker", default_empty=False)
     router_path = c.path("router_config")
     heartbeat = c.positive_seconds("heartbeat", 5.0)
+    init_state = c.str("init_state", "fully-up", INIT_STATES)
     c.done()
     try:
         router = load_router_config(router_path)
@@ -981,7 +986,7 @@ def _build_checker(root: _Table) -> CheckerConfig:
         st.done()
     apps.done()
     return CheckerConfig(path=root.file, router=router, heartbeat=heartbeat, defaults=defaults,
-                         per_app=per_app, per_server=per_server)
+                         per_app=per_app, per_server=per_server, init_state=init_state)
 
 
 def load_checker_config(path: str | Path) -> CheckerConfig:

@@ -134,7 +134,7 @@ class Checker:
             if target is None:
                 # Up until shown otherwise (see rise_fall): a fresh checker must not black-hole traffic.
                 target = Target(key=key, app=app, server=server, spec=spec,
-                                health=RiseFall.initial(spec.rise, spec.fall), since=time.time())
+                                health=RiseFall.initial(spec.rise, spec.fall, config.init_state), since=time.time())
                 target.task = self._task(self._watch(target), f"check {key}")
                 self.targets[key] = target
                 added += 1
@@ -188,7 +188,7 @@ class Checker:
             else:
                 # Fewer than `fall` failures only when the server was still provisionally up (start).
                 how = (f"{_count(after.failures, 'failed check')}, fall={after.fall}" if after.failures >= after.fall
-                       else "failed its first check; servers start provisionally up")
+                       else 'failed its first check; init_state = "provisional"')
                 log.warning("%s is DOWN: %s (%s)", target.key, result.detail, how)
         elif after.health != before.health and (not result.ok or not after.up or before.failures):
             # On the way from one state to the other (or back): HAProxy's "status 2/3 UP" lines.
