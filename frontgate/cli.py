@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from frontgate.config import (ConfigError, load_checker_config, load_router_config,
+from frontgate.config import (Address, ConfigError, load_checker_config, load_router_config,
                               load_terminator_config)
 from frontgate.daemon import EXIT_CONFIG_ERROR
-from frontgate.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, rolling_restart,
+from frontgate.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, one_worker_note, rolling_restart,
                               render_supervisord_conf, stage_processes, wait_listening, write_supervisord_conf)
 
 EXIT_FAILED = 1
@@ -127,20 +127,24 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- restart, status, conf
 
-def _listeners(stage: str, configs: Path) -> int:
-    """TCP listening sockets a freshly started process of `stage` must have before it serves."""
+def _listeners(stage: str, configs: Path) -> tuple[list[Address], list[Address]]:
+    """A stage's client-facing listeners: (those of its own processes, closed while one restarts;
+    the shared unix one of the router, which supervisord binds and holds across restarts)."""
     if stage == "mux-router":
-        return sum(not l.address.is_unix for l in load_router_config(configs / "mux-router.toml").listeners)
+        listeners = [l.address for l in load_router_config(configs / "mux-router.toml").listeners]
+        return [a for a in listeners if not a.is_unix], [a for a in listeners if a.is_unix]
     if stage == "tls-terminator":
-        return 0 if load_terminator_config(configs / "tls-terminator.toml", require_files=False).listen.is_unix else 1
-    return 0
+        return [load_terminator_config(configs / "tls-terminator.toml", require_files=False).listen], []
+    return [], []
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
     try:
-        listeners = _listeners(args.stage, args.configs)
+        own, held = _listeners(args.stage, args.configs)
+        tcp = sum(not a.is_unix for a in own)       # a fresh process must have these before it serves
         sup = Supervisor(args.supervisord_conf)
-        rolling_restart(sup, args.stage, ready=lambda p: wait_listening(p.pid, listeners))
+        rolling_restart(sup, args.stage, ready=lambda p: wait_listening(p.pid, tcp),
+                        alone=one_worker_note([str(a) for a in own], [str(a) for a in held]))
     except (SupervisorError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED

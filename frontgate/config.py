@@ -546,9 +546,23 @@ _SCHEMES = ("http", "https")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
+MAX_WORKERS = 64
+
+
+def _workers(t: _Table) -> int:
+    """`workers`: a number, or "auto": as many as the CPUs this process may run on (HAProxy's and
+    stunnel's default: every core)."""
+    if t.data.get("workers") == "auto":
+        t.used.add("workers")
+        return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    if isinstance(t.data.get("workers"), str):
+        raise t.error("workers", f"{t.data['workers']!r}: expected a number of processes or \"auto\"")
+    return t.int("workers", 1, 1, MAX_WORKERS)
+
+
 def _build_router(root: _Table) -> RouterConfig:
     r = root.table("router")
-    workers = r.int("workers", 1, 1, 64)
+    workers = _workers(r)
     state_file = r.path("state_file", "state/health.json")
     stale = r.positive_seconds("state_stale_after", 15.0)
     trusted = _networks(r, "trusted_sources", ["127.0.0.1/32", "::1/128"], {})
@@ -787,7 +801,7 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
     cfg_args = dict(
         listen=t.address("listen"),
         forward_to=t.address("forward_to"),
-        workers=t.int("workers", 1, 1, 64),
+        workers=_workers(t),
         handshake_timeout=t.positive_seconds("handshake_timeout", 10.0),
         idle_timeout=t.positive_seconds("idle_timeout", 3600.0),
         max_connections=t.int("max_connections", 10000, 1, 1_000_000),

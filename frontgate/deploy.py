@@ -255,21 +255,36 @@ class Supervisor:
 
 
 def rolling_restart(sup: Supervisor, group: str, ready: Callable[[Process], None] = lambda p: None,
-                    say: Callable[[str], None] = print) -> int:
+                    say: Callable[[str], None] = print, alone: str | None = None) -> int:
     """Restart the processes of `group` one at a time: the others keep the (SO_REUSEPORT) port
-    open meanwhile. `ready(new)` waits until the new process serves before the next one goes."""
+    open meanwhile. `ready(new)` waits until the new process serves before the next one goes.
+    `alone`: what the operator should know when the program has one process only (see
+    one_worker_note)."""
     procs = sup.processes(group)
     if not procs:
         raise SupervisorError(f"no program {group!r} in {sup.conf}")
-    if len(procs) == 1:
-        say(f"{group}: one worker only: its port is closed while it restarts (set workers = 2 or more "
-            f"for restarts without a gap)")
+    if len(procs) == 1 and alone:
+        say(f"{group}: {alone}")
     for p in procs:
         started = time.monotonic()
         new = sup.restart_one(p)
         ready(new)
         say(f"{new.namespec}: restarted (pid {p.pid or '-'} -> {new.pid}, {time.monotonic() - started:.1f}s)")
     return len(procs)
+
+
+def one_worker_note(closed: list[str], held: list[str]) -> str | None:
+    """What a one-process restart does to the listeners: `closed` ones are the process's own
+    (nobody accepts on them between its stop and its start), `held` ones are bound by supervisord
+    (fcgi-program), whose backlog keeps connections waiting for the new process."""
+    parts = []
+    if closed:
+        parts.append(f"one worker: {', '.join(closed)} refuse{'s' if len(closed) == 1 else ''} connections while it "
+                     f"restarts (workers = 2 or more, or \"auto\" on a multi-core machine, restarts without a gap)")
+    if held:
+        parts.append(f"{', '.join(held)} stay{'s' if len(held) == 1 else ''} open: supervisord holds it, and "
+                     f"connections wait in its backlog for the new process")
+    return "; ".join(parts) or None
 
 
 def wait_listening(pid: int, count: int, timeout: float = 10.0) -> None:

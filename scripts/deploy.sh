@@ -86,7 +86,8 @@ deploy() {
     changed=" $(fg deployed changed | tr '\n' ' ') "
     for stage in "${STAGES[@]}"; do
       if [[ $changed == *" $stage "* ]]; then
-        # One process at a time: with workers >= 2 the stage's port never closes.
+        # One process at a time: with workers >= 2 the stage's TCP ports never close (the
+        # router's unix socket never does: supervisord holds it).
         if ! fg restart "$stage" >/dev/null; then
           echo "error: $stage: config changed, restart failed" >&2
           log_tail "$stage"
