@@ -204,6 +204,7 @@ class RouterConfig:
     apps: tuple[App, ...]
     access_log: str = "all"                # all | errors (as HAProxy's dontlog-normal) | off
     access_log_format: str = "httplog"     # httplog | json
+    access_log_file: Path | None = None    # appended to by every worker, reopened on SIGUSR1; None = stdout
     forwarded_for: str = "append"          # append (to a trusted source's list) | replace
     forwarded: bool = False                # also send RFC 7239 Forwarded
     retry_after: int = 5                   # Retry-After seconds on a 503
@@ -560,6 +561,17 @@ def _workers(t: _Table) -> int:
     return t.int("workers", 1, 1, MAX_WORKERS)
 
 
+DEFAULT_ACCESS_LOG_FILE = "../logs/access.log"     # from configs/: the deploy's logs/
+
+
+def _access_log_file(r: _Table) -> Path | None:
+    """`access_log_file`: the file the access log is appended to; "-" is stdout (None)."""
+    if r.data.get("access_log_file") == "-":
+        r.used.add("access_log_file")
+        return None
+    return r.path("access_log_file", None) or (r.file.parent / DEFAULT_ACCESS_LOG_FILE).resolve()
+
+
 def _build_router(root: _Table) -> RouterConfig:
     r = root.table("router")
     workers = _workers(r)
@@ -568,6 +580,7 @@ def _build_router(root: _Table) -> RouterConfig:
     trusted = _networks(r, "trusted_sources", ["127.0.0.1/32", "::1/128"], {})
     access_log = r.str("access_log", "all", ("all", "errors", "off"))
     access_log_format = r.str("access_log_format", "httplog", ("httplog", "json"))
+    access_log_file = _access_log_file(r)
     forwarded_for = r.str("forwarded_for", "append", ("append", "replace"))
     forwarded = r.bool("forwarded", False)
     retry_after = r.int("retry_after", 5, 0, 86400)
@@ -703,7 +716,7 @@ def _build_router(root: _Table) -> RouterConfig:
     return RouterConfig(path=root.file, workers=workers, state_file=state_file, state_stale_after=stale,
                         trusted_sources=trusted, listeners=tuple(listeners), timeouts=timeouts,
                         redirects=tuple(redirects), apps=tuple(apps), access_log=access_log,
-                        access_log_format=access_log_format,
+                        access_log_format=access_log_format, access_log_file=access_log_file,
                         forwarded_for=forwarded_for, forwarded=forwarded, retry_after=retry_after,
                         error_pages=router_error_pages, grace=grace, admin=admin)
 

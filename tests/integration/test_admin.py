@@ -88,6 +88,7 @@ class RouterSetup:
         self.config = tmp_path / "mux-router.toml"
         self.config.write_text(f"""
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "state/health.json"
 state_stale_after = 30
 [listen.public]

@@ -334,3 +334,24 @@ def test_workers_errors_name_file_and_key(tmp_path, value, problem):
     with pytest.raises(ConfigError) as exc:
         load_terminator_config(path, require_files=False)
     assert (exc.value.file, exc.value.key) == (str(path), "terminator.workers") and problem in exc.value.problem
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("", "../logs/access.log"),                            # the deploy's logs/, next to configs/
+    ('access_log_file = "access.log"', "access.log"),      # relative to the TOML's directory
+    ('access_log_file = "/var/log/fg/access.log"', "/var/log/fg/access.log"),
+    ('access_log_file = "-"', None),                       # stdout
+])
+def test_access_log_file(tmp_path, line, expected):
+    (tmp_path / "configs").mkdir()
+    cfg = load_router_config(write(tmp_path / "configs", "mux-router.toml",
+                                   ROUTER.replace("[router]\n", f"[router]\n{line}\n")))
+    assert cfg.access_log_file == (None if expected is None else (tmp_path / "configs" / expected).resolve())
+
+
+@pytest.mark.parametrize("value, problem", [('""', "path is empty"), ("1", "expected a string, got an integer")])
+def test_access_log_file_errors(tmp_path, value, problem):
+    path = write(tmp_path, "mux-router.toml", ROUTER.replace("[router]\n", f"[router]\naccess_log_file = {value}\n"))
+    with pytest.raises(ConfigError) as exc:
+        load_router_config(path)
+    assert exc.value.key == "router.access_log_file" and problem in exc.value.problem
