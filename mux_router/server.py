@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from frontgate import proxy_protocol
 from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, Server, load_router_config
 from frontgate.health_state import StateFollower
+from frontgate.process_status import ProcessStatus
 from frontgate.sweep import Sweep, interval_for
 from mux_router import access_log, forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
@@ -223,8 +224,9 @@ class QueueFull(Exception):
 # --------------------------------------------------------------------------- the router
 
 class Router:
-    def __init__(self, config: RouterConfig):
+    def __init__(self, config: RouterConfig, status: ProcessStatus | None = None):
         self.config = config
+        self.status = status or ProcessStatus(None, "mux-router", config.path)   # reload outcomes
         self.health = StateFollower(config.state_file, config.state_stale_after)
         self.slots: dict[str, ServerSlot] = {}
         self.balancers: dict[str, RoundRobin | LeastConn | Hashed] = {}
@@ -340,15 +342,12 @@ class Router:
         bind its listeners."""
         async with self._reload_lock:
             path = self.config.path
+            fingerprint = self.status.config_on_disk()
             try:
                 new = load_router_config(path)
-            except ConfigError as e:
-                log.error("reload failed, keeping the running config: %s", e)
-                return
-            try:
                 log_target = access_log.open_target(new.access_log_file, new.access_log != "off")
-            except OSError as e:
-                log.error("reload failed, keeping the running config: %s", e.strerror)
+            except (ConfigError, OSError) as e:
+                self._refuse_reload(str(e) if isinstance(e, ConfigError) else e.strerror)
                 return
             by_address = {l.address: l for l in new.listeners}
             added: dict[Address, asyncio.Server] = {}
@@ -360,8 +359,7 @@ class Router:
                 for server in added.values():
                     server.close()
                 access_log.discard(log_target)
-                log.error("reload failed, keeping the running config: cannot listen on %s: %s",
-                          address, e.strerror or e)
+                self._refuse_reload(f"cannot listen on {address}: {e.strerror or e}")
                 return
             access_log.use(log_target)
             for address in list(self.servers):
@@ -378,6 +376,11 @@ class Router:
             self.config = new
             log.info("reloaded %s: %d listeners, %d apps, %d redirect rules", path, len(new.listeners),
                      len(new.apps), len(new.redirects))
+            self.status.reloaded(fingerprint)
+
+    def _refuse_reload(self, problem: str) -> None:
+        log.error("reload failed, keeping the running config: %s", problem)
+        self.status.reloaded(error=f"keeping the running config: {problem}")
 
     # ---- helpers for connections
 
