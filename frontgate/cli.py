@@ -5,6 +5,7 @@
                                          last deploy/reload (nothing is signalled if any config is invalid)
     frontgate restart STAGE              rolling restart: the stage's processes one at a time
     frontgate status [--json]            processes, server health, certificate expiry
+    frontgate health [--wait S]          each app's state from the running checker (make deploy waits on it)
     frontgate certs [--json]             the certificates the terminator loads: names, issuer, key, expiry
     frontgate supervisord-conf           write supervisord.conf from supervisord.conf.in and the TOMLs
     frontgate deployed changed|record    the config fingerprints (used by scripts/deploy.sh)
@@ -176,6 +177,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy(facts) else EXIT_FAILED
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Each app's state from the running checker; with --wait, first wait (bounded) until it has
+    checked every server and each one's state agrees with its last check."""
+    from frontgate import app_health, health_state
+    try:
+        router = load_router_config(args.configs / "mux-router.toml")
+        checker = [p for p in Supervisor(args.supervisord_conf).processes("health-checker") if p.state == "RUNNING"]
+    except (ConfigError, SupervisorError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if not checker:
+        print("error: health-checker is not running: no app's state is known", file=sys.stderr)
+        return EXIT_FAILED
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            state = health_state.read(router.state_file)
+        except (OSError, health_state.HealthStateError):
+            state = None
+        apps = app_health.app_health(router, state, checker[0].pid)
+        if app_health.settled(apps) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    lines, failed = app_health.report(apps)
+    for line in lines:
+        print(line)
+    for name in failed:
+        print(f"error: app {name}: no server up", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from frontgate.status import certificate_facts
     from tls_terminator.certs import format_certificates
@@ -246,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", action="store_true", help="machine-readable output")
     supervised(c)
     status_dir(c)
+    c = command("health", cmd_health, "each app's state from the running health checker; exit 1 if an app has "
+                                      "no server up and answering its checks")
+    c.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to this long until every server is checked (make deploy: 15)")
+    supervised(c)
     c = command("certs", cmd_certs, "the certificates tls-terminator.toml names: names, issuer, key type, "
                                     "expiry, days left, file; exit 1 if one does not load")
     c.add_argument("--json", action="store_true", help="machine-readable output")
