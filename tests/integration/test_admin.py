@@ -349,6 +349,8 @@ def terminator(tmp_path):
     backend = RecordingBackend().start()
     router_port, tls_port, admin_port = free_port(), free_port(), free_port()
     (tmp_path / "mux-router.toml").write_text(f"""
+[router]
+access_log_file = "-"
 [listen.from_terminator]
 address = "127.0.0.1:{router_port}"
 proxy_protocol = true
