@@ -80,9 +80,9 @@ def _reload_outcome(status_dir: Path, procs: list[Process], before: dict[str, in
     deadline = time.monotonic() + RELOAD_CONFIRM_SECONDS
     while len(outcome) < len(procs) and time.monotonic() < deadline:
         time.sleep(0.05)
-        for p in procs:
+        for p in (p for p in procs if p.namespec not in outcome):
             record = read_status(status_dir, p.name, p.pid)
-            if p.namespec not in outcome and record and record["reloads"] > before[p.namespec]:
+            if record and record["reloads"] > before[p.namespec]:
                 last = record["last"]
                 outcome[p.namespec] = "ok" if last["outcome"] == "ok" else f"failed: {last['message']}"
     return outcome
