@@ -45,6 +45,7 @@ from frontgate import names, proxy_protocol
 from frontgate.config import Address, ConfigError, PassthroughRoute, TerminatorConfig, load_terminator_config
 from frontgate.memory import release_free_memory
 from frontgate.restart_keys import admin_changes, refuse_restart_changes
+from frontgate.process_status import ProcessStatus
 from frontgate.sweep import Sweep, interval_for
 from tls_terminator.certs import CertStore, client_cert_subject, files_fingerprint
 from tls_terminator.clienthello import MAX_HELLO, NotAClientHello, read_sni
@@ -819,9 +820,10 @@ def open_listener(address: Address) -> socket.socket:
 
 
 class Terminator:
-    def __init__(self, cfg: TerminatorConfig, store: CertStore):
+    def __init__(self, cfg: TerminatorConfig, store: CertStore, status: ProcessStatus | None = None):
         self.cfg = cfg
         self.store = store
+        self.status = status or ProcessStatus(None, "tls-terminator", cfg.path)   # reload outcomes
         # The front context outlives certificate reloads (sessions keep resuming); see tls.Front.
         self.front = Front(cfg.tls, self._on_server_name, cfg.path)
         self.passthrough_routes: names.NameIndex[PassthroughRoute | None] = _passthrough_index(cfg)
@@ -967,6 +969,7 @@ class Terminator:
         changes what only a restart can (frontgate/restart_keys.py), is refused whole; a
         certificate file that does not load is reported and skipped (its previous version stays
         in service)."""
+        config_fingerprint = self.status.config_on_disk()
         try:
             cfg = load_terminator_config(self.cfg.path)
             # Bound (and the privileges dropped) once, at start; forward_to is read per connection.
@@ -978,6 +981,7 @@ class Terminator:
             front = self.front if cfg.tls == self.cfg.tls else Front(cfg.tls, self._on_server_name, cfg.path)
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
+            self.status.reloaded(error=f"keeping the running configuration: {e}")
             return
         if front is not self.front:
             log.info("[tls] changed: new sessions only (resumption of older ones ends)")
@@ -986,6 +990,7 @@ class Terminator:
         self.idle_sweep.interval = interval_for(cfg.idle_timeout)
         self.passthrough_routes = _passthrough_index(cfg)
         self.report(store, f"reloaded {cfg.path}: {store.describe()}, forwarding to {cfg.forward_to}")
+        self.status.reloaded(config_fingerprint)
         if not self.accepting and len(self.connections) < cfg.max_connections:
             self._resume_accepting()
         if self.poll_task is None and cfg.certs_poll_interval > 0 and not self.stopping:
@@ -1002,6 +1007,7 @@ class Terminator:
             return
         self.store, self.fingerprint = store, fingerprint
         self.report(store, f"certificate files changed, reloaded: {store.describe()}")
+        self.status.changed(self.status.config_on_disk(), "certificates")
 
     def report(self, store: CertStore, message: str) -> None:
         log.info("%s", message)
@@ -1056,8 +1062,9 @@ class Terminator:
         log.info("stopped")
 
 
-async def serve(cfg: TerminatorConfig, store: CertStore) -> None:
-    terminator = Terminator(cfg, store)
+async def serve(cfg: TerminatorConfig, store: CertStore, status: ProcessStatus | None = None,
+                fingerprint: str = "") -> None:
+    terminator = Terminator(cfg, store, status)
     try:
         terminator.start()
     except PrivilegeError as e:
@@ -1073,10 +1080,12 @@ async def serve(cfg: TerminatorConfig, store: CertStore) -> None:
     loop.add_signal_handler(signal.SIGHUP, terminator.reload)
     await terminator.admin.start(terminator.admin_sock)
     terminator.report(store, f"listening on {cfg.listen}, forwarding to {cfg.forward_to}; {store.describe()}")
+    terminator.status.started(fingerprint)
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     await terminator.stop()
     await terminator.admin.stop()
+    terminator.status.stopped()
 
 
 def _passthrough_index(cfg: TerminatorConfig) -> names.NameIndex[PassthroughRoute | None]:
