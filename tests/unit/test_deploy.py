@@ -1,4 +1,4 @@
-"""frontgate/deploy.py and frontgate/status.py, the parts without supervisord: fingerprints,
+"""frontgate_ops/deploy.py and frontgate_ops/status.py, the parts without supervisord: fingerprints,
 the generated supervisord.conf, the status formatting."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
-from frontgate.deploy import Deployed, fingerprint, render_supervisord_conf, stage_processes, workers
-from frontgate.status import duration, format_status, size
+from frontgate_ops.deploy import Deployed, fingerprint, render_supervisord_conf, stage_processes, workers
+from frontgate_ops.status import duration, format_status, size
 
 REPO = Path(__file__).resolve().parents[2]
 

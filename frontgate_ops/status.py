@@ -14,7 +14,7 @@ from typing import Any
 
 from frontgate import dev_ca, health_state
 from frontgate.config import ConfigError, load_router_config, load_terminator_config
-from frontgate.deploy import STAGES, Process, Supervisor, SupervisorError, fingerprint
+from frontgate_ops.deploy import STAGES, Process, Supervisor, SupervisorError, fingerprint
 from frontgate.process_status import read_status, status_path
 
 CPU_SAMPLE = 0.2          # seconds over which CPU% is measured
