@@ -42,7 +42,7 @@ def check_configs(configs: Path) -> list[str]:
         errors.append(str(e))
     else:
         # Import here: the certificate code pulls in pyOpenSSL, which the other checks don't need.
-        from tls_terminator.certs import check_certificates
+        from tls_terminator.cert_report import check_certificates
         errors.extend(check_certificates(terminator))
     try:
         router = load_router_config(configs / "mux-router.toml")
@@ -220,7 +220,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_certs(args: argparse.Namespace) -> int:
     from frontgate_ops.status import certificate_facts
-    from tls_terminator.certs import format_certificates
+    from tls_terminator.cert_report import format_certificates
     rows = certificate_facts(args.configs)
     print(json.dumps(rows, indent=2) if args.json else format_certificates(rows))
     return EXIT_FAILED if any("error" in r for r in rows) else 0

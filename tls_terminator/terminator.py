@@ -25,7 +25,8 @@ from frontgate.memory import release_free_memory
 from frontgate.process_status import ProcessStatus
 from frontgate.restart_keys import admin_changes, refuse_restart_changes
 from frontgate.sweep import Sweep, interval_for
-from tls_terminator.certs import CertStore, files_fingerprint
+from tls_terminator.certificate_files import files_fingerprint
+from tls_terminator.certs import CertStore
 from tls_terminator.connection import ClientConnection
 from tls_terminator.hello_turns import HelloTurns
 from tls_terminator.passthrough import PassthroughConnection
