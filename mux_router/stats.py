@@ -10,7 +10,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from frontgate.metrics import AdminEndpoint, Family, Values
+from frontgate.admin_http import AdminEndpoint
+from frontgate.metrics import Family, Values
 
 if TYPE_CHECKING:
     from mux_router.server import Router

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 
-from frontgate.metrics import AdminEndpoint, Family, Values
+from frontgate.admin_http import AdminEndpoint
+from frontgate.metrics import Family, Values
 
 if TYPE_CHECKING:
     from tls_terminator.terminator import Terminator
