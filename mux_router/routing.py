@@ -3,30 +3,16 @@ the config dataclasses; the server gives them what it parsed."""
 from __future__ import annotations
 
 import functools
-import ipaddress
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
 from frontgate import client_auth, names
+from frontgate.addresses import IPAddress
 from frontgate.config import App, Network, RedirectRule, RouterConfig
 
 if TYPE_CHECKING:
     from mux_router.http1 import RequestHead
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Headers = tuple[tuple[bytes, bytes], ...]
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    """A socket or PROXY header address as an ip_address; IPv4-mapped IPv6 (a dual-stack socket's
-    view of an IPv4 client) becomes the IPv4 address so that IPv4 CIDRs match it. None for
-    anything that is not an IP address (a unix socket peer)."""
-    try:
-        ip = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def ip_in(ip: IPAddress | None, networks: Iterable[Network]) -> bool:

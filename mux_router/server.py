@@ -30,6 +30,7 @@ from frontgate import proxy_protocol
 from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, Server, load_router_config
 from frontgate.health_state import StateFollower
 from frontgate.restart_keys import admin_changes, refuse_restart_changes
+from frontgate.addresses import parse_ip
 from frontgate.logfields import escape_field
 from frontgate.process_status import ProcessStatus
 from frontgate.sweep import Sweep, interval_for
@@ -39,7 +40,7 @@ from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, De
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
 from mux_router.request_trailers import TrailerFilter
-from mux_router.routing import Refusal, client_cert_line, decide, ip_in, parse_ip, sni_host
+from mux_router.routing import Refusal, client_cert_line, decide, ip_in, sni_host
 from mux_router.stats import RouterAdmin, RouterStats
 
 log = logging.getLogger("mux-router")

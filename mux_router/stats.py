@@ -10,6 +10,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from frontgate import package_version
 from frontgate.admin_http import AdminEndpoint
 from frontgate.metrics import Family, Values
 
@@ -142,11 +143,7 @@ def router_page_data(router: "Router", merged: Values, rates: Values, processes:
                      started: float) -> dict:
     """What /stats.json shows and /stats renders: per app its servers (state, sessions, counts by
     status class, errors, rate), the app's totals, and the router's own answers."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        ver = version("frontgate")
-    except PackageNotFoundError:
-        ver = "?"
+    ver = package_version()
     now = time.time()
     requests = merged.get("requests_total", {})
     errors = merged.get("backend_connect_errors_total", {})
