@@ -259,8 +259,12 @@ class StateFollower:
             log.info("health state %s is fresh again (generation %d)", self.path, self._state.generation)
         self._stale_logged = stale
 
-    def is_down(self, key: str) -> bool:
+    def entry(self, key: str) -> "ServerState | None":
+        """What a fresh state file says of a server; None without one (stale, absent, not in it)."""
         if self._state is None or self.is_stale():
-            return False
-        server = self._state.servers.get(key)
+            return None
+        return self._state.servers.get(key)
+
+    def is_down(self, key: str) -> bool:
+        server = self.entry(key)
         return server is not None and server.state == "down"

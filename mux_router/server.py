@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import signal
-import socket
-import stat
 import time
 from dataclasses import dataclass
 
@@ -33,6 +31,7 @@ from frontgate.restart_keys import admin_changes, refuse_restart_changes
 from frontgate.addresses import parse_ip
 from frontgate.logfields import escape_field
 from frontgate.process_status import ProcessStatus
+from frontgate.sockets import inherited_unix_listener, remove_stale_socket
 from frontgate.sweep import Sweep, interval_for
 from mux_router import access_log, forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
@@ -283,7 +282,7 @@ class Router:
                 # Binding it here would take the path from the worker that bound it first.
                 raise OSError(f"{address} is shared by {self.config.workers} workers only as a socket "
                               "supervisord passes them (fcgi-program, as `frontgate supervisord-conf` writes it)")
-            _remove_stale_socket(address.path)
+            remove_stale_socket(address.path)
             return await loop.create_unix_server(new_connection, address.path, backlog=1024)
         # SO_REUSEPORT: several worker processes (supervisord numprocs) share the port, and a
         # restarted worker can bind while the old one still drains.
@@ -436,11 +435,8 @@ class Router:
         """A server marked down for refusing connects comes back when the checker has seen it up
         since (its `since` is later), or after PASSIVE_RETRY when the checker does not say down
         (no checker running, or it never noticed the outage)."""
-        state = self.health.state
         now = time.time()
-        entry = None
-        if state is not None and now - state.written_at <= self.config.state_stale_after:
-            entry = state.servers.get(key)
+        entry = self.health.entry(key)
         if entry is not None and entry.state != "up":
             return True
         if (entry is not None and entry.since > slot.down_since) or now - slot.down_since >= PASSIVE_RETRY:
@@ -515,35 +511,6 @@ def listener_settings(listener: Listener) -> str:
     if listener.proxy_protocol:
         text += ", PROXY v2 required" + ("" if listener.sni_host_check else ", no SNI host check")
     return text
-
-
-def inherited_unix_listener(path: str) -> socket.socket | None:
-    """The listening unix socket bound to `path` that this process got as its stdin, if it did:
-    that is how supervisord's fcgi-program hands one socket to all the processes of a program. The
-    kernel spreads a TCP port over workers (SO_REUSEPORT) but not a unix socket path, so several
-    router workers can share a unix listener only this way."""
-    try:
-        if not stat.S_ISSOCK(os.fstat(0).st_mode):
-            return None
-        sock = socket.socket(fileno=os.dup(0))
-    except OSError:
-        return None
-    try:
-        if (sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
-                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                and os.path.normpath(sock.getsockname()) == os.path.normpath(path)):
-            sock.setblocking(False)
-            return sock
-    except OSError:
-        pass
-    sock.close()
-    return None
-
-
-def _remove_stale_socket(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
 
 
 # --------------------------------------------------------------------------- client connections
