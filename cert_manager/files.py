@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from frontgate import dev_ca
+from frontgate.acme_state import certificate_path
 from frontgate.dev_ca import write_file, write_private
 
 
@@ -38,10 +39,6 @@ def account_key(path: Path):
         key = ec.generate_private_key(ec.SECP256R1())
         write_private(path, dev_ca.key_pem(key))
         return key
-
-
-def certificate_path(certs_dir: Path, name: str) -> Path:
-    return certs_dir / f"{name}.pem"
 
 
 def in_use(certs_dir: Path, name: str) -> InUse | None:

@@ -167,7 +167,7 @@ class Manager:
         self._plan(state, now)
         log.info("%s: certificate %s, valid until %s, into %s; next renewal %s", name,
                  "renewed" if before is not None and before.covers else "issued", _iso(installed.not_after),
-                 files.certificate_path(self.cfg.certs_dir, name), _iso(state.next_attempt))
+                 acme_state.certificate_path(self.cfg.certs_dir, name), _iso(state.next_attempt))
         return True
 
     async def _renewal_window(self, session: Session, name: str, fullchain_pem: bytes) -> tuple[float, float] | None:

@@ -39,6 +39,11 @@ class NameState:
         self.not_after = not_after
 
 
+def certificate_path(certs_dir: Path, name: str) -> Path:
+    """Where cert-manager installs a name's certificate (chain and key): the terminator's certs_dir."""
+    return certs_dir / f"{name}.pem"
+
+
 def state_path(state_dir: Path, name: str) -> Path:
     return state_dir / f"{name}.json"
 
@@ -76,8 +81,47 @@ def save(state_dir: Path, state: NameState) -> None:
     write_file(state_path(state_dir, state.name), (json.dumps(asdict(state), indent=1) + "\n").encode(), 0o644)
 
 
-def load_all(state_dir: Path, names: tuple[str, ...]) -> list[NameState]:
-    return [load(state_dir, n) for n in names]
+def facts(configs: Path) -> dict | None:
+    """cert-manager's view for `frontgate certs` and `status`: each name's state and certificate
+    file; None without a cert-manager.toml, {"error": ...} for one that does not load."""
+    from frontgate.cert_manager_config import load_cert_manager_config
+    from frontgate.config import ConfigError
+    path = configs / "cert-manager.toml"
+    if not path.exists():
+        return None
+    try:
+        cfg = load_cert_manager_config(path)
+    except ConfigError as e:
+        return {"error": str(e)}
+    return {"directory_url": cfg.directory_url,
+            "names": [dict(asdict(load(cfg.state_dir, n)), file=str(certificate_path(cfg.certs_dir, n)))
+                      for n in cfg.names]}
+
+
+def certificate_rows(acme: dict | None, rows: list[dict]) -> list[dict]:
+    """For `frontgate certs --json`: each certificate row of a name cert-manager manages gets its
+    state under "acme"; a name without a loaded file yet gets a row of its own (returned)."""
+    if not acme or "error" in acme:
+        return [{"source": "cert-manager", "error": acme["error"]}] if acme else []
+    by_file = {str(Path(r["file"]).resolve()): r for r in rows if "file" in r}
+    extra = []
+    for state in acme["names"]:
+        row = by_file.get(str(Path(state["file"]).resolve()))
+        if row is not None:
+            row["acme"] = state
+        else:
+            extra.append({"file": state["file"], "source": "cert-manager", "names": [state["name"]],
+                          "status": "not issued yet", "acme": state})
+    return extra
+
+
+def format_facts(acme: dict | None, now: float) -> list[str]:
+    """The `automatic certificates` section of `frontgate certs` and `status`."""
+    if acme is None:
+        return []
+    if "error" in acme:
+        return ["automatic certificates (cert-manager)", f"  {acme['error']}"]
+    return [f"automatic certificates (cert-manager, {acme['directory_url']})", format_names(acme["names"], now)]
 
 
 def _at(ts: float | None, now: float) -> str:

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frontgate import dev_ca, health_state
+from frontgate import acme_state, dev_ca, health_state
+from frontgate.cert_manager_config import load_cert_manager_config
 from frontgate.config import ConfigError, load_router_config, load_terminator_config
 from frontgate.deploy import STAGES, Process, Supervisor, SupervisorError
 
@@ -142,6 +143,11 @@ def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:
             admin["tls-terminator"] = f"http://{terminator.admin.address}/stats"
     except ConfigError:
         pass            # reported with the certificates
+    facts["acme"] = acme_state.facts(configs)
+    with contextlib.suppress(ConfigError):
+        manager = load_cert_manager_config(configs / "cert-manager.toml") if facts["acme"] else None
+        if manager is not None and manager.admin is not None:
+            admin["cert-manager"] = f"http://{manager.admin.address}/stats"
     facts["admin"] = admin
     return facts
 
@@ -225,6 +231,8 @@ def format_status(facts: dict[str, Any]) -> str:
                      f"{days}{note}"])
     if len(rows) > 1:
         lines += ["  " + line for line in table(rows)]
+    if facts.get("acme"):
+        lines += [""] + acme_state.format_facts(facts["acme"], now)
     if facts.get("admin"):
         # /metrics next to each page.
         lines += ["", "stats pages"] + ["  " + line for line in table([[stage, url] for stage, url in facts["admin"].items()])]

@@ -90,6 +90,8 @@ heartbeat = 1
 interval = 0.5
 rise = 1
 """)
+        # cert-manager as shipped: no names, so it idles (and orders nothing from anyone).
+        (self.configs / "cert-manager.toml").write_text("[cert_manager]\nnames = []\n")
 
     # ---- lifecycle
 
@@ -106,7 +108,7 @@ rise = 1
         subprocess.run([str(BIN / "supervisord"), "-c", str(self.conf)], check=True, timeout=30)
         self.supervisor = Supervisor(self.conf)
         wait_until(lambda: all(p.state == "RUNNING" for p in self.supervisor.processes())
-                   and len(self.supervisor.processes()) == 3 + self.router_workers + self.terminator_workers,
+                   and len(self.supervisor.processes()) == 4 + self.router_workers + self.terminator_workers,
                    timeout=30, interval=0.2, what="every program RUNNING")
         wait_until(lambda: self.get("maps.localhost")[0] == 200, timeout=15, what="traffic through the pipeline")
 

@@ -26,16 +26,22 @@ def copy_configs(tmp_path: Path) -> Path:
 def test_fingerprints_follow_what_each_stage_reads(tmp_path):
     configs = copy_configs(tmp_path)
     deployed = Deployed(tmp_path / "run" / "deployed")
-    assert deployed.changed(configs) == ["tls-terminator", "mux-router", "health-checker"]   # nothing recorded
-    for stage in ("tls-terminator", "mux-router", "health-checker"):
+    stages = ["tls-terminator", "mux-router", "health-checker", "cert-manager"]
+    assert deployed.changed(configs) == stages   # nothing recorded
+    for stage in stages:
         deployed.record(stage, configs)
     assert deployed.changed(configs) == []
     router = configs / "mux-router.toml"
     router.write_text(router.read_text() + "\n# a comment is a change too\n")
-    # The checker reads the server list, the terminator the apps' client certificate declarations.
-    assert deployed.changed(configs) == ["tls-terminator", "mux-router", "health-checker"]
-    for stage in ("tls-terminator", "mux-router", "health-checker"):
+    # The checker reads the server list, the terminator the apps' client certificate declarations,
+    # cert-manager the apps marked acme = true and the challenge directory.
+    assert deployed.changed(configs) == stages
+    for stage in stages:
         deployed.record(stage, configs)
+    manager = configs / "cert-manager.toml"
+    manager.write_text(manager.read_text() + "\n# changed\n")
+    assert deployed.changed(configs) == ["cert-manager"]
+    deployed.record("cert-manager", configs)
     (tmp_path / "certs" / "dev.pem").write_text("a renewed certificate\n")
     assert deployed.changed(configs) == ["tls-terminator"]
     # Contents, not paths: the same files elsewhere fingerprint the same.
