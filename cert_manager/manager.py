@@ -23,6 +23,7 @@ from frontgate import acme_state
 from frontgate.acme_state import NameState
 from frontgate.cert_manager_config import CertManagerConfig, load_cert_manager_config
 from frontgate.config import ConfigError
+from frontgate.process_status import ProcessStatus
 
 log = logging.getLogger("cert-manager")
 
@@ -34,9 +35,12 @@ def _iso(ts: float | None) -> str:
 
 
 class Manager:
-    def __init__(self, cfg: CertManagerConfig, config_path: Path, clock=time.time):
+    def __init__(self, cfg: CertManagerConfig, config_path: Path, status: ProcessStatus, fingerprint: str = "",
+                 clock=time.time):
         self.cfg = cfg
         self.config_path = config_path
+        self.status = status            # what `frontgate reload` and `status` read
+        self.fingerprint = fingerprint  # of the config it was started with
         self.clock = clock
         self.states: dict[str, NameState] = {}
         self.windows: dict[str, tuple[float, float]] = {}     # the CA's renewal windows (ARI)
@@ -55,6 +59,7 @@ class Manager:
             loop.add_signal_handler(sig, self.stop)
         self._apply(self.cfg)
         await self.admin.start()
+        self.status.started(self.fingerprint)
         log.info("started: %d name(s) from %s, directory %s, certificates into %s",
                  len(self.states), self.config_path, self.cfg.directory_url, self.cfg.certs_dir)
         try:
@@ -71,6 +76,7 @@ class Manager:
                 await self.attempt(name)
         finally:
             await self.admin.stop()
+            self.status.stopped()
             log.info("stopped")
 
     def stop(self) -> None:
@@ -78,13 +84,16 @@ class Manager:
         self._wake.set()
 
     def reload(self) -> None:
+        fingerprint = self.status.config_on_disk()
         try:
             cfg = load_cert_manager_config(self.config_path)
         except ConfigError as e:
             log.error("reload failed, keeping the running config: %s", e)
+            self.status.reloaded(error=f"keeping the running config: {e}")
             return
         self.session = None         # the directory, account or trust may have changed
         self._apply(cfg)
+        self.status.reloaded(fingerprint)
         log.info("reloaded %s: %d name(s)", self.config_path, len(self.states))
         self._wake.set()
 
@@ -178,5 +187,5 @@ class Manager:
             return None
 
 
-async def serve(cfg: CertManagerConfig, config_path: Path) -> None:
-    await Manager(cfg, config_path).run()
+async def serve(cfg: CertManagerConfig, config_path: Path, status: ProcessStatus, fingerprint: str) -> None:
+    await Manager(cfg, config_path, status, fingerprint).run()

@@ -1,5 +1,5 @@
 """cert-manager's counters and its admin listener: /metrics (Prometheus, as the other stages),
-/stats.json and /stats (the per-name table `frontgate certs` shows)."""
+/stats.json and /stats (both JSON: each name's state, as `frontgate certs` shows it)."""
 from __future__ import annotations
 
 import json
@@ -71,9 +71,7 @@ class CertManagerAdmin(AdminEndpoint):
             merged, _, _ = self.gather()
             return 200, METRICS_CONTENT_TYPE, render_prometheus(self.prefix, self.all_families(), merged)
         if path in ("/stats", "/stats.json"):
-            from frontgate.acme_state import format_names
+            # No HTML page: the names' states as JSON (`frontgate certs` shows them as text).
             data = self._page_data({}, {}, [])
-            if path == "/stats.json":
-                return 200, "application/json", (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
-            return 200, "text/plain; charset=utf-8", (format_names(data["names"], data["now"]) + "\n").encode()
+            return 200, "application/json", (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
         return 404, "text/plain; charset=utf-8", b"not found: /metrics, /stats, /stats.json\n"

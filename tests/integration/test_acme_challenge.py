@@ -51,6 +51,7 @@ to_scheme = "https"
     config.write_text(f"""
 [router]
 state_file = "state/health.json"
+access_log_file = "-"
 acme_challenge_dir = "challenges"
 [listen.public]
 address = "127.0.0.1:{plain}"

@@ -41,6 +41,7 @@ class Stack:
         (self.configs / "mux-router.toml").write_text(f"""
 [router]
 state_file = "../state/health.json"
+access_log_file = "-"
 acme_challenge_dir = "../state/acme-challenges"
 [listen.public]
 address = "127.0.0.1:{plain_port}"

@@ -6,8 +6,9 @@ import time
 import trustme
 
 from frontgate import acme_state
-from frontgate.cli import main
-from frontgate.status import format_status
+from frontgate_ops import acme_report
+from frontgate_ops.cli import main
+from frontgate_ops.status import format_status
 
 TERMINATOR = """
 [terminator]
@@ -56,13 +57,13 @@ def test_certs_shows_next_renewal_and_last_error(tmp_path, capsys):
 def test_status_has_the_section(tmp_path):
     setup(tmp_path)
     facts = {"time": time.time(), "supervisord": {"error": "not running"}, "processes": [],
-             "health": {"error": "none"}, "certificates": [], "acme": acme_state.facts(tmp_path)}
+             "health": {"error": "none"}, "certificates": [], "acme": acme_report.facts(tmp_path)}
     text = format_status(facts)
     assert "automatic certificates (cert-manager" in text and "rateLimited" in text
 
 
 def test_check_validates_cert_manager_toml(tmp_path, capsys):
-    from frontgate.cli import check_configs
+    from frontgate_ops.cli import check_configs
     (tmp_path / "cert-manager.toml").write_text('[cert_manager]\nnames = ["*.example.com"]\n')
     errors = check_configs(tmp_path)
     assert any("cert-manager.toml: cert_manager.names[0]" in e and "wildcard" in e for e in errors), errors
