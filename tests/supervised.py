@@ -90,8 +90,9 @@ heartbeat = 1
 interval = 0.5
 rise = 1
 """)
-        # cert-manager as shipped: no names, so it idles (and orders nothing from anyone).
-        (self.configs / "cert-manager.toml").write_text("[cert_manager]\nnames = []\n")
+        # cert-manager with no names (no app is marked acme = true): it idles, orders nothing from
+        # anyone, and follows the router's file like the checker.
+        (self.configs / "cert-manager.toml").write_text('[cert_manager]\nrouter_config = "mux-router.toml"\n')
 
     # ---- lifecycle
 
