@@ -171,6 +171,7 @@ class App:
     response_headers: HeaderRules = NO_HEADER_RULES
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)
     client_cert: ClientCert | None = None   # client_ca: a verified client certificate is needed
+    acme: bool = False           # cert-manager obtains certificates for its exact host names
 
     def server_key(self, server: Server) -> str:
         """The key of this server in the health state file."""
@@ -215,6 +216,7 @@ class RouterConfig:
     grace: float = 10.0                    # SIGTERM: seconds in-flight requests get to finish
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)   # when no app is chosen
     admin: AdminConfig | None = None       # [admin]: metrics and stats listener; None = none
+    acme_challenge_dir: Path | None = None # ACME http-01 answers on plain listeners (mux_router.acme_challenge)
 
     @functools.cached_property
     def client_auth_rules(self) -> tuple[ClientAuthRule, ...]:
@@ -590,6 +592,7 @@ def _build_router(root: _Table) -> RouterConfig:
     forwarded = r.bool("forwarded", False)
     retry_after = r.int("retry_after", 5, 0, 86400)
     grace = r.positive_seconds("grace", 10.0)
+    acme_challenge_dir = r.path("acme_challenge_dir", None)
     r.done()
     router_error_pages = _error_pages(root.table("error_pages"))
     # Snapshots of the workers' counters live next to the health state by default.
@@ -711,7 +714,7 @@ def _build_router(root: _Table) -> RouterConfig:
                   request_headers=_header_rules(at.table("request_headers"), _ROUTER_SET_REQUEST_FIELDS),
                   response_headers=_header_rules(at.table("response_headers")),
                   error_pages=_error_pages(at.table("error_pages")),
-                  client_cert=_client_cert(at))
+                  client_cert=_client_cert(at), acme=at.bool("acme", False))
         at.done()
         if any(a.name == name for a in apps):
             raise at.error("name", f"duplicate app name {name!r}")
@@ -726,7 +729,8 @@ def _build_router(root: _Table) -> RouterConfig:
                         redirects=tuple(redirects), apps=tuple(apps), access_log=access_log,
                         access_log_format=access_log_format, access_log_file=access_log_file,
                         forwarded_for=forwarded_for, forwarded=forwarded, retry_after=retry_after,
-                        error_pages=router_error_pages, grace=grace, admin=admin)
+                        error_pages=router_error_pages, grace=grace, admin=admin,
+                        acme_challenge_dir=acme_challenge_dir)
 
 
 _BALANCERS = ("roundrobin", "leastconn", "source", "uri")

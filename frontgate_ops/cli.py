@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from frontgate.cert_manager_config import load_cert_manager_config
 from frontgate.config import (Address, ConfigError, load_checker_config, load_router_config,
                               load_terminator_config)
 from frontgate.daemon import EXIT_CONFIG_ERROR
@@ -52,6 +53,11 @@ def check_configs(configs: Path) -> list[str]:
         load_checker_config(configs / "health-checker.toml")
     except ConfigError as e:
         errors.append(str(e))
+    if (configs / "cert-manager.toml").exists():        # a checkout from before cert-manager has none
+        try:
+            load_cert_manager_config(configs / "cert-manager.toml")
+        except ConfigError as e:
+            errors.append(str(e))
     if terminator is not None and router is not None and router.client_auth_rules:
         follows = terminator.router_config is not None and terminator.router_config.resolve() == router.path.resolve()
         if not follows:
@@ -219,10 +225,15 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
+    from frontgate_ops import acme_report
     from frontgate_ops.status import certificate_facts
     from tls_terminator.cert_report import format_certificates
     rows = certificate_facts(args.configs)
-    print(json.dumps(rows, indent=2) if args.json else format_certificates(rows))
+    acme = acme_report.facts(args.configs)
+    if args.json:
+        print(json.dumps(rows + acme_report.certificate_rows(acme, rows), indent=2))
+    else:
+        print("\n".join([format_certificates(rows), ""] + acme_report.format_facts(acme, time.time())).rstrip())
     return EXIT_FAILED if any("error" in r for r in rows) else 0
 
 

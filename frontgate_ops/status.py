@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from frontgate import dev_ca, health_state
+from frontgate.cert_manager_config import load_cert_manager_config
 from frontgate.config import ConfigError, load_router_config, load_terminator_config
 from frontgate_ops.deploy import STAGES, Process, Supervisor, SupervisorError, fingerprint
 from frontgate.process_status import read_status, status_path
@@ -159,6 +160,12 @@ def gather(configs: Path, supervisord_conf: Path, status_dir: Path = Path("run/s
             admin["tls-terminator"] = f"http://{terminator.admin.address}/stats"
     except ConfigError:
         pass            # reported with the certificates
+    from frontgate_ops import acme_report        # it imports this module's duration
+    facts["acme"] = acme_report.facts(configs)
+    with contextlib.suppress(ConfigError):
+        manager = load_cert_manager_config(configs / "cert-manager.toml") if facts["acme"] else None
+        if manager is not None and manager.admin is not None:
+            admin["cert-manager"] = f"http://{manager.admin.address}/stats"
     facts["admin"] = admin
     return facts
 
@@ -271,6 +278,9 @@ def format_status(facts: dict[str, Any]) -> str:
                      f"{days}{note}"])
     if len(rows) > 1:
         lines += ["  " + line for line in table(rows)]
+    if facts.get("acme"):
+        from frontgate_ops import acme_report
+        lines += [""] + acme_report.format_facts(facts["acme"], now)
     if facts.get("admin"):
         # /metrics next to each page.
         lines += ["", "stats pages"] + ["  " + line for line in table([[stage, url] for stage, url in facts["admin"].items()])]

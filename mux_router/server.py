@@ -822,15 +822,15 @@ class Exchange:
         return self.head.keep_alive and self.body_done and not self.router.stopping
 
     async def _answer(self, status: int, detail: str = "", location: str | None = None,
-                      termination: str | None = None, close: bool = False) -> bool:
+                      termination: str | None = None, close: bool = False, page=None) -> bool:
         """The router's own answer instead of a backend's. Returns whether the connection stays."""
         keep = self._keep_alive() and not close
         self.status = status
         self.note = self.note or detail
         if termination is not None:
             self.termination = termination
-        page = forwarding.error_page(status, self.app.error_pages if self.app is not None else {},
-                                     self.config.error_pages)
+        page = page or forwarding.error_page(status, self.app.error_pages if self.app is not None else {},
+                                             self.config.error_pages)
         self.sent += await self.conn.answer(status, close=not keep, method=self.head.method,
                                             detail=detail if status >= 400 else "", location=location,
                                             page=page, retry_after=self.config.retry_after)
@@ -859,7 +859,7 @@ class Exchange:
             elif refusal.route is not None:
                 self.route = refusal.route
             return await self._answer(refusal.status, refusal.detail, location=refusal.location,
-                                      termination=refusal.termination, close=refusal.close)
+                                      termination=refusal.termination, close=refusal.close, page=refusal.page)
         self.app = app
         self.route = f"{app.name}/-"
         servers = self.router.server_order(app, conn.hash_key(app, head))
