@@ -21,6 +21,7 @@ from pathlib import Path
 
 from frontgate.config import (ConfigError, load_checker_config, load_router_config,
                               load_terminator_config)
+from frontgate import route_cli
 from frontgate.daemon import EXIT_CONFIG_ERROR
 from frontgate.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, rolling_restart,
                               render_supervisord_conf, stage_processes, wait_listening, write_supervisord_conf)
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("action", choices=("changed", "record"))
     c.add_argument("stages", nargs="*", metavar="STAGE", help=f"default: all ({', '.join(STAGES)})")
     deployed_dir(c)
+    route_cli.add_parsers(command("route", route_cli.main, "the dynamic route table: add, rm, ls, show, status"))
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frontgate import dev_ca, health_state
-from frontgate.config import ConfigError, load_router_config, load_terminator_config
+from frontgate import dev_ca, health_state, routes
+from frontgate.config import ConfigError, RouterConfig, load_router_config, load_terminator_config
+from frontgate.route_store import StoreError
+from frontgate.route_store_file import read_table
 from frontgate.deploy import STAGES, Process, Supervisor, SupervisorError
 
 CPU_SAMPLE = 0.2          # seconds over which CPU% is measured
@@ -102,6 +104,16 @@ def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, 
                         for key, s in sorted(state.servers.items())}}
 
 
+def route_facts(router: RouterConfig) -> dict[str, Any]:
+    """The dynamic route table this node serves (its file: the table, or the Redis snapshot)."""
+    facts: dict[str, Any] = {"store": router.routes.store, "file": str(router.routes.file)}
+    try:
+        table = read_table(router.routes.file)
+    except StoreError as e:
+        return {**facts, "error": str(e)}
+    return {**facts, "version": table.version, "routes": [routes.route_doc(r) for _, r in sorted(table.routes.items())]}
+
+
 def certificate_facts(configs: Path) -> list[dict[str, Any]]:
     """The certificates tls-terminator.toml names (entries and certs_dir), as `frontgate certs` lists them."""
     from tls_terminator.certs import describe_certificates
@@ -131,6 +143,7 @@ def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:
     try:
         router = load_router_config(configs / "mux-router.toml")
         facts["health"] = health_facts(router.state_file, router.state_stale_after, now)
+        facts["routes"] = route_facts(router)
         if router.admin is not None:
             admin["mux-router"] = f"http://{router.admin.address}/stats"
     except ConfigError as e:
@@ -186,6 +199,21 @@ def when(ts: float, now: float) -> str:
     return f"{local} ({duration(now - ts)} ago)"
 
 
+def format_routes(facts: dict[str, Any] | None) -> list[str]:
+    if not facts:
+        return []
+    head = f"routes  {facts['file']} ({facts['store']})"
+    if "error" in facts:
+        return ["", f"{head}: {facts['error']}"]
+    rows = [["ROUTE", "SERVERS", "BALANCE", "OWNER", "REVISION"]]
+    for r in facts["routes"]:
+        key = r["host"] + ("" if r["path"] == "/" else r["path"])
+        rows.append([key, " ".join(r["servers"]), r["balance"] + (" websocket" if r["websocket"] else ""),
+                     r["owner"] or "-", str(r["revision"])])
+    body = ["  " + line for line in table(rows)] if len(rows) > 1 else ["  no dynamic routes"]
+    return ["", f"{head}: version {facts['version']}"] + body
+
+
 def format_status(facts: dict[str, Any]) -> str:
     now = facts["time"]
     lines = ["processes"]
@@ -212,6 +240,7 @@ def format_status(facts: dict[str, Any]) -> str:
             check = s["last_check"]
             rows.append([key, s["state"].upper(), when(s["since"], now), f"{check['detail']} ({check['took_ms']:g} ms)"])
         lines += ["  " + line for line in table(rows)] if len(rows) > 1 else ["  no servers checked yet"]
+    lines += format_routes(facts.get("routes"))
     lines += ["", "certificates"]
     rows = [["FILE", "NAMES", "EXPIRES", "DAYS LEFT"]]
     for c in facts["certificates"]:
