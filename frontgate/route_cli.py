@@ -7,6 +7,7 @@
     frontgate route status [--json]          the table's version, and each node's (Redis)
     frontgate route resync --force           rewrite the table as a new forced version
     frontgate route sync                     the per-node Redis follower (a supervisord program)
+    frontgate route broker                   the self-service broker (a supervisord program)
 
 Bad input (host, path, server, balance, a static app that already serves the name) is one line on
 stderr and exit 2; an unreachable store or a refused change exit 1. A user who is not root, where
@@ -62,6 +63,7 @@ def add_parsers(route: argparse.ArgumentParser) -> None:
     c = sub.add_parser("resync", help="write the current table again as a new forced version")
     c.add_argument("--force", action="store_true", required=True)
     sub.add_parser("sync", help="follow the Redis store into this node's table file (runs until stopped)")
+    sub.add_parser("broker", help="the self-service broker on [routes.self_service] socket (runs until stopped)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -124,12 +126,13 @@ def cmd_rm(cfg: RouterConfig, args: argparse.Namespace) -> int:
 
 
 def broker_request(cfg: RouterConfig, args: argparse.Namespace, request: dict) -> int:
+    """The broker does the change (and the --wait: it holds the store's credentials, we do not)."""
     from frontgate.route_broker import ask
-    answer = ask(cfg.routes.self_service.socket, request)
+    answer = ask(cfg.routes.self_service.socket, request | {"wait": args.wait})
     if not answer.get("ok"):
         raise Refused(answer.get("error", "refused"))
     print(answer["message"])
-    return wait_for(cfg, answer["version"]) if args.wait else 0
+    return 0
 
 
 def current_table(cfg: RouterConfig) -> routes.RouteTable:
@@ -214,21 +217,37 @@ def cmd_sync(cfg: RouterConfig, args: argparse.Namespace) -> int:
 
 
 def wait_for(cfg: RouterConfig, version: int) -> int:
-    """--wait: until every live node applied `version` (one host, file store: the write is the apply)."""
+    behind = wait_for_nodes(cfg, version)
+    if behind:
+        print(f"frontgate route: after {WAIT_TIMEOUT:g}s still behind version {version}: {', '.join(behind)}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def wait_for_nodes(cfg: RouterConfig, version: int) -> list[str]:
+    """--wait: until every live node applied `version`; the nodes still behind after WAIT_TIMEOUT.
+    One host with the file store: the write is the table (the router stats it every 0.25 s)."""
     if not cfg.routes.shared:
-        return 0
+        return []
     store = open_store(cfg.routes)
     deadline = time.monotonic() + WAIT_TIMEOUT
     while True:
         behind = sorted(n for n, v in store.node_versions().items() if v < version)
-        if not behind:
-            return 0
-        if time.monotonic() > deadline:
-            print(f"frontgate route: after {WAIT_TIMEOUT:g}s still behind version {version}: {', '.join(behind)}",
-                  file=sys.stderr)
-            return EXIT_FAILED
+        if not behind or time.monotonic() > deadline:
+            return behind
         time.sleep(0.1)
 
 
+def cmd_broker(cfg: RouterConfig, args: argparse.Namespace) -> int:
+    if cfg.routes.self_service is None:
+        raise Refused("[routes.self_service] is not set in mux-router.toml: no broker to run")
+    from frontgate.daemon import setup_logging
+    from frontgate.route_broker import serve
+    setup_logging("route-broker")
+    serve(cfg)
+    return 0
+
+
 COMMANDS = {"add": cmd_add, "rm": cmd_rm, "ls": cmd_ls, "show": cmd_show, "status": cmd_status,
-            "resync": cmd_resync, "sync": cmd_sync}
+            "resync": cmd_resync, "sync": cmd_sync, "broker": cmd_broker}

@@ -3,6 +3,7 @@ with a [routes] table, and plain HTTP/1.1 requests through them."""
 from __future__ import annotations
 
 import http.client
+import os
 import http.server
 import subprocess
 import sys
@@ -104,10 +105,28 @@ class RouterNode:
 
 def frontgate(configs: Path, *args: str, user: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     """`frontgate route ...` (as `user` through runuser when given)."""
-    argv = [str(BIN / "frontgate"), *args[:1], "--configs", str(configs), *args[1:]]
-    if user is not None:
-        argv = ["runuser", "-u", user, "--", *argv]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    command = [*args[:1], "--configs", str(configs), *args[1:]]
+    if user is None:
+        return subprocess.run([str(BIN / "frontgate"), *command], capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO)
+    return subprocess.run(["runuser", "-u", user, "--", *as_other_user(), *command], capture_output=True,
+                          text=True, timeout=timeout, cwd="/")
+
+
+def as_other_user() -> list[str]:
+    """The frontgate CLI as another user can run it: the venv's interpreter may live where only root
+    can read (a pyenv under /root); then the system's Python of the same version, with the checkout
+    and the venv's site-packages on its path."""
+    if os.access(os.path.realpath(sys.executable), os.X_OK, effective_ids=False) and _others_may_run(sys.executable):
+        return [sys.executable, "-m", "frontgate.cli"]
+    site = next(Path(sys.prefix).glob("lib/python*/site-packages"))
+    return ["env", f"PYTHONPATH={REPO}:{site}", f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}",
+            "-m", "frontgate.cli"]
+
+
+def _others_may_run(path: str) -> bool:
+    real = Path(os.path.realpath(path))
+    return all(p.stat().st_mode & 0o001 for p in [real, *real.parents])
 
 
 def route_sync(configs: Path):
