@@ -20,7 +20,22 @@ def need(binary: str) -> str:
     return path
 
 
-class RedisServer:
+class _Daemon:
+    """A redis-server or redis-sentinel we started: redis-cli against it, and SIGKILL to stop."""
+    port: int
+    proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run([need("redis-cli"), "-p", str(self.port), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class RedisServer(_Daemon):
     def __init__(self, directory: Path, replica_of: "RedisServer | None" = None):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -41,17 +56,8 @@ class RedisServer:
         wait_for_port("127.0.0.1", self.port, proc=self.proc)
         return self
 
-    def cli(self, *args: str) -> str:
-        return subprocess.run([need("redis-cli"), "-p", str(self.port), *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-class Sentinel:
+class Sentinel(_Daemon):
     def __init__(self, directory: Path, master: RedisServer, name: str = "routes"):
         self.dir, self.master, self.name = directory, master, name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -69,14 +75,6 @@ class Sentinel:
         wait_for_port("127.0.0.1", self.port, proc=self.proc)
         return self
 
-    def cli(self, *args: str) -> str:
-        return subprocess.run([need("redis-cli"), "-p", str(self.port), *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-
     def master_port(self) -> int:
         return int(self.cli("SENTINEL", "get-master-addr-by-name", self.name).split()[-1])
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import BIN, REPO, free_port, start_daemon, stop_daemon
 
 ROUTER_TOML = """
@@ -131,3 +133,12 @@ def _others_may_run(path: str) -> bool:
 
 def route_sync(configs: Path):
     return start_daemon([str(BIN / "frontgate"), "route", "--configs", str(configs), "sync"])
+
+
+@pytest.fixture
+def backends():
+    """Four named backends: static (the static app's), blog, api, other."""
+    made = {name: NamedBackend(name) for name in ("static", "blog", "api", "other")}
+    yield made
+    for b in made.values():
+        b.close()

@@ -10,17 +10,9 @@ import pytest
 
 from frontgate import health_state
 from tests.helpers import BIN, daemon_output, start_daemon, stop_daemon, wait_until
-from tests.routes_fixtures import NamedBackend, RouterNode, frontgate
+from tests.routes_fixtures import RouterNode, backends, frontgate  # noqa: F401 (fixture)
 
 BOUND = 5.0       # seconds: the router stats the table file every 0.25 s
-
-
-@pytest.fixture
-def backends():
-    made = {name: NamedBackend(name) for name in ("static", "blog", "api", "other")}
-    yield made
-    for b in made.values():
-        b.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from frontgate.route_store_redis import RedisStore
 from frontgate.routes_config import RoutesConfig
 from tests.helpers import daemon_output, stop_daemon, wait_until
 from tests.redis_fixtures import RedisServer, Sentinel
-from tests.routes_fixtures import NamedBackend, RouterNode, frontgate, route_sync
+from tests.routes_fixtures import RouterNode, backends, frontgate, route_sync  # noqa: F401 (fixture)
 
 CONVERGE = 5.0           # seconds: the bound of every convergence wait (the target: 1 s)
 POLL = 1.0               # [routes] poll_interval of the nodes
@@ -49,14 +49,6 @@ class Fleet:
 
     def store_client(self) -> RedisStore:
         return RedisStore(RoutesConfig(file=self.nodes[0].table, store=self.store, node="test"))
-
-
-@pytest.fixture
-def backends():
-    made = {name: NamedBackend(name) for name in ("static", "blog", "api", "other")}
-    yield made
-    for b in made.values():
-        b.close()
 
 
 @pytest.fixture
