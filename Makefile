@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv deploy stop status check certs reload restart-router restart-terminator restart-checker \
-        test test-full test-tools bench bench-tools chromium pebble stats-screenshot
+        test test-full test-tools bench bench-tools chromium pebble redis-tools stats-screenshot
 
 # The venv is rebuilt whenever pyproject.toml (the pinned dependencies) changes.
 $(STAMP): pyproject.toml
@@ -99,10 +99,17 @@ check: $(STAMP)
 certs: $(STAMP)
 	$(BIN)/frontgate certs
 
-test: $(STAMP) $(SSLYZE) bench-tools chromium pebble
+# The route store tests start their own redis-server and redis-sentinel (Debian packages),
+# installed only when missing.
+redis-tools:
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1 || { \
+	  echo "installing redis-server redis-sentinel"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-sentinel; }
+
+test: $(STAMP) $(SSLYZE) bench-tools chromium pebble redis-tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-full: $(STAMP) $(SSLYZE) bench-tools pebble test-tools
+test-full: $(STAMP) $(SSLYZE) bench-tools pebble test-tools redis-tools
 	$(BIN)/python -m pytest -q
 
 # Side by side with stunnel + HAProxy on this machine: make bench BENCH_ARGS="--rounds 1 --scenarios 1,4"

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from frontgate import client_auth, names
+from frontgate import client_auth, names, routes_config
+from frontgate.routes_config import RoutesConfig
 from frontgate.client_auth import ClientAuthRule, ClientCert
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -215,6 +216,7 @@ class RouterConfig:
     retry_after: int = 5                   # Retry-After seconds on a 503
     grace: float = 10.0                    # SIGTERM: seconds in-flight requests get to finish
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)   # when no app is chosen
+    routes: RoutesConfig | None = None     # [routes]: the dynamic route table (frontgate/routes_config.py)
     admin: AdminConfig | None = None       # [admin]: metrics and stats listener; None = none
     acme_challenge_dir: Path | None = None # ACME http-01 answers on plain listeners (mux_router.acme_challenge)
 
@@ -730,7 +732,8 @@ def _build_router(root: _Table) -> RouterConfig:
                         access_log_format=access_log_format, access_log_file=access_log_file,
                         forwarded_for=forwarded_for, forwarded=forwarded, retry_after=retry_after,
                         error_pages=router_error_pages, grace=grace, admin=admin,
-                        acme_challenge_dir=acme_challenge_dir)
+                        acme_challenge_dir=acme_challenge_dir,
+                        routes=routes_config.parse(root, Path(state_file).parent))
 
 
 _BALANCERS = ("roundrobin", "leastconn", "source", "uri")

@@ -131,12 +131,15 @@ def temp_prefix(path: Path) -> str:
 
 
 def write_atomic(path: Path, state: HealthState) -> None:
-    """Replace `path` with `state` so that readers see the old file or the new one, whole, even
+    write_bytes_atomic(path, dumps(state))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old file or the new one, whole, even
     across a crash: write a temp file in the same directory (rename is atomic only within one
     filesystem), fsync it, rename it over the old one, fsync the directory (makes the rename
-    itself durable)."""
+    itself durable). The route table files (frontgate/route_store_file.py) are written the same way."""
     path = Path(path)
-    data = dumps(state)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -178,9 +181,71 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
 
 # --------------------------------------------------------------------------- the router's view
 
-class StateFollower:
-    """The router's cheap view of the state file: `refresh()` stats the file (one syscall) and
-    re-reads it only when it changed; `is_down()` is a dict lookup.
+class FileFollower:
+    """A cheap view of a file another process replaces whole: `refresh()` stats it (one syscall)
+    and re-reads and parses it (`loads`) only when it changed. A bad file is logged once and the
+    last good content kept; a missing file means no content (None). Followed files: the health
+    state (StateFollower) and the route table (frontgate/route_store_file.py)."""
+
+    def __init__(self, path: Path, loads: Callable[[bytes], Any], what: str, missing: str = "does not exist",
+                 kept: str = "content"):
+        self.path = Path(path)
+        self._kept = f"keeping the last good {kept}"
+        self._loads = loads
+        self._what = what                    # "health state", for the log
+        self._missing = missing              # what a missing file means, for the log
+        self._signature: tuple[int, int, int] | None = None
+        self._value: Any = None
+        self._problem: str | None = None     # the last problem logged, so each is logged once
+
+    @property
+    def value(self) -> Any:
+        """The last good content read, or None."""
+        return self._value
+
+    def refresh(self) -> bool:
+        """True when the content changed (a new good file, or the file went away)."""
+        try:
+            signature = _signature(os.stat(self.path))
+        except FileNotFoundError:
+            self._report(self._missing)
+            changed = self._value is not None
+            self._signature, self._value = None, None
+            return changed
+        except OSError as e:
+            self._report(f"cannot stat ({e.strerror}), {self._kept}")
+            return False
+        return signature != self._signature and self._reload()
+
+    def _reload(self) -> bool:
+        try:
+            data, signature = _read_bytes(self.path)
+        except FileNotFoundError:
+            return False       # removed since the stat: the next refresh sees what is there
+        except OSError as e:
+            self._report(f"cannot read ({e.strerror}), {self._kept}")
+            return False
+        # Remember the signature even when the content is bad, so that the same bad file is not
+        # re-read and re-logged on every poll; the writer's next write replaces it.
+        self._signature = signature
+        try:
+            self._value = self._loads(data)
+        except ValueError as e:
+            self._report(f"is invalid ({e}), {self._kept}", force=True)
+            return False
+        if self._problem is not None:
+            log.info("%s %s read again", self._what, self.path)
+            self._problem = None
+        return True
+
+    def _report(self, problem: str, force: bool = False) -> None:
+        if force or problem != self._problem:
+            log.warning("%s %s %s", self._what, self.path, problem)
+        self._problem = problem
+
+
+class StateFollower(FileFollower):
+    """The router's view of the health state file; `is_down()` is a dict lookup.
 
     Fail open: a server counts as down only if a fresh, valid file says so. A missing file, a
     stale one (the checker stopped writing) or a server absent from it means "not down"; the
@@ -188,57 +253,24 @@ class StateFollower:
     """
 
     def __init__(self, path: Path, stale_after: float, clock: Callable[[], float] = time.time):
-        self.path = Path(path)
+        super().__init__(path, loads, "health state", "does not exist: treating all servers as up", "state")
         self.stale_after = stale_after
         self._clock = clock
-        self._signature: tuple[int, int, int] | None = None
-        self._state: HealthState | None = None
         self._stale_logged = False
-        self._problem: str | None = None     # the last problem logged, so each is logged once
 
     @property
     def state(self) -> HealthState | None:
         """The last good state read, or None."""
-        return self._state
+        return self._value
 
-    def refresh(self) -> None:
-        try:
-            signature = _signature(os.stat(self.path))
-        except FileNotFoundError:
-            self._report("does not exist: treating all servers as up")
-            self._signature, self._state = None, None
-            return
-        except OSError as e:
-            self._report(f"cannot stat ({e.strerror}), keeping the last good state")
-            return
-        if signature != self._signature:
-            self._reload()
+    @property
+    def _state(self) -> HealthState | None:
+        return self._value
+
+    def refresh(self) -> bool:
+        changed = super().refresh()
         self._log_staleness()
-
-    def _reload(self) -> None:
-        try:
-            data, signature = _read_bytes(self.path)
-        except FileNotFoundError:
-            return         # removed since the stat: the next refresh sees what is there
-        except OSError as e:
-            self._report(f"cannot read ({e.strerror}), keeping the last good state")
-            return
-        # Remember the signature even when the content is bad, so that the same bad file is not
-        # re-read and re-logged on every poll; the checker's next write replaces it.
-        self._signature = signature
-        try:
-            self._state = loads(data)
-        except HealthStateError as e:
-            self._report(f"is invalid ({e}), keeping the last good state", force=True)
-            return
-        if self._problem is not None:
-            log.info("health state %s read again (generation %d)", self.path, self._state.generation)
-            self._problem = None
-
-    def _report(self, problem: str, force: bool = False) -> None:
-        if force or problem != self._problem:
-            log.warning("health state %s %s", self.path, problem)
-        self._problem = problem
+        return changed
 
     def is_stale(self) -> bool:
         if self._state is None:

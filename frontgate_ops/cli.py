@@ -21,12 +21,29 @@ import time
 from pathlib import Path
 
 from frontgate.cert_manager_config import load_cert_manager_config
-from frontgate.config import (Address, ConfigError, load_checker_config, load_router_config,
-                              load_terminator_config)
+from frontgate.config import (
+    Address,
+    ConfigError,
+    load_checker_config,
+    load_router_config,
+    load_terminator_config,
+)
 from frontgate.daemon import EXIT_CONFIG_ERROR
 from frontgate.process_status import read_status, status_path
-from frontgate_ops.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, one_worker_note, rolling_restart,
-                              render_supervisord_conf, stage_processes, wait_listening, write_supervisord_conf)
+from frontgate_ops import route_cli
+from frontgate_ops.deploy import (
+    STAGES,
+    Deployed,
+    Process,
+    Supervisor,
+    SupervisorError,
+    one_worker_note,
+    render_supervisord_conf,
+    rolling_restart,
+    stage_processes,
+    wait_listening,
+    write_supervisord_conf,
+)
 
 EXIT_FAILED = 1
 RELOAD_CONFIRM_SECONDS = 10.0     # how long `reload` waits for each process to record the outcome
@@ -317,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("action", choices=("changed", "record"))
     c.add_argument("stages", nargs="*", metavar="STAGE", help=f"default: all ({', '.join(STAGES)})")
     deployed_dir(c)
+    route_cli.add_parsers(command("route", route_cli.main, "the dynamic route table: add, rm, ls, show, status"))
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from frontgate.config import load_router_config, load_terminator_config
 from frontgate.fingerprint import stage_fingerprint
+from frontgate_ops import route_programs
 
 STAGES = ("tls-terminator", "mux-router", "health-checker", "cert-manager")
 STOP_WAIT_MARGIN = 5       # supervisord's SIGKILL comes this many seconds after the drain grace
@@ -66,6 +67,7 @@ class StageProcesses:
     grace: float             # seconds the SIGTERM drain may take
     shared_socket: Path | None = None   # a unix listener supervisord holds and passes to every worker
     socket_owner: str | None = None     # who may connect to it besides supervisord's user
+    extra_programs: str = ""            # the router's: route-sync, route-broker (frontgate/route_programs.py)
 
     @property
     def stop_wait_seconds(self) -> int:
@@ -83,7 +85,8 @@ def stage_processes(configs: Path) -> dict[str, StageProcesses]:
     # A terminator that drops to its `user` (when started as root, as supervisord then is) connects
     # as that user: the socket is handed to it. Not as root, supervisord could not chown it.
     owner = terminator.user if terminator.user and os.geteuid() == 0 else None
-    return {"mux-router": StageProcesses(router.workers, router.grace, shared, owner),
+    return {"mux-router": StageProcesses(router.workers, router.grace, shared, owner,
+                                         route_programs.render(router.routes)),
             "tls-terminator": StageProcesses(terminator.workers, terminator.grace)}
 
 
@@ -127,6 +130,7 @@ def render_supervisord_conf(template: str, template_name: str, stages: dict[str,
         values[f"{prefix}_processes"] = processes_lines(stage.workers, stage.shared_socket, stage.socket_owner)
         values[f"{prefix}_log_suffix"] = log_suffix(stage.workers)
         values[f"{prefix}_stopwaitsecs"] = str(stage.stop_wait_seconds)
+    values["route_programs"] = "".join(stage.extra_programs for stage in stages.values())
     return GENERATED_NOTE.format(template=template_name) + string.Template(template).substitute(values)
 
 

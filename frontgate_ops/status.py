@@ -12,11 +12,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frontgate import dev_ca, health_state
+from frontgate import dev_ca, health_state, routes
 from frontgate.cert_manager_config import load_cert_manager_config
-from frontgate.config import ConfigError, load_router_config, load_terminator_config
-from frontgate_ops.deploy import STAGES, Process, Supervisor, SupervisorError, fingerprint
+from frontgate.config import (
+    ConfigError,
+    RouterConfig,
+    load_router_config,
+    load_terminator_config,
+)
 from frontgate.process_status import read_status, status_path
+from frontgate.route_store import StoreError
+from frontgate.route_store_file import read_table
+from frontgate_ops.deploy import (
+    STAGES,
+    Process,
+    Supervisor,
+    SupervisorError,
+    fingerprint,
+)
 
 CPU_SAMPLE = 0.2          # seconds over which CPU% is measured
 EXPIRY_WARNING_DAYS = 14
@@ -104,6 +117,16 @@ def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, 
                         for key, s in sorted(state.servers.items())}}
 
 
+def route_facts(router: RouterConfig) -> dict[str, Any]:
+    """The dynamic route table this node serves (its file: the table, or the Redis snapshot)."""
+    facts: dict[str, Any] = {"store": router.routes.store, "file": str(router.routes.file)}
+    try:
+        table = read_table(router.routes.file)
+    except StoreError as e:
+        return {**facts, "error": str(e)}
+    return {**facts, "version": table.version, "routes": [routes.route_doc(r) for _, r in sorted(table.routes.items())]}
+
+
 def certificate_facts(configs: Path) -> list[dict[str, Any]]:
     """The certificates tls-terminator.toml names (entries and certs_dir), as `frontgate certs` lists them."""
     from tls_terminator.cert_report import describe_certificates
@@ -149,6 +172,7 @@ def gather(configs: Path, supervisord_conf: Path, status_dir: Path = Path("run/s
     try:
         router = load_router_config(configs / "mux-router.toml")
         facts["health"] = health_facts(router.state_file, router.state_stale_after, now)
+        facts["routes"] = route_facts(router)
         if router.admin is not None:
             admin["mux-router"] = f"http://{router.admin.address}/stats"
     except ConfigError as e:
@@ -160,7 +184,7 @@ def gather(configs: Path, supervisord_conf: Path, status_dir: Path = Path("run/s
             admin["tls-terminator"] = f"http://{terminator.admin.address}/stats"
     except ConfigError:
         pass            # reported with the certificates
-    from frontgate_ops import acme_report        # it imports this module's duration
+    from frontgate_ops import acme_report  # it imports this module's duration
     facts["acme"] = acme_report.facts(configs)
     with contextlib.suppress(ConfigError):
         manager = load_cert_manager_config(configs / "cert-manager.toml") if facts["acme"] else None
@@ -238,6 +262,21 @@ def config_notes(processes: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def format_routes(facts: dict[str, Any] | None) -> list[str]:
+    if not facts:
+        return []
+    head = f"routes  {facts['file']} ({facts['store']})"
+    if "error" in facts:
+        return ["", f"{head}: {facts['error']}"]
+    rows = [["ROUTE", "SERVERS", "BALANCE", "OWNER", "REVISION"]]
+    for r in facts["routes"]:
+        key = r["host"] + ("" if r["path"] == "/" else r["path"])
+        rows.append([key, " ".join(r["servers"]), r["balance"] + (" websocket" if r["websocket"] else ""),
+                     r["owner"] or "-", str(r["revision"])])
+    body = ["  " + line for line in table(rows)] if len(rows) > 1 else ["  no dynamic routes"]
+    return ["", f"{head}: version {facts['version']}"] + body
+
+
 def format_status(facts: dict[str, Any]) -> str:
     now = facts["time"]
     lines = ["processes"]
@@ -265,6 +304,7 @@ def format_status(facts: dict[str, Any]) -> str:
             check = s["last_check"]
             rows.append([key, s["state"].upper(), when(s["since"], now), f"{check['detail']} ({check['took_ms']:g} ms)"])
         lines += ["  " + line for line in table(rows)] if len(rows) > 1 else ["  no servers checked yet"]
+    lines += format_routes(facts.get("routes"))
     lines += ["", "certificates"]
     rows = [["FILE", "NAMES", "EXPIRES", "DAYS LEFT"]]
     for c in facts["certificates"]:

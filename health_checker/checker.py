@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontgate import health_state
+from frontgate import health_state, routes
+from frontgate.route_store_file import follower_for, followed_table
 from frontgate.config import App, CheckerConfig, CheckSpec, ConfigError, Server, load_checker_config
 from frontgate.health_state import HealthState, ServerState
 from frontgate.process_status import ProcessStatus
@@ -26,6 +27,8 @@ from health_checker.rise_fall import RiseFall
 from health_checker.schedule import next_wait
 
 log = logging.getLogger("health-checker")
+
+ROUTES_REFRESH_INTERVAL = 0.5     # seconds between two stats of the route table file
 
 
 @dataclass
@@ -48,10 +51,11 @@ class Target:
         return check_host(self.app, self.spec, self.server.address)
 
 
-def targets_of(config: CheckerConfig) -> dict[str, tuple[App, Server, CheckSpec]]:
-    """Every server of every app, by state file key: the router config is the one server list."""
+def targets_of(config: CheckerConfig, table: routes.RouteTable = routes.EMPTY) -> dict[str, tuple[App, Server, CheckSpec]]:
+    """Every server of every app, by state file key: the router config and the dynamic route
+    table (the router serves both) are the one server list."""
     return {app.server_key(server): (app, server, config.spec_for(app.name, app.server_key(server)))
-            for app in config.router.apps for server in app.servers}
+            for app in routes.merged(config.router, table).apps for server in app.servers}
 
 
 class Checker:
@@ -65,6 +69,8 @@ class Checker:
         self._stopping = asyncio.Event()
         self._write_error: str | None = None
         self._failure: BaseException | None = None
+        self.routes = follower_for(config.router.routes.file)     # dynamic routes' servers too
+        self.routes.refresh()
 
     # ---- lifecycle
 
@@ -80,6 +86,7 @@ class Checker:
         log.info("started: %d servers from %s, state file %s, heartbeat %gs",
                  len(self.targets), self.config.router.path, self.config.state_file, self.config.heartbeat)
         writer = self._task(self._writer(), "state-writer")
+        self._task(self._follow_routes(), "route-follower")
         try:
             await self._stopping.wait()
         finally:
@@ -117,6 +124,9 @@ class Checker:
             self.status.reloaded(error=f"keeping the running config: {e}")
             return
         old_state_file = self.config.state_file
+        if config.router.routes.file != self.routes.path:
+            self.routes = follower_for(config.router.routes.file)
+            self.routes.refresh()
         self.config = config
         self._warn_about_heartbeat()
         if config.state_file != old_state_file:
@@ -126,10 +136,19 @@ class Checker:
         self.status.reloaded(fingerprint)
         self._changed.set()
 
+    async def _follow_routes(self) -> None:
+        while True:
+            await asyncio.sleep(ROUTES_REFRESH_INTERVAL)
+            if self.routes.refresh():
+                added, removed = self._apply(self.config)
+                log.info("route table version %d: %d servers (%d added, %d removed)",
+                         followed_table(self.routes).version, len(self.targets), added, removed)
+                self._changed.set()
+
     def _apply(self, config: CheckerConfig) -> tuple[int, int]:
         """Bring the targets in line with `config`: start new servers, stop removed ones, and let
         kept ones keep their up/down state under their (maybe new) check settings."""
-        wanted = targets_of(config)
+        wanted = targets_of(config, followed_table(self.routes))
         removed = [key for key in self.targets if key not in wanted]
         for key in removed:
             self.targets.pop(key).task.cancel()

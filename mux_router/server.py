@@ -39,6 +39,7 @@ from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, De
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
                               RequestHeadParser, ResponseHead, ResponseHeadParser)
 from mux_router.request_trailers import TrailerFilter
+from mux_router.live_routes import LiveRoutes
 from mux_router.routing import Refusal, client_cert_line, decide, ip_in, sni_host
 from mux_router.stats import RouterAdmin, RouterStats
 
@@ -228,6 +229,8 @@ class QueueFull(Exception):
 
 class Router:
     def __init__(self, config: RouterConfig, status: ProcessStatus | None = None):
+        self.routes = LiveRoutes(config)           # dynamic routes: served after the static apps
+        config = self.routes.merge(config)
         self.config = config
         self.status = status or ProcessStatus(None, "mux-router", config.path)   # reload outcomes
         self.health = StateFollower(config.state_file, config.state_stale_after)
@@ -295,6 +298,7 @@ class Router:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)      # logrotate moved the file
         refresher = asyncio.create_task(self._follow_health())
+        self._spawn(self.routes.follow(self))
         await self._stop.wait()
         refresher.cancel()
         await self.shutdown()
@@ -376,6 +380,7 @@ class Router:
                     log.info("listener %s changed, for new connections: %s", address, listener_settings(listener))
             self.listeners = by_address
             self.admin.admin = new.admin        # `refresh`; the rest is refused above unless unchanged
+            new = self.routes.merge(new)
             self._set_apps(new.apps)
             self.backends.idle_timeout = new.timeouts.keep_alive
             self.tunnel_sweep.interval = self._tunnel_sweep_interval(new)

@@ -43,6 +43,8 @@ FAMILIES = (
            "checks mark it down (as seen by the answering process)", ("app", "server"), merge="own"),
     Family("state_file_age_seconds", "gauge", "age of the health state file's last write; -1 when there is none",
            merge="own"),
+    Family("routes_version", "gauge", "version of the dynamic route table this process serves", merge="own"),
+    Family("routes", "gauge", "dynamic routes this process serves (apps named route:HOST/PATH)", merge="own"),
 )
 
 
@@ -125,6 +127,8 @@ class RouterAdmin(AdminEndpoint):
         values["server_active_requests"] = active
         values["server_up"] = up
         state = router.health.state
+        values["routes_version"] = {(): router.routes.table.version}
+        values["routes"] = {(): len(router.routes.table)}
         values["state_file_age_seconds"] = {(): round(time.time() - state.written_at, 3) if state else -1}
         return values
 
@@ -201,6 +205,8 @@ def router_page_data(router: "Router", merged: Values, rates: Values, processes:
         "state_file": str(router.health.path),
         "state_file_age": merged.get("state_file_age_seconds", {}).get((), -1),
         "state_fresh": fresh,
+        "routes_version": router.routes.table.version,
+        "routes": len(router.routes.table),
         "apps": apps,
         "unrouted": {"requests": _sum(requests, app="-"),
                      "codes": {c: _sum(requests, app="-", code=c) for c in CODE_CLASSES}},
