@@ -5,6 +5,8 @@
                                          last deploy/reload (nothing is signalled if any config is invalid)
     frontgate restart STAGE              rolling restart: the stage's processes one at a time
     frontgate status [--json]            processes, server health, certificate expiry
+    frontgate explain URL [--from IP] [--sni NAME] [--header 'K: V']... [--json]
+                                         a dry run of one request through the three configs
     frontgate certs [--json]             the certificates the terminator loads: names, issuer, key, expiry
     frontgate supervisord-conf           write supervisord.conf from supervisord.conf.in and the TOMLs
     frontgate deployed changed|record    the config fingerprints (used by scripts/deploy.sh)
@@ -164,6 +166,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy(facts) else EXIT_FAILED
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from frontgate_ops.explain import ExplainError, Question, explain, format_explanation, parse_header
+    try:
+        q = Question(url=args.url, client_ip=args.client_ip, sni=args.sni, method=args.method,
+                     headers=tuple(parse_header(h) for h in args.header), listener=args.listener,
+                     client_cert=args.client_cert)
+        out = explain(args.configs, q)
+    except ExplainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(out, indent=2) if args.json else format_explanation(out))
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from frontgate.status import certificate_facts
     from tls_terminator.certs import format_certificates
@@ -227,6 +243,18 @@ def main(argv: list[str] | None = None) -> int:
                                       "is not RUNNING")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     supervised(c)
+    c = command("explain", cmd_explain, "a dry run: which listener, redirect, app (and why not the others), ACL, "
+                                        "server, certificate and client-certificate demand a request meets, "
+                                        "and the head its backend would receive")
+    c.add_argument("url", help="http://host/path or https://host/path")
+    c.add_argument("--from", dest="client_ip", default="192.0.2.1",
+                   help="the client's address (default: 192.0.2.1, an outside client)")
+    c.add_argument("--sni", help="TLS server name (default: the URL's host, for https)")
+    c.add_argument("--header", action="append", default=[], metavar="'K: V'", help="a request header (repeatable)")
+    c.add_argument("--method", default="GET")
+    c.add_argument("--listener", help="the router listener (default: the one the URL's scheme reaches)")
+    c.add_argument("--client-cert", metavar="CN", help="the client presents a verified certificate with this CN")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     c = command("certs", cmd_certs, "the certificates tls-terminator.toml names: names, issuer, key type, "
                                     "expiry, days left, file; exit 1 if one does not load")
     c.add_argument("--json", action="store_true", help="machine-readable output")
