@@ -10,7 +10,6 @@ why the other apps did not match, for the operator.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import urllib.parse
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from frontgate import client_auth, names
 from frontgate.config import (App, ConfigError, Listener, RouterConfig, TerminatorConfig, load_router_config,
                               load_terminator_config)
 from frontgate.health_state import StateFollower
+from frontgate_ops.cross_check import forwarding_listener
 from mux_router import balancer, forwarding, routing
 from mux_router.http1 import HttpError, RequestHead, RequestHeadParser
 
@@ -185,10 +185,9 @@ def choose_listener(router: RouterConfig, terminator: TerminatorConfig | None, u
         raise ExplainError(f"--listener {wanted!r}: no such listener "
                            f"(have: {', '.join(l.name for l in router.listeners)})")
     if url.scheme == "https":
-        if terminator is not None:
-            for listener in router.listeners:
-                if _same_address(listener, terminator.forward_to, router.path, terminator.path):
-                    return listener
+        forwarded_to = forwarding_listener(router, terminator) if terminator is not None else None
+        if forwarded_to is not None:
+            return forwarded_to
         found = [l for l in router.listeners if l.proxy_protocol]
     else:
         plain = [l for l in router.listeners if not l.proxy_protocol]
@@ -197,22 +196,6 @@ def choose_listener(router: RouterConfig, terminator: TerminatorConfig | None, u
     if not found:
         raise ExplainError(f"no {url.scheme} listener in {router.path}: name one with --listener")
     return found[0]
-
-
-def _same_address(listener: Listener, forward_to, router_path: Path, terminator_path: Path) -> bool:
-    """The terminator's forward_to names this listener (unix paths are relative to each file)."""
-    a = listener.address
-    if a.is_unix != forward_to.is_unix:
-        return False
-    if a.is_unix:
-        return (router_path.parent / a.path).resolve() == (terminator_path.parent / forward_to.path).resolve()
-    if a.port != forward_to.port:
-        return False
-    try:
-        ours = ipaddress.ip_address(a.host)
-    except ValueError:
-        return a.host == forward_to.host
-    return ours.is_unspecified or a.host == forward_to.host
 
 
 def _refusal(r: routing.Refusal) -> dict[str, Any]:
