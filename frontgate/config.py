@@ -119,6 +119,7 @@ class Server:
     address: Address
     weight: int = 1
     maxconn: int = 0             # requests in flight at once; 0 = no limit
+    send_proxy: bool = False     # a PROXY v2 header starts each connection (router and checker)
 
 
 @dataclass(frozen=True)
@@ -648,7 +649,7 @@ def _build_router(root: _Table) -> RouterConfig:
                 s = {"address": s}
             st = _Table(s, at.file, key)
             servers.append(Server(address=st.address("address"), weight=st.int("weight", 1, 0, 256),
-                                  maxconn=st.int("maxconn", 0, 0, 1_000_000)))
+                                  maxconn=st.int("maxconn", 0, 0, 1_000_000), send_proxy=st.bool("send_proxy", False)))
             st.done()
         if not servers:
             raise at.error("servers", "at least one server is needed")

@@ -169,7 +169,7 @@ class Checker:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
-            result = await probe(target.server.address, target.spec, target.host())
+            result = await probe(target.server.address, target.spec, target.host(), target.server.send_proxy)
             self.record(target, result)
             next_at = max(next_at + next_wait(target.spec, target.health), loop.time())
             await asyncio.sleep(next_at - loop.time())
