@@ -318,6 +318,12 @@ class CheckSpec:
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
+    # Flap damping (health_checker/damping.py; README "Flap damping" says why these numbers).
+    flap_damping: bool = True
+    flap_half_life: float = 60.0                # the penalty halves in this many seconds
+    flap_suppress: float = 4.0                  # penalty (1 per state change) above which: held down
+    flap_reuse: float = 2.0                     # penalty below which a held-down server is let go
+    flap_max_hold: float = 600.0                # the longest hold-down after the last change
 
 
 @dataclass(frozen=True)
@@ -978,7 +984,14 @@ def _check_spec(t: _Table, base: CheckSpec, allow_servers: bool = False) -> Chec
         timeout=t.positive_seconds("timeout", base.timeout),
         rise=t.int("rise", base.rise, 1, 100),
         fall=t.int("fall", base.fall, 1, 100),
+        flap_damping=t.bool("flap_damping", base.flap_damping),
+        flap_half_life=t.positive_seconds("flap_half_life", base.flap_half_life),
+        flap_suppress=t.number("flap_suppress", base.flap_suppress, 1.0, 1000.0),
+        flap_reuse=t.number("flap_reuse", base.flap_reuse, 0.1, 1000.0),
+        flap_max_hold=t.positive_seconds("flap_max_hold", base.flap_max_hold),
     )
+    if spec.flap_reuse >= spec.flap_suppress:
+        raise t.error("flap_reuse", f"{spec.flap_reuse:g} must be below flap_suppress ({spec.flap_suppress:g})")
     if not spec.path.startswith("/"):
         raise t.error("path", f"{spec.path!r} must start with '/'")
     if not _METHOD.fullmatch(spec.method):
