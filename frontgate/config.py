@@ -992,6 +992,11 @@ def _check_spec(t: _Table, base: CheckSpec, allow_servers: bool = False) -> Chec
     )
     if spec.flap_reuse >= spec.flap_suppress:
         raise t.error("flap_reuse", f"{spec.flap_reuse:g} must be below flap_suppress ({spec.flap_suppress:g})")
+    if spec.flap_reuse * 2 ** (spec.flap_max_hold / spec.flap_half_life) <= spec.flap_suppress:
+        # The penalty is capped where it takes flap_max_hold to decay to reuse: below suppress, never held.
+        raise t.error("flap_max_hold", f"{spec.flap_max_hold:g}s is too short to ever hold a server down "
+                      f"(the penalty would never pass flap_suppress): at least flap_half_life x "
+                      f"log2(flap_suppress / flap_reuse)")
     if not spec.path.startswith("/"):
         raise t.error("path", f"{spec.path!r} must start with '/'")
     if not _METHOD.fullmatch(spec.method):
