@@ -112,6 +112,7 @@ class Timeouts:
     tunnel: float = 3600.0       # idle WebSocket tunnel
     keep_alive: float = 10.0     # idle keep-alive connection: client between requests, backend in the pool
     queue: float = 5.0           # waiting for a free server slot (maxconn) before a 503
+    tunnel_ping: float = 0.0     # WebSocket ping after this much client silence, closed without a pong; 0 = off
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class App:
     response_headers: HeaderRules = NO_HEADER_RULES
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)
     client_cert: ClientCert | None = None   # client_ca: a verified client certificate is needed
+    tunnel_ping: float | None = None        # None: [timeouts] tunnel_ping
 
     def server_key(self, server: Server) -> str:
         """The key of this server in the health state file."""
@@ -601,7 +603,8 @@ def _build_router(root: _Table) -> RouterConfig:
 
     tt = root.table("timeouts")
     defaults = Timeouts()
-    timeouts = Timeouts(**{k: tt.positive_seconds(k, getattr(defaults, k)) for k in Timeouts.__dataclass_fields__})
+    timeouts = Timeouts(**{k: tt.positive_seconds(k, getattr(defaults, k)) for k in Timeouts.__dataclass_fields__
+                           if k != "tunnel_ping"}, tunnel_ping=tt.number("tunnel_ping", 0.0, 0.0, 86400.0))
     tt.done()
 
     listener_names = {l.name for l in listeners}
@@ -687,7 +690,7 @@ def _build_router(root: _Table) -> RouterConfig:
                   request_headers=_header_rules(at.table("request_headers"), _ROUTER_SET_REQUEST_FIELDS),
                   response_headers=_header_rules(at.table("response_headers")),
                   error_pages=_error_pages(at.table("error_pages")),
-                  client_cert=_client_cert(at))
+                  client_cert=_client_cert(at), tunnel_ping=at.number("tunnel_ping", None, 0.0, 86400.0))
         at.done()
         if any(a.name == name for a in apps):
             raise at.error("name", f"duplicate app name {name!r}")

@@ -876,6 +876,7 @@ class Exchange:
         self.retries = 0
         self.body_in = 0                       # request body (and tunnel) bytes from the client: stats
         self.tunnel_backend: BackendConnection | None = None   # after a 101: fastpath.Tunnel's to drive
+        self.tunnel_prelude = (b"", b"")       # (client, backend) bytes passed before the Tunnel took over
         # HAProxy httplog timers (ms; -1 = that phase was not reached) and termination state.
         self.t_head = (time.monotonic() - started) * 1000
         self.t_queue = self.t_connect = self.t_response = -1.0
@@ -1247,6 +1248,8 @@ class Exchange:
                 return False
         await self._send(forwarding.client_response_head(resp, keep_alive=False, client_version=self.head.version))
         conn = self.conn
+        # What went through here, for the tunnel keepalive's frame count (ws_keepalive).
+        self.tunnel_prelude = (bytes(conn.buf), rest)
         if rest:
             await self._send(rest)
         if conn.buf:
