@@ -267,10 +267,10 @@ def server_view(router: RouterConfig, app: App, head: RequestHead, client_ip) ->
         rows.append({"address": str(server.address), "weight": server.weight,
                      "picked": bool(order) and server is order[0],
                      "order": order.index(server) + 1 if server in order else None,
-                     "health": (entry.state + (" (flapping)" if getattr(entry, "flapping", False) else "")
+                     "health": (entry.state + (" (flapping)" if entry.flapping else "")
                                 if entry is not None else
                                 "unknown: no fresh health state (counts as up)" if not fresh else "not checked yet"),
-                     "send_proxy": getattr(server, "send_proxy", False)})
+                     "send_proxy": server.send_proxy})
     return rows
 
 
