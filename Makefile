@@ -74,8 +74,9 @@ stats-screenshot: $(STAMP) chromium
 reload: $(STAMP)
 	$(BIN)/frontgate reload
 
-# Rolling restarts: one process at a time, each RUNNING and listening before the next goes, so
-# with workers >= 2 the port never closes.
+# Rolling restarts: one process at a time, each RUNNING and serving before the next goes, so with
+# workers >= 2 the TCP ports never close. The router's unix socket (run/router.sock) never closes
+# at all: supervisord holds it, and connections wait in its backlog while a worker restarts.
 restart-router: $(STAMP)
 	$(BIN)/frontgate restart mux-router
 

@@ -211,6 +211,7 @@ class RouterConfig:
     apps: tuple[App, ...]
     access_log: str = "all"                # all | errors (as HAProxy's dontlog-normal) | off
     access_log_format: str = "httplog"     # httplog | json
+    access_log_file: Path | None = None    # appended to by every worker, reopened on SIGUSR1; None = stdout
     forwarded_for: str = "append"          # append (to a trusted source's list) | replace
     forwarded: bool = False                # also send RFC 7239 Forwarded
     retry_after: int = 5                   # Retry-After seconds on a 503
@@ -328,6 +329,9 @@ class CheckSpec:
     flap_max_hold: float = 600.0                # the longest hold-down after the last change
 
 
+INIT_STATES = ("fully-up", "provisional")     # how a server starts: see health_checker.rise_fall
+
+
 @dataclass(frozen=True)
 class CheckerConfig:
     path: Path
@@ -336,6 +340,7 @@ class CheckerConfig:
     defaults: CheckSpec
     per_app: Mapping[str, CheckSpec] = field(default_factory=dict)
     per_server: Mapping[str, CheckSpec] = field(default_factory=dict)   # by state file key "app/host:port"
+    init_state: str = "fully-up"      # a new server's health: full, or provisional (down on a first failure)
 
     @property
     def state_file(self) -> Path:
@@ -556,14 +561,40 @@ _SCHEMES = ("http", "https")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
+MAX_WORKERS = 64
+
+
+def _workers(t: _Table) -> int:
+    """`workers`: a number, or "auto": as many as the CPUs this process may run on (HAProxy's and
+    stunnel's default: every core)."""
+    if t.data.get("workers") == "auto":
+        t.used.add("workers")
+        return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    if isinstance(t.data.get("workers"), str):
+        raise t.error("workers", f"{t.data['workers']!r}: expected a number of processes or \"auto\"")
+    return t.int("workers", 1, 1, MAX_WORKERS)
+
+
+DEFAULT_ACCESS_LOG_FILE = "../logs/access.log"     # from configs/: the deploy's logs/
+
+
+def _access_log_file(r: _Table) -> Path | None:
+    """`access_log_file`: the file the access log is appended to; "-" is stdout (None)."""
+    if r.data.get("access_log_file") == "-":
+        r.used.add("access_log_file")
+        return None
+    return r.path("access_log_file", None) or (r.file.parent / DEFAULT_ACCESS_LOG_FILE).resolve()
+
+
 def _build_router(root: _Table) -> RouterConfig:
     r = root.table("router")
-    workers = r.int("workers", 1, 1, 64)
+    workers = _workers(r)
     state_file = r.path("state_file", "state/health.json")
     stale = r.positive_seconds("state_stale_after", 15.0)
     trusted = _networks(r, "trusted_sources", ["127.0.0.1/32", "::1/128"], {})
     access_log = r.str("access_log", "all", ("all", "errors", "off"))
     access_log_format = r.str("access_log_format", "httplog", ("httplog", "json"))
+    access_log_file = _access_log_file(r)
     forwarded_for = r.str("forwarded_for", "append", ("append", "replace"))
     forwarded = r.bool("forwarded", False)
     retry_after = r.int("retry_after", 5, 0, 86400)
@@ -703,7 +734,7 @@ def _build_router(root: _Table) -> RouterConfig:
     return RouterConfig(path=root.file, workers=workers, state_file=state_file, state_stale_after=stale,
                         trusted_sources=trusted, listeners=tuple(listeners), timeouts=timeouts,
                         redirects=tuple(redirects), apps=tuple(apps), access_log=access_log,
-                        access_log_format=access_log_format,
+                        access_log_format=access_log_format, access_log_file=access_log_file,
                         forwarded_for=forwarded_for, forwarded=forwarded, retry_after=retry_after,
                         error_pages=router_error_pages, grace=grace, admin=admin)
 
@@ -813,7 +844,7 @@ def _build_terminator(root: _Table, require_files: bool) -> TerminatorConfig:
     cfg_args = dict(
         listen=t.address("listen"),
         forward_to=t.address("forward_to"),
-        workers=t.int("workers", 1, 1, 64),
+        workers=_workers(t),
         handshake_timeout=t.positive_seconds("handshake_timeout", 10.0),
         idle_timeout=t.positive_seconds("idle_timeout", 3600.0),
         max_connections=t.int("max_connections", 10000, 1, 1_000_000),
@@ -1015,6 +1046,7 @@ def _build_checker(root: _Table) -> CheckerConfig:
     c = root.table("checker", default_empty=False)
     router_path = c.path("router_config")
     heartbeat = c.positive_seconds("heartbeat", 5.0)
+    init_state = c.str("init_state", "fully-up", INIT_STATES)
     c.done()
     try:
         router = load_router_config(router_path)
@@ -1047,7 +1079,7 @@ def _build_checker(root: _Table) -> CheckerConfig:
         st.done()
     apps.done()
     return CheckerConfig(path=root.file, router=router, heartbeat=heartbeat, defaults=defaults,
-                         per_app=per_app, per_server=per_server)
+                         per_app=per_app, per_server=per_server, init_state=init_state)
 
 
 def load_checker_config(path: str | Path) -> CheckerConfig:

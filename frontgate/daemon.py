@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from frontgate.config import ConfigError
 from frontgate.logfields import escape_message
+from frontgate.process_status import ProcessStatus
 
 EXIT_CONFIG_ERROR = 2
 
@@ -37,7 +38,14 @@ def parse_args(name: str, description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=name, description=description)
     p.add_argument("--config", type=Path, default=Path(f"configs/{name}.toml"),
                    help=f"TOML config file (default: configs/{name}.toml)")
+    p.add_argument("--status-dir", type=Path, default=None,
+                   help="record the config this process runs and its reloads' outcomes here "
+                        "(supervisord.conf: run/status; see frontgate.process_status)")
     return p.parse_args()
+
+
+def process_status(name: str, args: argparse.Namespace) -> ProcessStatus:
+    return ProcessStatus(args.status_dir, name, args.config)
 
 
 def load_or_exit(loader: Callable[[Path], Any], path: Path) -> Any:

@@ -1,3 +1,3 @@
-"""Operator tools that look at all three stages at once (`frontgate explain`, the cross-daemon
-`frontgate check`). Unlike frontgate/ (the shared core, which imports no daemon), these may import
-the daemons' packages: they answer with the daemons' own code, never a copy of it."""
+"""The operator's tools (`frontgate check|status|reload|restart|certs|explain|...`): they may use
+every daemon's code, where the shared core `frontgate` uses none. `explain` and the cross-stage
+`check` answer with the daemons' own code, never a copy of it."""

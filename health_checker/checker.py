@@ -20,6 +20,7 @@ from pathlib import Path
 from frontgate import health_state
 from frontgate.config import App, CheckerConfig, CheckSpec, ConfigError, Server, load_checker_config
 from frontgate.health_state import HealthState, ServerState
+from frontgate.process_status import ProcessStatus
 from health_checker.damping import Damping
 from health_checker.probes import ProbeResult, check_host, probe
 from health_checker.rise_fall import RiseFall
@@ -57,9 +58,10 @@ def targets_of(config: CheckerConfig) -> dict[str, tuple[App, Server, CheckSpec]
 
 
 class Checker:
-    def __init__(self, config: CheckerConfig, config_path: Path):
+    def __init__(self, config: CheckerConfig, config_path: Path, status: ProcessStatus | None = None):
         self.config = config
         self.config_path = config_path
+        self.status = status or ProcessStatus(None, "health-checker", config_path)    # reload outcomes
         self.targets: dict[str, Target] = {}
         self.generation = 0
         self._changed = asyncio.Event()
@@ -110,10 +112,12 @@ class Checker:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; on any error keep running with the old one."""
+        fingerprint = self.status.config_on_disk()
         try:
             config = load_checker_config(self.config_path)
         except ConfigError as e:
             log.error("reload failed, keeping the running config: %s", e)
+            self.status.reloaded(error=f"keeping the running config: {e}")
             return
         old_state_file = self.config.state_file
         self.config = config
@@ -122,6 +126,7 @@ class Checker:
             log.warning("state file moved from %s to %s", old_state_file, config.state_file)
         added, removed = self._apply(config)
         log.info("reloaded %s: %d servers (%d added, %d removed)", self.config_path, len(self.targets), added, removed)
+        self.status.reloaded(fingerprint)
         self._changed.set()
 
     def _apply(self, config: CheckerConfig) -> tuple[int, int]:
@@ -137,7 +142,7 @@ class Checker:
             if target is None:
                 # Up until shown otherwise (see rise_fall): a fresh checker must not black-hole traffic.
                 target = Target(key=key, app=app, server=server, spec=spec,
-                                health=RiseFall.initial(spec.rise, spec.fall), since=time.time())
+                                health=RiseFall.initial(spec.rise, spec.fall, config.init_state), since=time.time())
                 target.task = self._task(self._watch(target), f"check {key}")
                 self.targets[key] = target
                 added += 1
@@ -195,7 +200,7 @@ class Checker:
             else:
                 # Fewer than `fall` failures only when the server was still provisionally up (start).
                 how = (f"{_count(after.failures, 'failed check')}, fall={after.fall}" if after.failures >= after.fall
-                       else "failed its first check; servers start provisionally up")
+                       else 'failed its first check; init_state = "provisional"')
                 log.warning("%s is DOWN: %s (%s)", target.key, result.detail, how)
         elif after.health != before.health and (not result.ok or not after.up or before.failures):
             # On the way from one state to the other (or back): HAProxy's "status 2/3 UP" lines.
@@ -282,5 +287,8 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
-async def serve(config: CheckerConfig, config_path: Path) -> None:
-    await Checker(config, config_path).run()
+async def serve(config: CheckerConfig, config_path: Path, status: ProcessStatus, fingerprint: str) -> None:
+    checker = Checker(config, config_path, status)
+    status.started(fingerprint)      # at once: its probes and the first state file follow
+    await checker.run()
+    status.stopped()

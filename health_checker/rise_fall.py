@@ -6,14 +6,19 @@
 - A failure while up takes one off; going below `rise` makes the server down, and health drops to
   0, so it takes `rise` successes in a row to come back.
 
-A fresh checker starts every server up, as HAProxy does, so that starting or restarting the
-checker never takes traffic away from healthy servers. Like HAProxy, that first "up" is provisional
-(health == rise): a server that fails its very first check goes down at once instead of after
-`fall` checks, so a backend that is dead at start is not served for fall x interval seconds.
+A fresh checker starts every server up, so that starting or restarting the checker never takes
+traffic away from healthy servers. How firmly is `init_state` (health-checker.toml):
+- "fully-up" (the default; HAProxy's `init-state fully-up`): at full health, so a server needs
+  `fall` failed checks to go down, the first one included. A backend that is still starting when
+  the checker first probes it (as at `make deploy`) is not taken out of service for it.
+- "provisional": health == rise, so a server that fails its very first check goes down at once
+  instead of after `fall` checks: a backend dead at start is not served for fall x interval seconds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+from frontgate.config import INIT_STATES
 
 
 @dataclass(frozen=True)
@@ -25,10 +30,12 @@ class RiseFall:
     failures: int = 0
 
     @staticmethod
-    def initial(rise: int, fall: int) -> "RiseFall":
+    def initial(rise: int, fall: int, init_state: str = "fully-up") -> "RiseFall":
         if rise < 1 or fall < 1:
             raise ValueError(f"rise and fall must be >= 1, got rise={rise} fall={fall}")
-        return RiseFall(rise=rise, fall=fall, health=rise)
+        if init_state not in INIT_STATES:
+            raise ValueError(f"init_state must be one of {INIT_STATES}, got {init_state!r}")
+        return RiseFall(rise=rise, fall=fall, health=rise + fall - 1 if init_state == "fully-up" else rise)
 
     @property
     def up(self) -> bool:

@@ -23,7 +23,6 @@ import os
 import signal
 import socket
 import stat
-import sys
 import time
 from dataclasses import dataclass
 
@@ -32,8 +31,9 @@ from frontgate.config import Address, App, ConfigError, Listener, RouterConfig, 
 from frontgate.health_state import StateFollower
 from frontgate.restart_keys import admin_changes, refuse_restart_changes
 from frontgate.logfields import escape_field
+from frontgate.process_status import ProcessStatus
 from frontgate.sweep import Sweep, interval_for
-from mux_router import backend_proxy, forwarding
+from mux_router import access_log, backend_proxy, forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, DetachableWriter, Routed
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
@@ -232,8 +232,9 @@ class QueueFull(Exception):
 # --------------------------------------------------------------------------- the router
 
 class Router:
-    def __init__(self, config: RouterConfig):
+    def __init__(self, config: RouterConfig, status: ProcessStatus | None = None):
         self.config = config
+        self.status = status or ProcessStatus(None, "mux-router", config.path)   # reload outcomes
         self.health = StateFollower(config.state_file, config.state_stale_after)
         self.slots: dict[str, ServerSlot] = {}
         self.balancers: dict[str, RoundRobin | LeastConn | Hashed] = {}
@@ -255,6 +256,7 @@ class Router:
     # ---- lifecycle
 
     async def start(self) -> None:
+        access_log.use(access_log.open_target(self.config.access_log_file, self.config.access_log != "off"))
         self.tunnel_sweep = Sweep(asyncio.get_running_loop(), self._tunnel_sweep_interval(self.config))
         for listener in self.config.listeners:
             self.servers[listener.address] = await self._bind(listener)
@@ -296,6 +298,7 @@ class Router:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)      # logrotate moved the file
         refresher = asyncio.create_task(self._follow_health())
         await self._stop.wait()
         refresher.cancel()
@@ -336,8 +339,7 @@ class Router:
                 log.warning("stopping: %d connections cut after the %gs grace", len(pending), grace)
                 await asyncio.wait(pending, timeout=1)
         self.backends.close_all()
-        if _pending_log:
-            _flush_access_log()
+        access_log.flush()
         await self.admin.stop()         # last: the page answers during the drain; removes our snapshot
         for address in self.listeners:
             if address.is_unix and address not in self.shared_sockets:     # a shared one is supervisord's
@@ -349,11 +351,13 @@ class Router:
         bind its listeners."""
         async with self._reload_lock:
             path = self.config.path
+            fingerprint = self.status.config_on_disk()
             try:
                 new = load_router_config(path)
                 refuse_restart_changes(path, admin_changes(self.config.admin, new.admin))
-            except ConfigError as e:
-                log.error("reload failed, keeping the running config: %s", e)
+                log_target = access_log.open_target(new.access_log_file, new.access_log != "off")
+            except (ConfigError, OSError) as e:
+                self._refuse_reload(str(e) if isinstance(e, ConfigError) else e.strerror)
                 return
             by_address = {l.address: l for l in new.listeners}
             added: dict[Address, asyncio.Server] = {}
@@ -364,9 +368,10 @@ class Router:
             except OSError as e:
                 for server in added.values():
                     server.close()
-                log.error("reload failed, keeping the running config: cannot listen on %s: %s",
-                          address, e.strerror or e)
+                access_log.discard(log_target)
+                self._refuse_reload(f"cannot listen on {address}: {e.strerror or e}")
                 return
+            access_log.use(log_target)
             for address in list(self.servers):
                 if address not in by_address:
                     self.servers.pop(address).close()
@@ -385,6 +390,11 @@ class Router:
             self.config = new
             log.info("reloaded %s: %d listeners, %d apps, %d redirect rules", path, len(new.listeners),
                      len(new.apps), len(new.redirects))
+            self.status.reloaded(fingerprint)
+
+    def _refuse_reload(self, problem: str) -> None:
+        log.error("reload failed, keeping the running config: %s", problem)
+        self.status.reloaded(error=f"keeping the running config: {problem}")
 
     # ---- helpers for connections
 
@@ -538,35 +548,6 @@ def _remove_stale_socket(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
-
-
-_pending_log: list = []     # lines, and httplog entries (fields, note) to be formatted at the flush
-
-
-_log_date = [-1, ""]     # httplog's accept date to the second, made once a second: [second, text]
-
-
-def _log_second(second: int) -> str:
-    if second != _log_date[0]:
-        _log_date[:] = second, time.strftime("%d/%b/%Y:%H:%M:%S", time.gmtime(second))
-    return _log_date[1]
-
-
-def access_log(entry: str | tuple) -> None:
-    """Queue an access-log line, or an httplog entry; the lines of one event-loop pass go out in one
-    write at its end (a write per line costs a syscall per request), so no line waits longer than
-    that pass. An httplog entry is formatted then too: formatting the pass's lines in one go costs
-    less than one at a time between the requests' other work."""
-    if not _pending_log:
-        asyncio.get_running_loop().call_soon(_flush_access_log)
-    _pending_log.append(entry)
-
-
-def _flush_access_log() -> None:
-    lines = "\n".join([e if type(e) is str else _httplog_line(*e) for e in _pending_log]) + "\n"
-    _pending_log.clear()
-    sys.stdout.write(lines)
-    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- client connections
@@ -819,7 +800,7 @@ class ClientConnection:
         ip, port = self.client
         ip = escape_field(ip)
         if router.config.access_log_format == "json":
-            access_log(json.dumps({
+            access_log.access_log(json.dumps({
                 "client_ip": ip, "client_port": port,
                 "accept_date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(accepted)) + f".{int(accepted * 1000) % 1000:03d}Z",
                 "frontend": frontend, "backend": backend, "server": server,
@@ -831,7 +812,7 @@ class ClientConnection:
         # bytes - - termination actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue "request"
         # (%-formatting: a line per request, and the fastest way Python has to make one).
         actconn = len(router.connections)
-        access_log(((ip, port, int(accepted * 1000), frontend, backend, server, tq, tw, tc, tr,
+        access_log.access_log(((ip, port, int(accepted * 1000), frontend, backend, server, tq, tw, tc, tr,
                      tt, status, sent, termination, actconn, actconn, retries, request_line), note))
 
 
@@ -839,16 +820,6 @@ def _normal(status: int, termination: str, retries: int) -> bool:
     """A request that `access_log = "errors"` leaves out, as HAProxy's `option dontlog-normal`:
     answered below 500, ended normally (or by a redirect), no retry."""
     return status < 500 and termination in ("--", "LR") and not retries
-
-
-def _httplog_line(fields: tuple, note: str) -> str:
-    """An httplog entry's line; `fields` are _HTTPLOG's with the accept time in ms where the date goes."""
-    ip, port, accepted_ms, *rest = fields
-    line = _HTTPLOG % (ip, port, _log_second(accepted_ms // 1000), accepted_ms % 1000, *rest)
-    return line + f" ({note})" if note else line
-
-
-_HTTPLOG = '%s:%d [%s.%03d] %s %s/%s %.0f/%.0f/%.0f/%.0f/%.0f %d %d - - %s %d/%d/0/0/%d 0/0 "%s"'
 
 
 # --------------------------------------------------------------------------- one request/response

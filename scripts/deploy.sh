@@ -9,7 +9,9 @@
 #                              config changed since the last deploy (`frontgate deployed`: sha256 in
 #                              run/deployed/), one process at a time (`frontgate restart`), and
 #                              start any stage that is not running.
-#     Then wait until every program is RUNNING and print `supervisorctl status`.
+#     Then wait until every program is RUNNING and print `supervisorctl status`; then wait (at most
+#     15 s) until the health checker has checked every server (`frontgate health --wait`), print
+#     each app's state, and fail if an app has no server up.
 #   scripts/deploy.sh stop    (run by `make stop`) shut supervisord and everything under it down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +22,12 @@ STAGES=(tls-terminator mux-router health-checker)
 PROGRAMS=("${STAGES[@]}" demo:coltrane demo:maps)
 DEPLOYED=run/deployed
 WAIT_SECONDS=${DEPLOY_WAIT_SECONDS:-30}
+HEALTH_WAIT_SECONDS=${DEPLOY_HEALTH_WAIT_SECONDS:-15}
 
 ctl() { "$BIN/supervisorctl" -c "$CONF" "$@"; }
 supervisord_running() { ctl pid >/dev/null 2>&1; }
 
-# Which files make up a stage's config, and their fingerprints, live in one place: frontgate/deploy.py.
+# Which files make up a stage's config, and their fingerprints, live in one place: frontgate_ops/deploy.py.
 fg() { "$BIN/frontgate" "$@"; }
 
 # A program's processes in `supervisorctl status`: "mux-router", or "mux-router:mux-router_00", ...
@@ -86,7 +89,8 @@ deploy() {
     changed=" $(fg deployed changed | tr '\n' ' ') "
     for stage in "${STAGES[@]}"; do
       if [[ $changed == *" $stage "* ]]; then
-        # One process at a time: with workers >= 2 the stage's port never closes.
+        # One process at a time: with workers >= 2 the stage's TCP ports never close (the
+        # router's unix socket never does: supervisord holds it).
         if ! fg restart "$stage" >/dev/null; then
           echo "error: $stage: config changed, restart failed" >&2
           log_tail "$stage"
@@ -104,6 +108,12 @@ deploy() {
   fi
   wait_until_running
   ctl status
+  # Return when the first request would be answered: every server checked by the running checker,
+  # its state agreeing with its last check; each app's state; non-zero if an app has no server up.
+  if ! fg health --wait "$HEALTH_WAIT_SECONDS"; then
+    log_tail health-checker
+    exit 1
+  fi
 }
 
 stop() {

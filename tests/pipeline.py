@@ -64,6 +64,7 @@ class Pipeline:
         terminator = "\n".join(f"{k} = {v}" for k, v in self.terminator_settings.items())
         (self.dir / "mux-router.toml").write_text(f"""
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "state/health.json"
 state_stale_after = 5
 trusted_sources = ["127.0.0.1/32"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import sys
 
 from frontgate.config import ConfigError, load_terminator_config
-from frontgate.daemon import EXIT_CONFIG_ERROR, load_or_exit, parse_args, run, setup_logging
+from frontgate.daemon import EXIT_CONFIG_ERROR, load_or_exit, parse_args, process_status, run, setup_logging
 from tls_terminator.certs import CertStore
-from tls_terminator.server import serve
+from tls_terminator.terminator import serve
 
 NAME = "tls-terminator"
 
@@ -14,6 +14,8 @@ NAME = "tls-terminator"
 def main() -> None:
     args = parse_args(NAME, "Terminate TLS (SNI certificate choice) and relay to the router with PROXY v2.")
     setup_logging(NAME)
+    status = process_status(NAME, args)
+    fingerprint = status.config_on_disk()
     cfg = load_or_exit(load_terminator_config, args.config)
     try:
         store = CertStore.from_config(cfg)
@@ -21,7 +23,7 @@ def main() -> None:
         # Same contract as a config error: one line naming the file, the key and the problem.
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
-    run(lambda: serve(cfg, store))
+    run(lambda: serve(cfg, store, status, fingerprint))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def router(tmp_path):
     config = tmp_path / "mux-router.toml"
     config.write_text(f"""
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "state/health.json"
 state_stale_after = 60
 [listen.public]

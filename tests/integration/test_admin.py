@@ -88,6 +88,7 @@ class RouterSetup:
         self.config = tmp_path / "mux-router.toml"
         self.config.write_text(f"""
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "state/health.json"
 state_stale_after = 30
 [listen.public]
@@ -348,6 +349,8 @@ def terminator(tmp_path):
     backend = RecordingBackend().start()
     router_port, tls_port, admin_port = free_port(), free_port(), free_port()
     (tmp_path / "mux-router.toml").write_text(f"""
+[router]
+access_log_file = "-"
 [listen.from_terminator]
 address = "127.0.0.1:{router_port}"
 proxy_protocol = true

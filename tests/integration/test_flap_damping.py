@@ -51,6 +51,7 @@ def env(tmp_path_factory):
     (tmp / "mux-router.toml").write_text(f"""
 [router]
 state_file = "state/health.json"
+access_log_file = "-"
 [admin]
 address = "127.0.0.1:{admin}"
 [listen.public]

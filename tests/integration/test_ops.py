@@ -133,3 +133,29 @@ def test_rolling_restart_keeps_the_ports_open(fg: Supervised):
     assert all(a != b for a, b in zip(before, after)) and all(after)
     assert refused == []
     assert fg.get("maps.localhost")[0] == 200
+
+
+def test_status_shows_the_config_each_process_runs_and_flags_one_not_yet_reloaded(fg: Supervised):
+    def configs_of(stage: str) -> list[dict]:
+        return [p["config"] for p in fg.status_json()["processes"] if p["stage"] == stage]
+
+    for stage, n in (("mux-router", 2), ("tls-terminator", 2), ("health-checker", 1)):
+        configs = configs_of(stage)
+        assert len(configs) == n and all(c["current"] and c["fingerprint"] == c["on_disk"] for c in configs), configs
+    toml = fg.configs / "mux-router.toml"
+    good = toml.read_text()
+    toml.write_text(good + "\n# edited, not reloaded yet\n")
+    try:
+        assert not any(c["current"] for c in configs_of("mux-router"))
+        assert not any(c["current"] for c in configs_of("health-checker"))     # it reads the router's file
+        assert all(c["current"] for c in configs_of("tls-terminator"))
+        r = fg.frontgate("status")
+        assert "(OLD)" in r.stdout and "mux-router_01: runs config" in r.stdout and "`make reload`" in r.stdout, r.stdout
+        r = fg.frontgate("reload")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert all(c["current"] and c["last"]["event"] == "reload" for c in configs_of("mux-router"))
+        assert "(OLD)" not in fg.frontgate("status").stdout
+    finally:
+        toml.write_text(good)
+        assert fg.frontgate("reload").returncode == 0
+

@@ -256,6 +256,7 @@ def header_values(echo: dict, name: str) -> list[str]:
 
 ROUTER_TOML = """
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "state/health.json"
 state_stale_after = 60
 trusted_sources = ["127.0.0.1/32"]
@@ -814,6 +815,7 @@ SMALL_GRACE = 2.0
 
 SMALL_TOML = """
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "health.json"
 grace = 2
 [listen.public]
@@ -986,6 +988,7 @@ def blackhole() -> tuple[socket.socket, list[socket.socket]]:
 
 FEATURES_TOML = """
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "state/health.json"
 state_stale_after = 60
 trusted_sources = ["127.0.0.1/32"]

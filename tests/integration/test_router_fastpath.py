@@ -55,6 +55,7 @@ main()
 
 ROUTER_TOML = """
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "{state}"
 trusted_sources = ["127.0.0.1/32"]
 grace = {grace}

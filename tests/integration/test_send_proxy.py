@@ -66,6 +66,7 @@ def env(tmp_path_factory):
     (tmp / "mux-router.toml").write_text(f"""
 [router]
 state_file = "state/health.json"
+access_log_file = "-"
 [listen.public]
 address = "127.0.0.1:{public}"
 [listen.tls]

@@ -20,6 +20,7 @@ def router_toml(backend_port: int, workers: int) -> str:
     # The address is relative: from the TOML file's directory, like every path in it.
     return f"""
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 workers = {workers}
 state_file = "health.json"
 [listen.from_terminator]

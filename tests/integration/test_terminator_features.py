@@ -527,6 +527,7 @@ def test_reading_the_client_hello_keeps_the_handshake_timeout_and_rejects_garbag
 
 ROUTER_BEHIND = """
 [router]
+access_log_file = "-"                 # stdout: the tests read it with the daemon's output
 state_file = "state/health.json"
 trusted_sources = ["127.0.0.1/32"]
 [listen.from_terminator]

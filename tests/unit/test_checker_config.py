@@ -87,3 +87,18 @@ def test_shipped_checker_config_is_valid():
     configs = Path(__file__).resolve().parents[2] / "configs"
     cfg = load_checker_config(configs / "health-checker.toml")
     assert cfg.defaults.type == "http"
+
+
+@pytest.mark.parametrize("line, expected", [("", "fully-up"), ('init_state = "fully-up"', "fully-up"),
+                                            ('init_state = "provisional"', "provisional")])
+def test_init_state(tmp_path, line, expected):
+    assert load(tmp_path, f"[checker]\nrouter_config = 'mux-router.toml'\n{line}\n").init_state == expected
+
+
+@pytest.mark.parametrize("line, problem", [('init_state = "down"', "'down' is not one of 'fully-up', 'provisional'"),
+                                           ("init_state = true", "expected a string, got a boolean")])
+def test_init_state_errors_name_file_and_key(tmp_path, line, problem):
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, f"[checker]\nrouter_config = 'mux-router.toml'\n{line}\n")
+    assert exc.value.file.endswith("health-checker.toml") and exc.value.key == "checker.init_state"
+    assert problem in exc.value.problem, str(exc.value)

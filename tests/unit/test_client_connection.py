@@ -28,7 +28,7 @@ def test_a_connection_follows_reloads_of_its_listener():
 
 
 def test_an_httplog_entry_becomes_haproxys_line_at_the_flush():
-    from mux_router.server import _httplog_line
+    from mux_router.access_log import httplog_line as _httplog_line
     accepted_ms = 1_764_936_000_123          # 2025-12-05 12:00:00.123 UTC
     fields = ("10.1.2.3", 40000, accepted_ms, "public", "app", "127.0.0.1:8081", 0.4, 0.0, 1.0, 2.6, 3.2,
               200, 1234, "--", 5, 5, 0, "GET /x HTTP/1.1")

@@ -1,5 +1,6 @@
 """Config validation: every error names the file, the key path and the problem, in one line."""
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
@@ -308,3 +309,49 @@ def test_only_one_default_app(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_router_config(write(tmp_path, "mux-router.toml", text))
     assert exc.value.key == "app[1].default" and "only one" in exc.value.problem
+
+
+@pytest.mark.parametrize("line, workers", [("", 1), ("workers = 3", 3), ('workers = "auto"', None)])
+def test_workers_is_a_number_or_auto_for_the_router_and_the_terminator(tmp_path, line, workers):
+    expected = workers or len(os.sched_getaffinity(0))
+    router = load_router_config(write(tmp_path, "mux-router.toml", ROUTER.replace("[router]\n", f"[router]\n{line}\n")))
+    assert router.workers == expected
+    (tmp_path / "a.pem").write_text("x")
+    terminator = write(tmp_path, "tls-terminator.toml", f'[terminator]\nlisten = "127.0.0.1:443"\n'
+                       f'forward_to = "127.0.0.1:8443"\n{line}\n[[certificate]]\ncert = "a.pem"\n')
+    assert load_terminator_config(terminator).workers == expected
+
+
+@pytest.mark.parametrize("value, problem", [('"all"', "'all': expected a number of processes or \"auto\""),
+                                            ("0", "out of range (1-64)"), ("true", "expected an integer")])
+def test_workers_errors_name_file_and_key(tmp_path, value, problem):
+    path = write(tmp_path, "mux-router.toml", ROUTER.replace("[router]\n", f"[router]\nworkers = {value}\n"))
+    with pytest.raises(ConfigError) as exc:
+        load_router_config(path)
+    assert (exc.value.file, exc.value.key) == (str(path), "router.workers") and problem in exc.value.problem
+    path = write(tmp_path, "tls-terminator.toml", f'[terminator]\nlisten = "127.0.0.1:443"\n'
+                 f'forward_to = "127.0.0.1:8443"\nworkers = {value}\n')
+    with pytest.raises(ConfigError) as exc:
+        load_terminator_config(path, require_files=False)
+    assert (exc.value.file, exc.value.key) == (str(path), "terminator.workers") and problem in exc.value.problem
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("", "../logs/access.log"),                            # the deploy's logs/, next to configs/
+    ('access_log_file = "access.log"', "access.log"),      # relative to the TOML's directory
+    ('access_log_file = "/var/log/fg/access.log"', "/var/log/fg/access.log"),
+    ('access_log_file = "-"', None),                       # stdout
+])
+def test_access_log_file(tmp_path, line, expected):
+    (tmp_path / "configs").mkdir()
+    cfg = load_router_config(write(tmp_path / "configs", "mux-router.toml",
+                                   ROUTER.replace("[router]\n", f"[router]\n{line}\n")))
+    assert cfg.access_log_file == (None if expected is None else (tmp_path / "configs" / expected).resolve())
+
+
+@pytest.mark.parametrize("value, problem", [('""', "path is empty"), ("1", "expected a string, got an integer")])
+def test_access_log_file_errors(tmp_path, value, problem):
+    path = write(tmp_path, "mux-router.toml", ROUTER.replace("[router]\n", f"[router]\naccess_log_file = {value}\n"))
+    with pytest.raises(ConfigError) as exc:
+        load_router_config(path)
+    assert exc.value.key == "router.access_log_file" and problem in exc.value.problem

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from frontgate.cli import main
+from frontgate_ops.cli import main
 from tests.certmaker import DAY, make_leaf
 
 ROUTER = """

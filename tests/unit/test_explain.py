@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from frontgate import health_state
-from frontgate.cli import main
+from frontgate_ops.cli import main
 from frontgate_ops.explain import ExplainError, Question, explain, format_explanation
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs"

@@ -58,10 +58,27 @@ def test_back_up_server_needs_fall_failures_again():
     assert run(rf, "---") == [True, True, False]
 
 
-def test_fresh_server_that_fails_its_first_check_goes_down_at_once():
-    # HAProxy's provisional start: up, but health == rise, so the first failure takes it down.
-    assert run(RiseFall.initial(rise=2, fall=3), "-") == [False]
-    assert run(RiseFall.initial(rise=2, fall=3), "+--") == [True, True, True]
+@pytest.mark.parametrize("rise, fall, results, states", [
+    # HAProxy's `init-state fully-up` (the default): `fall` failures to go down, the first check included.
+    (2, 3, "-", [True]),
+    (2, 3, "--", [True, True]),
+    (2, 3, "---", [True, True, False]),
+    (2, 3, "--+---", [True, True, True, True, True, False]),   # a success in between resets the count
+    (2, 1, "-", [False]),
+    (1, 1, "-+", [False, True]),
+    (5, 2, "-+-", [True, True, True]),
+])
+def test_fresh_server_starts_fully_up(rise, fall, results, states):
+    fresh = RiseFall.initial(rise, fall)
+    assert fresh.up and not fresh.transitioning and fresh.status() == f"{fall}/{fall} UP"
+    assert run(fresh, results) == states
+    assert run(RiseFall.initial(rise, fall, "fully-up"), results) == states
+
+
+def test_provisional_server_that_fails_its_first_check_goes_down_at_once():
+    # init_state = "provisional": up, but health == rise, so the first failure takes it down.
+    assert run(RiseFall.initial(rise=2, fall=3, init_state="provisional"), "-") == [False]
+    assert run(RiseFall.initial(rise=2, fall=3, init_state="provisional"), "+--") == [True, True, True]
 
 
 def test_rise_and_fall_of_one():
@@ -98,11 +115,14 @@ def test_new_limits_keep_the_state():
 def test_invalid_limits():
     with pytest.raises(ValueError):
         RiseFall.initial(0, 3)
+    with pytest.raises(ValueError):
+        RiseFall.initial(2, 3, "half-up")
 
 
-@given(rise=st.integers(1, 5), fall=st.integers(1, 5), results=st.lists(st.booleans(), max_size=60))
-def test_state_only_changes_after_rise_or_fall_identical_results(rise, fall, results):
-    rf = RiseFall.initial(rise, fall)
+@given(rise=st.integers(1, 5), fall=st.integers(1, 5), results=st.lists(st.booleans(), max_size=60),
+       init_state=st.sampled_from(["fully-up", "provisional"]))
+def test_state_only_changes_after_rise_or_fall_identical_results(rise, fall, results, init_state):
+    rf = RiseFall.initial(rise, fall, init_state)
     seen_success = False
     streak_ok, streak = None, 0
     for ok in results:
@@ -116,7 +136,7 @@ def test_state_only_changes_after_rise_or_fall_identical_results(rise, fall, res
                 assert ok and streak >= rise
             else:
                 # `fall` failures in a row, or the provisional start (no success seen yet)
-                assert not ok and (streak >= fall or not seen_success)
+                assert not ok and (streak >= fall or (init_state == "provisional" and not seen_success))
         seen_success = seen_success or ok
 
 

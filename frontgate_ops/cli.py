@@ -7,6 +7,7 @@
     frontgate status [--json]            processes, server health, certificate expiry
     frontgate explain URL [--from IP] [--sni NAME] [--header 'K: V']... [--json]
                                          a dry run of one request through the three configs
+    frontgate health [--wait S]          each app's state from the running checker (make deploy waits on it)
     frontgate certs [--json]             the certificates the terminator loads: names, issuer, key, expiry
     frontgate supervisord-conf           write supervisord.conf from supervisord.conf.in and the TOMLs
     frontgate deployed changed|record    the config fingerprints (used by scripts/deploy.sh)
@@ -21,14 +22,16 @@ import sys
 import time
 from pathlib import Path
 
-from frontgate.config import (ConfigError, load_checker_config, load_router_config,
+from frontgate.config import (Address, ConfigError, load_checker_config, load_router_config,
                               load_terminator_config)
 from frontgate.daemon import EXIT_CONFIG_ERROR
-from frontgate.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, rolling_restart,
+from frontgate.process_status import read_status, status_path
+from frontgate_ops.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, one_worker_note, rolling_restart,
                               render_supervisord_conf, stage_processes, wait_listening, write_supervisord_conf)
 
 EXIT_FAILED = 1
-RELOAD_CONFIRM_SECONDS = 5.0      # how long `reload` waits for each process to log the outcome
+RELOAD_CONFIRM_SECONDS = 10.0     # how long `reload` waits for each process to record the outcome
+START_CONFIRM_SECONDS = 10.0      # how long `restart` waits for a new process to record that it serves
 
 
 def check_configs(configs: Path, warnings: list[str] | None = None) -> list[str]:
@@ -42,7 +45,7 @@ def check_configs(configs: Path, warnings: list[str] | None = None) -> list[str]
         errors.append(str(e))
     else:
         # Import here: the certificate code pulls in pyOpenSSL, which the other checks don't need.
-        from tls_terminator.certs import check_certificates
+        from tls_terminator.cert_report import check_certificates
         errors.extend(check_certificates(terminator))
     try:
         router = load_router_config(configs / "mux-router.toml")
@@ -79,21 +82,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- reload
 
-def _reload_outcome(sup: Supervisor, procs: list[Process], offsets: dict[str, int]) -> dict[str, str]:
-    """Each daemon logs `reloaded ...` or `reload failed ...` after a SIGHUP; wait (bounded) for
-    that line from every process, so the operator learns about a refused reload now, not later."""
+def _reloads(status_dir: Path, p: Process) -> int:
+    record = read_status(status_dir, p.name, p.pid)
+    return record["reloads"] if record else 0
+
+
+def _reload_outcome(status_dir: Path, procs: list[Process], before: dict[str, int]) -> dict[str, str]:
+    """Each daemon records the outcome of a SIGHUP in its status file (frontgate.process_status);
+    wait (bounded) for that from every process, so the operator learns about a refused reload now,
+    not later. A file, not the log: under load the access lines would drown a log line."""
     outcome: dict[str, str] = {}
     deadline = time.monotonic() + RELOAD_CONFIRM_SECONDS
     while len(outcome) < len(procs) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        for p in procs:
-            if p.namespec in outcome:
-                continue
-            for line in sup.log_since(p, offsets[p.namespec]).splitlines():
-                if " reload failed" in line:
-                    outcome[p.namespec] = "failed: " + line.split(" reload failed", 1)[1].lstrip(", ")
-                elif " reloaded " in line:
-                    outcome[p.namespec] = "ok"
+        time.sleep(0.05)
+        for p in (p for p in procs if p.namespec not in outcome):
+            record = read_status(status_dir, p.name, p.pid)
+            if record and record["reloads"] > before[p.namespec]:
+                last = record["last"]
+                outcome[p.namespec] = "ok" if last["outcome"] == "ok" else f"failed: {last['message']}"
     return outcome
 
 
@@ -111,15 +117,15 @@ def cmd_reload(args: argparse.Namespace) -> int:
                 print(f"{stage}: unchanged")
                 continue
             procs = [p for p in sup.processes(stage) if p.state == "RUNNING"]
-            offsets = {p.namespec: sup.log_offset(p) for p in procs}
+            before = {p.namespec: _reloads(args.status_dir, p) for p in procs}
             sup.signal(stage, "HUP")
-            signalled[stage] = (procs, offsets)
+            signalled[stage] = (procs, before)
     except SupervisorError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     status = 0
-    for stage, (procs, offsets) in signalled.items():
-        outcome = _reload_outcome(sup, procs, offsets)
+    for stage, (procs, before) in signalled.items():
+        outcome = _reload_outcome(args.status_dir, procs, before)
         failed = {name: o for name, o in outcome.items() if o != "ok"}
         silent = [p.namespec for p in procs if p.namespec not in outcome]
         if failed or silent:
@@ -127,7 +133,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
             for name, o in failed.items():
                 print(f"error: {name}: reload {o}", file=sys.stderr)
             for name in silent:
-                print(f"error: {name}: no 'reloaded' in its log within {RELOAD_CONFIRM_SECONDS:g}s", file=sys.stderr)
+                print(f"error: {name}: no reload outcome in {args.status_dir} within {RELOAD_CONFIRM_SECONDS:g}s",
+                      file=sys.stderr)
             continue    # not recorded: the next reload tries again
         deployed.record(stage, args.configs)
         print(f"{stage}: config changed, reloaded (SIGHUP to {len(procs)} process{'es' if len(procs) > 1 else ''})")
@@ -142,31 +149,78 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- restart, status, conf
 
-def _listeners(stage: str, configs: Path) -> int:
-    """TCP listening sockets a freshly started process of `stage` must have before it serves."""
+def _listeners(stage: str, configs: Path) -> tuple[list[Address], list[Address]]:
+    """A stage's client-facing listeners: (those of its own processes, closed while one restarts;
+    the shared unix one of the router, which supervisord binds and holds across restarts)."""
     if stage == "mux-router":
-        return sum(not l.address.is_unix for l in load_router_config(configs / "mux-router.toml").listeners)
+        listeners = [l.address for l in load_router_config(configs / "mux-router.toml").listeners]
+        return [a for a in listeners if not a.is_unix], [a for a in listeners if a.is_unix]
     if stage == "tls-terminator":
-        return 0 if load_terminator_config(configs / "tls-terminator.toml", require_files=False).listen.is_unix else 1
-    return 0
+        return [load_terminator_config(configs / "tls-terminator.toml", require_files=False).listen], []
+    return [], []
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
     try:
-        listeners = _listeners(args.stage, args.configs)
+        own, held = _listeners(args.stage, args.configs)
+        tcp = sum(not a.is_unix for a in own)       # a fresh process must have these before it serves
         sup = Supervisor(args.supervisord_conf)
-        rolling_restart(sup, args.stage, ready=lambda p: wait_listening(p.pid, listeners))
+        def ready(p: Process) -> None:
+            wait_listening(p.pid, tcp)
+            _wait_started(args.status_dir, p)
+        rolling_restart(sup, args.stage, ready=ready, alone=one_worker_note([str(a) for a in own], [str(a) for a in held]))
     except (SupervisorError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
 
+def _wait_started(status_dir: Path, p: Process) -> None:
+    """Until the new process has recorded that it serves (after binding, with its config loaded)."""
+    deadline = time.monotonic() + START_CONFIRM_SECONDS
+    while read_status(status_dir, p.name, p.pid) is None:
+        if time.monotonic() > deadline:
+            raise SupervisorError(f"{p.namespec} (pid {p.pid}): not serving after {START_CONFIRM_SECONDS:g}s "
+                                  f"(no {status_path(status_dir, p.name, p.pid)})")
+        time.sleep(0.05)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from frontgate.status import format_status, gather, healthy
-    facts = gather(args.configs, args.supervisord_conf)
+    from frontgate_ops.status import format_status, gather, healthy
+    facts = gather(args.configs, args.supervisord_conf, args.status_dir)
     print(json.dumps(facts, indent=2) if args.json else format_status(facts))
     return 0 if healthy(facts) else EXIT_FAILED
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Each app's state from the running checker; with --wait, first wait (bounded) until it has
+    checked every server and each one's state agrees with its last check."""
+    from frontgate import app_health, health_state
+    try:
+        router = load_router_config(args.configs / "mux-router.toml")
+        checker = [p for p in Supervisor(args.supervisord_conf).processes("health-checker") if p.state == "RUNNING"]
+    except (ConfigError, SupervisorError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if not checker:
+        print("error: health-checker is not running: no app's state is known", file=sys.stderr)
+        return EXIT_FAILED
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            state = health_state.read(router.state_file)
+        except (OSError, health_state.HealthStateError):
+            state = None
+        apps = app_health.app_health(router, state, checker[0].pid)
+        if app_health.settled(apps) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    lines, failed = app_health.report(apps)
+    for line in lines:
+        print(line)
+    for name in failed:
+        print(f"error: app {name}: no server up", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -184,8 +238,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from frontgate.status import certificate_facts
-    from tls_terminator.certs import format_certificates
+    from frontgate_ops.status import certificate_facts
+    from tls_terminator.cert_report import format_certificates
     rows = certificate_facts(args.configs)
     print(json.dumps(rows, indent=2) if args.json else format_certificates(rows))
     return EXIT_FAILED if any("error" in r for r in rows) else 0
@@ -231,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--supervisord-conf", type=Path, default=Path("supervisord.conf"),
                        help="supervisord config (default: supervisord.conf)")
 
+    def status_dir(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--status-dir", type=Path, default=Path("run/status"),
+                       help="the stage processes' status files (default: run/status)")
+
     def deployed_dir(c: argparse.ArgumentParser) -> None:
         c.add_argument("--deployed", type=Path, default=Path("run/deployed"),
                        help="fingerprints of the deployed configs (default: run/deployed)")
@@ -239,12 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     c = command("reload", cmd_reload, "validate all configs, then SIGHUP the stages whose config changed")
     supervised(c)
     deployed_dir(c)
+    status_dir(c)
     c = command("restart", cmd_restart, "restart a stage's processes one at a time (rolling)")
     c.add_argument("stage", choices=STAGES)
     supervised(c)
+    status_dir(c)
     c = command("status", cmd_status, "processes, server health and certificate expiry; exit 1 if a process "
                                       "is not RUNNING")
     c.add_argument("--json", action="store_true", help="machine-readable output")
+    supervised(c)
+    status_dir(c)
+    c = command("health", cmd_health, "each app's state from the running health checker; exit 1 if an app has "
+                                      "no server up and answering its checks")
+    c.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to this long until every server is checked (make deploy: 15)")
     supervised(c)
     c = command("explain", cmd_explain, "a dry run: which listener, redirect, app (and why not the others), ACL, "
                                         "server, certificate and client-certificate demand a request meets, "

@@ -14,7 +14,8 @@ from typing import Any
 
 from frontgate import dev_ca, health_state
 from frontgate.config import ConfigError, load_router_config, load_terminator_config
-from frontgate.deploy import STAGES, Process, Supervisor, SupervisorError
+from frontgate_ops.deploy import STAGES, Process, Supervisor, SupervisorError, fingerprint
+from frontgate.process_status import read_status, status_path
 
 CPU_SAMPLE = 0.2          # seconds over which CPU% is measured
 EXPIRY_WARNING_DAYS = 14
@@ -105,7 +106,7 @@ def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, 
 
 def certificate_facts(configs: Path) -> list[dict[str, Any]]:
     """The certificates tls-terminator.toml names (entries and certs_dir), as `frontgate certs` lists them."""
-    from tls_terminator.certs import describe_certificates
+    from tls_terminator.cert_report import describe_certificates
     ca = dev_ca.describe(dev_ca.default_dir(configs))
     try:
         cfg = load_terminator_config(configs / "tls-terminator.toml", require_files=False)
@@ -114,7 +115,22 @@ def certificate_facts(configs: Path) -> list[dict[str, Any]]:
     return describe_certificates(cfg) + ([ca] if ca else [])
 
 
-def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:
+def config_facts(rows: list[dict[str, Any]], status_dir: Path, configs: Path) -> None:
+    """Add to each stage process's row the config fingerprint it runs (its status file), whether
+    that is what configs/ holds now, and its last reload's outcome."""
+    on_disk = {stage: fingerprint(stage, configs) for stage in STAGES}
+    for row in rows:
+        if row["stage"] not in STAGES or not row["pid"]:
+            continue
+        record = read_status(status_dir, row["process"], row["pid"])
+        if record is None:
+            row["config"] = {"error": f"no {status_path(status_dir, row['process'], row['pid'])}"}
+            continue
+        row["config"] = {"fingerprint": record["fingerprint"], "on_disk": on_disk[row["stage"]],
+                         "current": record["fingerprint"] == on_disk[row["stage"]], "last": record["last"]}
+
+
+def gather(configs: Path, supervisord_conf: Path, status_dir: Path = Path("run/status")) -> dict[str, Any]:
     now = time.time()
     facts: dict[str, Any] = {"time": now}
     try:
@@ -128,6 +144,7 @@ def gather(configs: Path, supervisord_conf: Path) -> dict[str, Any]:
     stages = [p for p in processes if p.group in STAGES]
     others = [p for p in processes if p.group not in STAGES]
     facts["processes"] = process_facts(sorted(stages, key=lambda p: STAGES.index(p.group)) + others)
+    config_facts(facts["processes"], status_dir, configs)
     admin: dict[str, str] = {}
     try:
         router = load_router_config(configs / "mux-router.toml")
@@ -187,19 +204,48 @@ def when(ts: float, now: float) -> str:
     return f"{local} ({duration(now - ts)} ago)"
 
 
+SHORT_FINGERPRINT = 12
+
+
+def config_cell(config: dict[str, Any] | None) -> str:
+    """The fingerprint a process runs (short), flagged when configs/ holds another one."""
+    if not config or "error" in config:
+        return "-"
+    short = config["fingerprint"][:SHORT_FINGERPRINT] or "-"
+    return short if config["current"] else f"{short} (OLD)"
+
+
+def config_notes(processes: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    for p in processes:
+        config = p.get("config")
+        if not config:
+            continue
+        if "error" in config:
+            notes.append(f"  {p['process']}: config unknown: {config['error']}")
+            continue
+        if config["last"]["outcome"] != "ok":
+            notes.append(f"  {p['process']}: last reload failed: {config['last']['message']}")
+        if not config["current"]:
+            notes.append(f"  {p['process']}: runs config {config['fingerprint'][:SHORT_FINGERPRINT]}, configs/ has "
+                         f"{config['on_disk'][:SHORT_FINGERPRINT]}: `make reload` (or `make deploy`) applies it")
+    return notes
+
+
 def format_status(facts: dict[str, Any]) -> str:
     now = facts["time"]
     lines = ["processes"]
     if "error" in facts["supervisord"]:
         lines.append(f"  {facts['supervisord']['error']}")
     elif facts["processes"]:
-        rows = [["STAGE", "PROCESS", "STATE", "PID", "UPTIME", "RSS", "CPU%", "FDS", "LISTEN", "CONNS"]]
+        rows = [["STAGE", "PROCESS", "STATE", "PID", "UPTIME", "RSS", "CPU%", "FDS", "LISTEN", "CONNS", "CONFIG"]]
         for p in facts["processes"]:
             get = p.get
             rows.append([p["stage"], p["process"], p["state"], str(get("pid") or "-"), duration(get("uptime_s")),
                          size(get("rss_bytes")), str(get("cpu_percent", "-")), str(get("open_fds", "-")),
-                         str(get("listening", "-")), str(get("connections", "-"))])
+                         str(get("listening", "-")), str(get("connections", "-")), config_cell(get("config"))])
         lines += ["  " + line for line in table(rows)]
+        lines += config_notes(facts["processes"])
     health = facts["health"]
     lines.append("")
     if "error" in health:
