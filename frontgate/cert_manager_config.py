@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frontgate import names
-from frontgate.config import (AdminConfig, ConfigError, RouterConfig, _admin, _load, _Table,
-                              load_router_config)
+from frontgate.config import (
+    AdminConfig,
+    ConfigError,
+    RouterConfig,
+    _admin,
+    _load,
+    _Table,
+    load_router_config,
+)
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from frontgate import client_auth, names, routes_config
-from frontgate.routes_config import RoutesConfig
 from frontgate.client_auth import ClientAuthRule, ClientCert
+from frontgate.routes_config import RoutesConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -113,6 +113,7 @@ class Timeouts:
     tunnel: float = 3600.0       # idle WebSocket tunnel
     keep_alive: float = 10.0     # idle keep-alive connection: client between requests, backend in the pool
     queue: float = 5.0           # waiting for a free server slot (maxconn) before a 503
+    tunnel_ping: float = 0.0     # WebSocket ping after this much client silence, closed without a pong; 0 = off
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Server:
     address: Address
     weight: int = 1
     maxconn: int = 0             # requests in flight at once; 0 = no limit
+    send_proxy: bool = False     # a PROXY v2 header starts each connection (router and checker)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ class App:
     error_pages: Mapping[int, ErrorPage] = field(default_factory=dict, hash=False)
     client_cert: ClientCert | None = None   # client_ca: a verified client certificate is needed
     acme: bool = False           # cert-manager obtains certificates for its exact host names
+    tunnel_ping: float | None = None        # None: [timeouts] tunnel_ping
 
     def server_key(self, server: Server) -> str:
         """The key of this server in the health state file."""
@@ -322,6 +325,12 @@ class CheckSpec:
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
+    # Flap damping (health_checker/damping.py; README "Flap damping" says why these numbers).
+    flap_damping: bool = True
+    flap_half_life: float = 60.0                # the penalty halves in this many seconds
+    flap_suppress: float = 4.0                  # penalty (1 per state change) above which: held down
+    flap_reuse: float = 2.0                     # penalty below which a held-down server is let go
+    flap_max_hold: float = 600.0                # the longest hold-down after the last change
 
 
 INIT_STATES = ("fully-up", "provisional")     # how a server starts: see health_checker.rise_fall
@@ -630,7 +639,8 @@ def _build_router(root: _Table) -> RouterConfig:
 
     tt = root.table("timeouts")
     defaults = Timeouts()
-    timeouts = Timeouts(**{k: tt.positive_seconds(k, getattr(defaults, k)) for k in Timeouts.__dataclass_fields__})
+    timeouts = Timeouts(**{k: tt.positive_seconds(k, getattr(defaults, k)) for k in Timeouts.__dataclass_fields__
+                           if k != "tunnel_ping"}, tunnel_ping=tt.number("tunnel_ping", 0.0, 0.0, 86400.0))
     tt.done()
 
     listener_names = {l.name for l in listeners}
@@ -684,7 +694,7 @@ def _build_router(root: _Table) -> RouterConfig:
                 s = {"address": s}
             st = _Table(s, at.file, key)
             servers.append(Server(address=st.address("address"), weight=st.int("weight", 1, 0, 256),
-                                  maxconn=st.int("maxconn", 0, 0, 1_000_000)))
+                                  maxconn=st.int("maxconn", 0, 0, 1_000_000), send_proxy=st.bool("send_proxy", False)))
             st.done()
         if not servers:
             raise at.error("servers", "at least one server is needed")
@@ -716,7 +726,8 @@ def _build_router(root: _Table) -> RouterConfig:
                   request_headers=_header_rules(at.table("request_headers"), _ROUTER_SET_REQUEST_FIELDS),
                   response_headers=_header_rules(at.table("response_headers")),
                   error_pages=_error_pages(at.table("error_pages")),
-                  client_cert=_client_cert(at), acme=at.bool("acme", False))
+                  client_cert=_client_cert(at), acme=at.bool("acme", False),
+                  tunnel_ping=at.number("tunnel_ping", None, 0.0, 86400.0))
         at.done()
         if any(a.name == name for a in apps):
             raise at.error("name", f"duplicate app name {name!r}")
@@ -1015,7 +1026,19 @@ def _check_spec(t: _Table, base: CheckSpec, allow_servers: bool = False) -> Chec
         timeout=t.positive_seconds("timeout", base.timeout),
         rise=t.int("rise", base.rise, 1, 100),
         fall=t.int("fall", base.fall, 1, 100),
+        flap_damping=t.bool("flap_damping", base.flap_damping),
+        flap_half_life=t.positive_seconds("flap_half_life", base.flap_half_life),
+        flap_suppress=t.number("flap_suppress", base.flap_suppress, 1.0, 1000.0),
+        flap_reuse=t.number("flap_reuse", base.flap_reuse, 0.1, 1000.0),
+        flap_max_hold=t.positive_seconds("flap_max_hold", base.flap_max_hold),
     )
+    if spec.flap_reuse >= spec.flap_suppress:
+        raise t.error("flap_reuse", f"{spec.flap_reuse:g} must be below flap_suppress ({spec.flap_suppress:g})")
+    if spec.flap_reuse * 2 ** (spec.flap_max_hold / spec.flap_half_life) <= spec.flap_suppress:
+        # The penalty is capped where it takes flap_max_hold to decay to reuse: below suppress, never held.
+        raise t.error("flap_max_hold", f"{spec.flap_max_hold:g}s is too short to ever hold a server down "
+                      f"(the penalty would never pass flap_suppress): at least flap_half_life x "
+                      f"log2(flap_suppress / flap_reuse)")
     if not spec.path.startswith("/"):
         raise t.error("path", f"{spec.path!r} must start with '/'")
     if not _METHOD.fullmatch(spec.method):

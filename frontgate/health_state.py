@@ -6,6 +6,8 @@ Format 1 (JSON, one object):
      "servers": {"maps/127.0.0.1:3000": {"state": "up", "since": 1795423100.1,
                  "last_check": {"ok": true, "took_ms": 2.1, "detail": "HTTP 200"}}}}
 
+A server held down by flap damping is "down" with `"flapping": true` (absent otherwise).
+
 The file is always replaced whole (temp file, fsync, rename), so a reader sees the old or the new
 content, never a mix. A reader still validates everything: a file written by hand or by a broken
 checker must not take servers out of rotation.
@@ -39,6 +41,7 @@ class ServerState:
     state: str                     # "up" | "down"
     since: float                   # wall-clock time of the last transition
     last_check: Mapping[str, Any]  # {"ok": bool, "took_ms": float, "detail": str}
+    flapping: bool = False         # held down by flap damping (state is "down"); written only when true
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ def dumps(state: HealthState) -> bytes:
         "generation": state.generation,
         "written_at": state.written_at,
         "checker_pid": state.checker_pid,
-        "servers": {key: {"state": s.state, "since": s.since, "last_check": dict(s.last_check)}
+        "servers": {key: {"state": s.state, "since": s.since, "last_check": dict(s.last_check),
+                          **({"flapping": True} if s.flapping else {})}
                     for key, s in sorted(state.servers.items())},
     }
     return (json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n").encode()
@@ -96,8 +100,12 @@ def loads(data: bytes | str) -> HealthState:
         took_ms = _number(last, "took_ms", f"{where}.last_check.took_ms")
         if not isinstance(last.get("detail"), str):
             raise HealthStateError(f"{where}.last_check.detail: expected a string")
+        flapping = s.get("flapping", False)
+        if not isinstance(flapping, bool):
+            raise HealthStateError(f"{where}.flapping: expected true or false")
         servers[key] = ServerState(state=s["state"], since=_time(s, "since", f"{where}.since"),
-                                   last_check={"ok": last["ok"], "took_ms": took_ms, "detail": last["detail"]})
+                                   last_check={"ok": last["ok"], "took_ms": took_ms, "detail": last["detail"]},
+                                   flapping=flapping and s["state"] == "down")
     return HealthState(generation=generation, written_at=written_at, checker_pid=checker_pid, servers=servers)
 
 

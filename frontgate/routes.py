@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from frontgate import names
-from frontgate.config import App, Address, RouterConfig, Server
+from frontgate.config import Address, App, RouterConfig, Server
 
 FORMAT = 1
 BALANCES = ("roundrobin", "leastconn", "source", "uri")

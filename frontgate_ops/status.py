@@ -113,7 +113,8 @@ def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, 
     age = now - state.written_at
     return {**facts, "generation": state.generation, "checker_pid": state.checker_pid,
             "written_at": state.written_at, "age_s": round(age, 1), "stale": not -stale_after <= age <= stale_after,
-            "servers": {key: {"state": s.state, "since": s.since, "last_check": dict(s.last_check)}
+            "servers": {key: {"state": "flapping" if s.flapping else s.state, "since": s.since,
+                              "last_check": dict(s.last_check)}
                         for key, s in sorted(state.servers.items())}}
 
 

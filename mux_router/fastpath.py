@@ -18,7 +18,7 @@ import time
 from typing import NamedTuple
 
 from frontgate import proxy_protocol
-from mux_router import forwarding
+from mux_router import forwarding, ws_keepalive
 from mux_router.http1 import CHUNKED, CLOSE, LENGTH, NO_BODY, ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser
 from mux_router.routing import Refusal, client_cert_line, decide
 
@@ -416,7 +416,7 @@ class Tunnel(asyncio.Protocol):
     protocol from its start; at its end it aborts that transport."""
 
     __slots__ = ("client", "exchange", "backend", "router", "idle_limit", "deadline", "client_done",
-                 "backend_done", "bytes_to_client", "bytes_from_client", "ended")
+                 "backend_done", "bytes_to_client", "bytes_from_client", "ended", "keepalive")
 
     def __init__(self, client: ClientProtocol, exchange, backend: asyncio.Transport):
         self.client, self.exchange, self.backend = client, exchange, backend
@@ -424,6 +424,11 @@ class Tunnel(asyncio.Protocol):
         self.idle_limit = exchange.config.timeouts.tunnel
         self.client_done = self.backend_done = self.ended = False
         self.bytes_to_client = self.bytes_from_client = 0
+        # >>> ws_keepalive hook (tunnel_ping): the router's pings, and the client's pongs to them
+        interval = ws_keepalive.ping_interval(exchange.config, exchange.app)
+        self.keepalive = (ws_keepalive.Keepalive(interval, client.loop.time(), *exchange.tunnel_prelude)
+                          if interval else None)
+        # <<< ws_keepalive hook
 
     def start(self, from_client: bytes, client_done: bool, to_client: bytes, backend_done: bool) -> None:
         self.router.stats.tunnels += 1
@@ -449,6 +454,13 @@ class Tunnel(asyncio.Protocol):
     def sweep(self, now: float) -> bool:
         if self.ended:
             return False
+        if self.keepalive is not None and not (self.client_done or self.backend_done):  # ws_keepalive hook
+            due = self.keepalive.due(now)
+            if due == ws_keepalive.DEAD:
+                self.end(due)
+                return False
+            if due:
+                self.client.transport.write(due)
         if now < self.deadline:
             return True
         self.end("" if (self.client_done or self.backend_done) else "tunnel idle timeout")
@@ -458,7 +470,10 @@ class Tunnel(asyncio.Protocol):
 
     def from_client(self, data: bytes) -> None:
         self.bytes_from_client += len(data)
-        self.backend.write(data)
+        if self.keepalive is not None:          # ws_keepalive hook: our pongs stop here
+            data = self.keepalive.client_data(data, self.client.loop.time())
+        if data:
+            self.backend.write(data)
         self._activity()
 
     def client_eof(self) -> None:
@@ -482,6 +497,8 @@ class Tunnel(asyncio.Protocol):
         if self.ended:
             return
         self.bytes_to_client += len(data)
+        if self.keepalive is not None:          # ws_keepalive hook: frame boundaries for the pings
+            self.keepalive.backend_data(data)
         self.client.transport.write(data)
         self._activity()
 

@@ -33,7 +33,7 @@ from frontgate.logfields import escape_field
 from frontgate.process_status import ProcessStatus
 from frontgate.sockets import inherited_unix_listener, remove_stale_socket
 from frontgate.sweep import Sweep, interval_for
-from mux_router import access_log, forwarding
+from mux_router import access_log, backend_proxy, forwarding
 from mux_router.balancer import Hashed, LeastConn, RoundRobin
 from mux_router.fastpath import HALF_CLOSED_GRACE, READ_SIZE, ClientProtocol, DetachableWriter, Routed
 from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, NO_BODY, NO_TOKENS, ChunkedDecoder, HttpError, RequestHead,
@@ -152,8 +152,11 @@ class BackendPool:
             conn.abort()
         return None
 
-    async def acquire(self, server: Server, timeout: float, fresh: bool = False) -> BackendConnection:
-        conn = None if fresh else self.take_idle(server)
+    async def acquire(self, server: Server, timeout: float, fresh: bool = False,
+                      greeting: bytes = b"") -> BackendConnection:
+        """`greeting`: what a new connection starts with (backend_proxy: a PROXY header, which
+        makes the connection its client's own: never taken from or given to the pool)."""
+        conn = None if fresh or greeting else self.take_idle(server)
         if conn is not None:
             return conn
         address = server.address
@@ -165,12 +168,14 @@ class BackendPool:
                 transport, _ = await loop.create_unix_connection(lambda: protocol, address.path)
             else:
                 transport, _ = await loop.create_connection(lambda: protocol, address.host, address.port)
+        if greeting:
+            transport.write(greeting)
         return BackendConnection(server, reader, DetachableWriter(transport, protocol, reader, loop), protocol)
 
     def release(self, conn: BackendConnection, reusable: bool = False) -> None:
         """Done with a connection. `reusable`: its response was complete, the server keeps it open
         and nothing of the request is still on its way. Callers abort() a broken connection."""
-        if not reusable or not conn.usable():
+        if not reusable or conn.server.send_proxy or not conn.usable():
             conn.writer.close()
             return
         idle = self._idle.setdefault(conn.server.address.text, [])
@@ -815,6 +820,7 @@ class Exchange:
         self.retries = 0
         self.body_in = 0                       # request body (and tunnel) bytes from the client: stats
         self.tunnel_backend: BackendConnection | None = None   # after a 101: fastpath.Tunnel's to drive
+        self.tunnel_prelude = (b"", b"")       # (client, backend) bytes passed before the Tunnel took over
         # HAProxy httplog timers (ms; -1 = that phase was not reached) and termination state.
         self.t_head = (time.monotonic() - started) * 1000
         self.t_queue = self.t_connect = self.t_response = -1.0
@@ -927,7 +933,8 @@ class Exchange:
             server = self.slot.server
             tried.append(server)
             try:
-                conn = await self.router.backends.acquire(server, timeout, fresh=fresh)
+                greeting = backend_proxy.greeting(server, *self.conn.client, self.conn.address, self.conn.sni)
+                conn = await self.router.backends.acquire(server, timeout, fresh=fresh, greeting=greeting)
                 self.slot.refused_in_row = 0
                 self.t_connect = (time.monotonic() - started) * 1000
                 return conn
@@ -1185,6 +1192,8 @@ class Exchange:
                 return False
         await self._send(forwarding.client_response_head(resp, keep_alive=False, client_version=self.head.version))
         conn = self.conn
+        # What went through here, for the tunnel keepalive's frame count (ws_keepalive).
+        self.tunnel_prelude = (bytes(conn.buf), rest)
         if rest:
             await self._send(rest)
         if conn.buf:
