@@ -13,7 +13,7 @@ import pytest
 from frontgate import routes
 from frontgate.route_store import StoreError
 from frontgate.route_store_redis import RedisStore
-from frontgate.routes_config import RoutesConfig
+from frontgate.config.routes import RoutesConfig
 from tests.helpers import daemon_output, stop_daemon, wait_until
 from tests.redis_fixtures import RedisServer, Sentinel
 from tests.routes_fixtures import RouterNode, backends, frontgate, route_sync  # noqa: F401 (fixture)

@@ -15,7 +15,7 @@
     user_domains = ["{user}.apps.example.net", "*.{user}.apps.example.net"]
     socket = "../run/routes.sock"
 
-Parsed here against config._Table (passed in, not imported: config imports this module).
+Parsed here against the file's schema.Table (passed in by frontgate.config.router).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class RoutesConfig:
 
 
 def parse(root: Any, state_dir: Path) -> RoutesConfig:
-    """`root`: the file's config._Table."""
+    """`root`: the file's schema.Table."""
     t = root.table("routes")
     store = t.str("store", "file")
     if store != "file" and not store.startswith(_SCHEMES):
