@@ -82,6 +82,9 @@ def test_a_route_added_on_one_node_serves_on_all_three_and_rm_stops_it(fleet, ba
 
 def test_changes_arrive_without_the_hint(fleet, backends, redis_server):
     # The subscribers' connections killed: the next change still arrives (resync on resubscribe, poll).
+    # Every node's subscriber is connected first (one may still be resubscribing after the last test).
+    wait_until(lambda: len(redis_server.cli("CLIENT", "LIST", "TYPE", "pubsub").strip().splitlines()) >= 3,
+               CONVERGE, what="three subscribers")
     assert int(redis_server.cli("CLIENT", "KILL", "TYPE", "pubsub")) == 3
     fleet.route("add", "blog.example.net", backends["blog"].address)
     wait_until(lambda: fleet.all_serve("blog.example.net", "blog"), CONVERGE + POLL, what="served after CLIENT KILL")
