@@ -160,7 +160,7 @@ _THREAD_ID = re.compile(r"[?&]t=(\d+)(?:&|$)")
 
 
 def logged_variety(access_log: str) -> tuple[int, int, set[str]]:
-    """(distinct request targets, logged requests, wrk thread ids seen in `?t=`) of httplog lines."""
-    targets = _LOGGED_TARGET.findall(access_log)
-    threads = {m.group(1) for t in set(targets) if (m := _THREAD_ID.search(t))}
-    return len(set(targets)), len(targets), threads
+    """Of the httplog lines whose target names a wrk thread (`t=`: the varied requests; the lines
+    of the run before may come late): (distinct targets, lines, thread ids)."""
+    varied = [(t, m.group(1)) for t in _LOGGED_TARGET.findall(access_log) if (m := _THREAD_ID.search(t))]
+    return len({t for t, _ in varied}), len(varied), {thread for _, thread in varied}

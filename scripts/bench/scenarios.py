@@ -69,7 +69,7 @@ def _url(port: int, path: str, tls: bool) -> str:
 # Every request different, as browsers' are: its own query string and its own cookie, unique
 # across wrk's threads too. wrk runs one Lua state per thread; setup() runs in the main one and
 # gives each thread its id (a global in that thread's state). wrk.format with a header table sends
-# only those headers, so the command line's (-H Host, Connection) are copied in.
+# only those headers (and Host), so the command line's others (`Connection: close`) are copied in.
 VARIED_REQUESTS = """\
 local threads = 0
 function setup(thread)
@@ -123,7 +123,7 @@ def rate(run: Run, sid: int, system: System, path: str, connections: int = 64) -
     access log, the varied run's lines there must all differ (and come from every wrk thread)."""
     with run.stack(system) as ep:
         same = wrk(run, ep.port, path, tls=system.tls, connections=connections)
-        log_from = ep.access_log.stat().st_size if ep.access_log else 0
+        log_from = _log_size(ep)
         before = {stage: cpu_seconds(pids) for stage, pids in ep.stages.items()}
         varied = wrk(run, ep.port, path, tls=system.tls, connections=connections, varied=True)
         after = {stage: cpu_seconds(pids) for stage, pids in ep.stages.items()}
@@ -133,16 +133,23 @@ def rate(run: Run, sid: int, system: System, path: str, connections: int = 64) -
                                for stage in ep.stages})
 
 
+def _log_size(ep: Endpoint) -> int:
+    if ep.access_log is None:
+        return 0
+    time.sleep(0.2)                   # the routers write their log once per event-loop pass
+    return ep.access_log.stat().st_size
+
+
 def _check_variety(run: Run, sid: int, ep: Endpoint, offset: int) -> None:
     """The proof that wrk sent what VARIED_REQUESTS says: the router logged each target once."""
-    time.sleep(0.2)                   # the routers write their log once per event-loop pass
+    time.sleep(0.2)
     with open(ep.access_log, "rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
     distinct, logged, threads = logged_variety(text)
     run.count(sid, "every request different: distinct request targets among those the shipped router "
                    "logged (all rounds)", distinct, logged)
-    if distinct != logged or len(threads) != WRK_THREADS:
+    if not logged or distinct != logged or len(threads) != WRK_THREADS:
         raise MeasurementError(f"the varied requests were not all different: {distinct} distinct of {logged} "
                                f"logged, from wrk threads {sorted(threads)}")
 

@@ -223,7 +223,8 @@ def _httplog(target: str, note: str = "") -> str:
 @pytest.mark.parametrize("targets, expected", [
     (["/1k.bin?t=1&n=1", "/1k.bin?t=2&n=1", "/1k.bin?t=1&n=2"], (3, 3, {"1", "2"})),
     (["/1k.bin?t=1&n=1", "/1k.bin?t=1&n=1"], (1, 2, {"1"})),                  # the same twice
-    (["/1k.bin", "/1k.bin"], (1, 2, set())),                                   # plain wrk
+    (["/1k.bin", "/1k.bin"], (0, 0, set())),                                   # plain wrk
+    (["/1k.bin", "/1k.bin?t=1&n=1", "/1k.bin"], (1, 1, {"1"})),               # late lines of the run before
     (["/1k.bin?n=1&t=12"], (1, 1, {"12"})),
     ([], (0, 0, set())),
 ])
