@@ -132,6 +132,25 @@ def metric_notes(results: Results, sc: Scenario) -> list[str]:
             for m in sc.metrics if m.noted for ours, ref in pairs(sc) if _rival(ref)]
 
 
+def _stack_cpu(results: Results, sc: Scenario, system: System) -> float | None:
+    """CPU µs per request of all of a system's stages (the sum of their medians)."""
+    stages = [results.summary(sc.id, system.key, m.key) for m in sc.metrics if m.key.startswith("cpu_")]
+    known = [s.median for s in stages if s is not None]
+    return sum(known) if known and len(known) == len(stages) else None
+
+
+def cpu_notes(results: Results, sc: Scenario) -> list[str]:
+    """CPU per request of the whole stack, frontgate's side over each real reference: what the
+    rates would be on CPUs given to the proxies alone, and less swayed by a busy machine."""
+    out = []
+    for ours, ref in pairs(sc):
+        mine, theirs = _stack_cpu(results, sc, ours), _stack_cpu(results, sc, ref)
+        if _rival(ref) and mine is not None and theirs:
+            out.append(f"CPU µs per request, all stages: {ours.label} {mine:,.1f}, {ref.label} {theirs:,.1f} "
+                       f"(frontgate / reference {mine / theirs:.2f}; lower is better)")
+    return out
+
+
 # --------------------------------------------------------------------------- tables
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -288,7 +307,7 @@ def markdown(results: Results, scenarios: list[Scenario], settings: Settings, no
     out += ["## Summary", "", summary_table(results, scenarios, settings.rounds), ""]
     for sc in scenarios:
         out += [f"## {sc.id}. {sc.title}", "", scenario_table(results, sc, settings.rounds), ""]
-        lines = metric_notes(results, sc) + floor_notes(results, sc) + notes.get(sc.id, [])
+        lines = metric_notes(results, sc) + cpu_notes(results, sc) + floor_notes(results, sc) + notes.get(sc.id, [])
         out += [f"- {n}" for n in lines] + ([""] if lines else [])
     if results.failures:
         out += ["## Failed measurements", "", "These are left out of the medians above.", ""]

@@ -304,6 +304,23 @@ def test_the_relay_floors_and_the_seed_stunnel_stay_out_of_the_summary():
             "(requests/s, the same request again and again): 0.50") in text
     assert text.count("again and again): ") == 2
     assert "- uvloop relay, no HTTP work (floor) / HAProxy alone (plain HTTP) (requests/s): 2.40" in text
+    assert ("- CPU µs per request, all stages: mux-router alone, access log off (plain HTTP) 30.0, HAProxy alone "
+            "(plain HTTP) 30.0 (frontgate / reference 1.00; lower is better)") in text
+    assert text.count("CPU µs per request, all stages") == 2           # the floors are no rivals
+
+
+def test_cpu_of_the_whole_stack_sums_its_stages():
+    from scripts.bench.harness import Settings
+    from scripts.bench.report import Results, markdown
+    from scripts.bench.scenarios import SCENARIOS
+    r = Results()
+    r.add(1, "frontgate_nolog", {"rps": 1.0, "cpu_tls": 40.0, "cpu_http": 50.0})
+    r.add(1, "ref_tuned", {"rps": 1.0, "cpu_tls": 60.0, "cpu_http": 30.0})
+    r.add(1, "frontgate", {"rps": 1.0, "cpu_tls": 40.0})            # a stage not measured: no sum
+    text = markdown(r, [SCENARIOS[1]], Settings(rounds=1), {}, {"cpus": "2"}, 60.0, None)
+    assert ("- CPU µs per request, all stages: frontgate, access log off (terminator + router) 90.0, "
+            "stunnel (tuned) + HAProxy 90.0 (frontgate / reference 1.00; lower is better)") in text
+    assert text.count("CPU µs per request, all stages") == 1
 
 
 def test_markdown_medians_ratios_and_failures():
