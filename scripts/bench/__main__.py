@@ -15,7 +15,7 @@ import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from scripts.bench import chart
+from scripts.bench import chart, history
 from scripts.bench.harness import SYSTEMS, Run, Settings
 from scripts.bench.report import Results, busy_warning, machine_info, markdown
 from scripts.bench.scenarios import SCENARIOS, MeasurementError
@@ -144,22 +144,10 @@ def write_outputs(record: dict, out_dir: Path | None) -> None:
     if out_dir is None:
         print(f"bench: partial or smoke run: {HERE / 'results.md'} left as it was (--out DIR to write one)")
         return
-    (out_dir / "results.md").write_text(text + kept_history(out_dir / "results.md"))
+    md = out_dir / "results.md"
+    md.write_text(history.with_history(text, md.read_text() if md.exists() else None))
     (out_dir / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"bench: wrote results.md, results.json" + (f" and {png_name}" if png_name else "") + f" in {out_dir}")
-
-
-HISTORY = "<!-- history: everything below is kept when the benchmark writes this file again -->"
-
-
-def kept_history(results_md: Path) -> str:
-    """The benchmark's diary at the end of results.md (earlier runs, profiles, what each change
-    bought), which a new run of record keeps below its own tables."""
-    try:
-        old = results_md.read_text()
-    except OSError:
-        return ""
-    return "\n" + old[old.index(HISTORY):] if HISTORY in old else ""
 
 
 def run_rounds(run: Run, scenarios: list, results: Results) -> None:
