@@ -193,6 +193,7 @@ class Run:
             rcfg = self.write(f"{tag}-mux-router.toml", configs.router_toml(
                 self.workdir, port, None, self.backends, workers=s.fg_workers, access_log_file=log_file))
             routers = self._start_routers(procs, tag, rcfg, ports=(port,))
+            self.note(RUN_WIDE, f"{system.label}: {len(routers)} mux-router processes")
             return Endpoint(port, routers, {"http": routers}, log_file)
         path = self.workdir / f"{tag}-router.sock"
         shared = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
