@@ -122,3 +122,45 @@ def test_one_node_orders_every_node_answers_and_serves(tmp_path):
     assert pebble.orders_logged() == 2          # Pebble's own count: one order per name
     for ip, log in logs.items():
         assert "Traceback" not in log["cert-manager"], (ip, log["cert-manager"])
+
+
+@pytest.mark.timeout(180)
+def test_renewal_in_a_fleet_is_one_order_installed_everywhere(tmp_path):
+    """40-second certificates, two nodes listing the name from the start: each order (the first,
+    then the renewal when a third of the lifetime is left) is made by one node and installed by
+    the other, which orders nothing meanwhile."""
+    require_pebble()
+    plain_port = free_port()
+    server = RedisServer(tmp_path / "redis").start()
+    pebble = Pebble(tmp_path / "pebble", plain_port, validity=40, validation_ip=IPS[1]).start()
+    nodes = [Stack(tmp_path / ip, pebble, plain_port, ip=ip, names=[FIRST],
+                   routes=routes_table(server.url, ip)) for ip in IPS[:2]]
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        # The node the CA validates at first: an order before its router listens would fail (rightly).
+        nodes[1].start()
+        wait_until(lambda: client.exists(FleetKeys(ROUTES_KEY).node(IPS[1])), timeout=20, interval=0.2,
+                   what="node 2 following the fleet")
+        nodes[0].start()
+        serials = lambda: {n.installed_serial(FIRST) for n in nodes}  # noqa: E731
+        first = wait_until(lambda: len(s := serials()) == 1 and None not in s and s, timeout=60, interval=0.2,
+                           what="one certificate on both nodes")
+        wait_until(lambda: len(s := serials()) == 1 and s != first and None not in s, timeout=60, interval=0.2,
+                   what="the renewed certificate on both nodes")
+
+        def orders_and_installs() -> bool:
+            per_node = [counts(n, FIRST) for n in nodes]
+            orders = sum(c["issued_total"] + c["renewed_total"] for c in per_node)
+            return orders >= 2 and orders == sum(c["fleet_installs_total"] for c in per_node) and per_node
+
+        per_node = wait_until(orders_and_installs, timeout=10, interval=0.2,
+                              what="each order installed once by the other node")
+        assert sum(c["issued_total"] for c in per_node) == 1, per_node
+        assert sum(c["failures_total"] for c in per_node) == 0, per_node
+    finally:
+        for n in nodes:
+            n.stop()
+        pebble.stop()
+        server.stop()
+    orders = sum(c["issued_total"] + c["renewed_total"] for c in per_node)
+    assert pebble.orders_logged() >= orders
