@@ -121,10 +121,10 @@ def as_other_user() -> list[str]:
     can read (a pyenv under /root); then the system's Python of the same version, with the checkout
     and the venv's site-packages on its path."""
     if os.access(os.path.realpath(sys.executable), os.X_OK, effective_ids=False) and _others_may_run(sys.executable):
-        return [sys.executable, "-m", "frontgate.cli"]
+        return [sys.executable, "-m", "frontgate_ops.cli"]
     site = next(Path(sys.prefix).glob("lib/python*/site-packages"))
     return ["env", f"PYTHONPATH={REPO}:{site}", f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}",
-            "-m", "frontgate.cli"]
+            "-m", "frontgate_ops.cli"]
 
 
 def _others_may_run(path: str) -> bool:

@@ -133,7 +133,7 @@ def test_a_whole_bundle_passes_with_its_fingerprint(ca):
     ("no key", lambda ca: _bundle(ca, "shop.example.com").split(b"-----BEGIN EC PRIVATE KEY")[0], "no private key"),
     ("another certificate's key", lambda ca: _bundle(ca, "shop.example.com", key_from=ca.issue_cert("x.test")),
      "not the certificate's"),
-    ("not PEM", lambda ca: b"garbage", ""),
+    ("not PEM", lambda ca: b"garbage", None),
 ])
 def test_a_damaged_bundle_is_refused(ca, case, make, problem):
     with pytest.raises(ValueError, match=problem):
