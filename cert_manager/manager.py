@@ -182,6 +182,9 @@ class Manager:
         if schedule.expiry_warning(now, state.not_after, self.cfg.expiry_warning_days) and state.failures:
             log.warning("%s: the certificate in use expires %s and renewal has failed %d time(s) in a row "
                         "(last: %s)", state.name, _iso(state.not_after), state.failures, state.last_error)
+        self._save(state)
+
+    def _save(self, state: NameState) -> None:
         try:
             acme_state.save(self.cfg.state_dir, state)
         except OSError as e:
@@ -201,6 +204,7 @@ class Manager:
             if not await asyncio.to_thread(fleet.try_lock, lock):
                 holder, left = await asyncio.to_thread(fleet.holder, name)
                 state.next_attempt = self.clock() + recheck_after(left)
+                self._save(state)
                 log.info("%s: node %s is ordering it; looking again at %s", name, holder, _iso(state.next_attempt))
                 return False
         except ERRORS as e:

@@ -12,6 +12,7 @@ node gets the tokens and the certificate (cert_manager.fleet).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,10 @@ def _build(root: _Table) -> CertManagerConfig:
                                            f"({router.acme_challenge_dir}): the router would not find the tokens")
         if router.routes is not None and router.routes.shared:
             fleet = router.routes       # its Redis: the lock, the tokens and the certificates of the fleet
+            secret = fleet.password_file
+            if secret is not None and not os.access(secret, os.R_OK):
+                raise c.error("router_config", f"{router_path.name}: [routes] password_file {secret} is not "
+                                               "readable by cert-manager, which uses the fleet's Redis")
     admin = _admin(root, cfg["state_dir"] / "stats")
     return CertManagerConfig(names=tuple(sorted(set(listed + from_router))), admin=admin, fleet=fleet, **cfg)
 
