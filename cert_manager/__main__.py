@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from cert_manager.manager import serve
 from frontgate.config.cert_manager import load_cert_manager_config
-from frontgate.daemon import load_or_exit, parse_args, process_status, run, setup_logging
+from frontgate.daemon import (
+    load_or_exit,
+    parse_args,
+    process_status,
+    run,
+    setup_logging,
+)
 
 
 def main() -> None:

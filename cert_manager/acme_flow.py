@@ -85,27 +85,30 @@ class Session:
             # This key has an account already: use it (its URL is the key id of every request).
             self.net.account = messages.RegistrationResource(uri=e.location, body=messages.Registration())
 
-    def issue(self, name: str) -> Issued:
-        """An order for `name`, validated by http-01 (the key authorization in the challenge
-        directory, where the router answers the CA), finalized; the tokens are removed whatever
-        the outcome."""
+    def issue(self, name: str, tokens: "TokenDir") -> Issued:
+        """An order for `name`, validated by http-01 (the key authorizations put where the router
+        answers the CA: `tokens`, this node's challenge directory or the fleet's), finalized; the
+        tokens are removed whatever the outcome."""
         key = files.new_key(self.cfg.key_type)
         csr = crypto_util.make_csr(dev_ca.key_pem(key), [name])
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=self.cfg.order_timeout)
         order = self.acme.new_order(csr)
-        tokens: list[Path] = []
+        answers = []
         try:
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue            # the CA still holds an earlier validation of this name
                 challenge = _http01(authz)
                 response, validation = challenge.response_and_validation(self.jwk)
-                tokens.append(files.put_token(self.cfg.challenge_dir, challenge.chall.encode("token"), validation))
+                tokens.put(challenge.chall.encode("token"), validation)
+                answers.append((challenge, response))
+            if answers:
+                tokens.ready()          # every router that the CA may reach can answer
+            for challenge, response in answers:
                 self.acme.answer_challenge(challenge, response)
             order = self.acme.poll_and_finalize(order, deadline)
         finally:
-            for path in tokens:
-                files.remove_token(path)
+            tokens.remove()
         return Issued(fullchain_pem=order.fullchain_pem.encode("ascii"), key=key)
 
     def renewal_window(self, fullchain_pem: bytes) -> tuple[float, float] | None:
@@ -116,6 +119,25 @@ class Session:
             return None
         t = when.timestamp()
         return t, t
+
+
+class TokenDir:
+    """The tokens of one order as files in this node's challenge directory (one node)."""
+
+    def __init__(self, challenge_dir: Path):
+        self.challenge_dir = challenge_dir
+        self.paths: list[Path] = []
+
+    def put(self, token: str, key_authorization: str) -> None:
+        self.paths.append(files.put_token(self.challenge_dir, token, key_authorization))
+
+    def ready(self) -> None:
+        """Written whole already: the router reads them from the next request on."""
+
+    def remove(self) -> None:
+        for path in self.paths:
+            files.remove_token(path)
+        self.paths = []
 
 
 def _http01(authz: messages.AuthorizationResource) -> messages.ChallengeBody:

@@ -5,6 +5,11 @@ One order at a time, the earliest due first. A failure leaves the certificate in
 and pushes that name's next attempt back (exponential, honouring the CA's Retry-After); the
 session is made anew for the next attempt. No names: it idles until a SIGHUP brings some.
 SIGHUP re-reads the config (a bad one keeps the old); SIGTERM stops after the order in progress.
+
+In a fleet (the router's route store is Redis: cert_manager.fleet), a name is ordered only under
+its lock in Redis; a node that finds it taken looks again later, and gets the certificate from the
+follower (fleet_follow.py) meanwhile. The holder first installs a certificate another node may
+have published since, and publishes the one it orders.
 """
 from __future__ import annotations
 
@@ -17,13 +22,17 @@ import time
 from pathlib import Path
 
 from cert_manager import files, schedule
-from cert_manager.acme_flow import Session, describe
+from cert_manager.acme_flow import Session, TokenDir, describe
+from cert_manager.fleet import Fleet, FleetTokens
+from cert_manager.fleet_follow import FleetFollower
+from cert_manager.fleet_rules import LOCK_EXTEND_EVERY, LOCK_TTL, recheck_after
 from cert_manager.stats import CertManagerAdmin, Counters
 from frontgate import acme_state
 from frontgate.acme_state import NameState
-from frontgate.config.cert_manager import CertManagerConfig, load_cert_manager_config
 from frontgate.config import ConfigError
+from frontgate.config.cert_manager import CertManagerConfig, load_cert_manager_config
 from frontgate.process_status import ProcessStatus
+from frontgate.route_store_redis import ERRORS
 
 log = logging.getLogger("cert-manager")
 
@@ -44,7 +53,11 @@ class Manager:
         self.clock = clock
         self.states: dict[str, NameState] = {}
         self.windows: dict[str, tuple[float, float]] = {}     # the CA's renewal windows (ARI)
+        self.planned_from: dict[str, str] = {}    # name -> fingerprint of the certificate its plan is from
         self.session: Session | None = None
+        self.fleet: Fleet | None = None
+        self.follower: FleetFollower | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.counters = Counters()
         self.admin = CertManagerAdmin(self)
         self._wake = asyncio.Event()
@@ -53,7 +66,7 @@ class Manager:
     # ---- lifecycle
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -75,6 +88,8 @@ class Manager:
                     continue
                 await self.attempt(name)
         finally:
+            if self.follower is not None:
+                self.follower.stop()
             await self.admin.stop()
             self.status.stopped()
             log.info("stopped")
@@ -102,6 +117,7 @@ class Manager:
         self.admin.admin = cfg.admin if self.admin.server is None else self.admin.admin
         for d in (cfg.certs_dir, cfg.challenge_dir, cfg.state_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self._follow(cfg)
         states = {}
         now = self.clock()
         for name in cfg.names:
@@ -109,6 +125,40 @@ class Manager:
             self._plan(state, now)
             states[name] = state
         self.states = states
+
+    def _follow(self, cfg: CertManagerConfig) -> None:
+        """A follower for the fleet's Redis while the config names one (a new one if it changed)."""
+        if self.fleet is not None and self.fleet.routes == cfg.fleet:
+            return
+        if self.follower is not None:
+            self.follower.stop()
+        self.fleet = self.follower = None
+        if cfg.fleet is not None:
+            self.fleet = Fleet(cfg.fleet)
+            self.follower = FleetFollower(self.fleet, lambda: self.cfg, self._installed_elsewhere)
+            self.follower.start()
+            log.info("fleet: following %s", self.fleet.describe())
+
+    def _installed_elsewhere(self, name: str) -> None:
+        """From the follower's thread: the name's certificate came from the fleet."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._adopted, name)
+
+    def _adopted(self, name: str) -> bool:
+        """Plan from the name's certificate if the fleet brought a new one since the last plan;
+        whether it did (the follower and an order's own check may both report the same one)."""
+        state = self.states.get(name)
+        cert = files.in_use(self.cfg.certs_dir, name)
+        if state is None or cert is None or not cert.covers or cert.fingerprint == self.planned_from.get(name):
+            return False
+        now = self.clock()
+        Counters.bump(self.counters.from_fleet, name)
+        state.succeeded(now, cert.not_after)
+        self._plan(state, now)
+        log.info("%s: certificate from the fleet installed, valid until %s; next renewal %s", name,
+                 _iso(cert.not_after), _iso(state.next_attempt))
+        self._wake.set()
+        return True
 
     # ---- one name
 
@@ -123,6 +173,7 @@ class Manager:
         cert = files.in_use(self.cfg.certs_dir, state.name)
         have = cert is not None and cert.covers
         state.not_after = cert.not_after if cert is not None else None
+        self.planned_from[state.name] = cert.fingerprint if cert is not None else ""
         state.next_attempt = schedule.next_attempt(
             now=now, not_before=cert.not_before if have else None, not_after=cert.not_after if have else None,
             failures=state.failures, last_failure=state.last_error_at, retry_after=state.retry_after,
@@ -131,12 +182,69 @@ class Manager:
         if schedule.expiry_warning(now, state.not_after, self.cfg.expiry_warning_days) and state.failures:
             log.warning("%s: the certificate in use expires %s and renewal has failed %d time(s) in a row "
                         "(last: %s)", state.name, _iso(state.not_after), state.failures, state.last_error)
+        self._save(state)
+
+    def _save(self, state: NameState) -> None:
         try:
             acme_state.save(self.cfg.state_dir, state)
         except OSError as e:
             log.warning("%s: cannot write its state file: %s", state.name, e.strerror or e)
 
     async def attempt(self, name: str) -> bool:
+        if self.fleet is None:
+            return await self._order(name, TokenDir(self.cfg.challenge_dir))
+        return await self._fleet_attempt(self.fleet, name)
+
+    async def _fleet_attempt(self, fleet: Fleet, name: str) -> bool:
+        """Order under the name's lock, unless another node holds it or has published a
+        certificate that is not due yet."""
+        state = self.states[name]
+        lock = fleet.lock(name)
+        try:
+            if not await asyncio.to_thread(fleet.try_lock, lock):
+                holder, left = await asyncio.to_thread(fleet.holder, name)
+                state.next_attempt = self.clock() + recheck_after(left)
+                self._save(state)
+                log.info("%s: node %s is ordering it; looking again at %s", name, holder, _iso(state.next_attempt))
+                return False
+        except ERRORS as e:
+            return self._failed(name, f"redis: {e}", None)
+        keeping = asyncio.create_task(self._keep(lock))
+        try:
+            try:
+                await asyncio.to_thread(fleet.adopt, name, self.cfg.certs_dir, self.clock())
+            except (ValueError, *ERRORS) as e:
+                log.warning("%s: the fleet's certificate could not be installed (%s); ordering", name, e)
+            if self._adopted(name):     # another node's order ended meanwhile (adopted now or by the follower)
+                return True
+            return await self._order(name, FleetTokens(fleet, self.cfg.order_timeout), fleet=fleet)
+        finally:
+            keeping.cancel()
+            try:
+                await asyncio.to_thread(fleet.unlock, lock)
+            except ERRORS as e:
+                log.warning("%s: the lock could not be released (it expires within %gs): %s", name, LOCK_TTL, e)
+
+    async def _keep(self, lock) -> None:
+        """Extend the lock while the order runs, so no other node starts one meanwhile."""
+        while True:
+            await asyncio.sleep(LOCK_EXTEND_EVERY)
+            try:
+                await asyncio.to_thread(lock.extend, LOCK_TTL, True)
+            except ERRORS as e:
+                log.warning("the lock %s could not be extended: %s", lock.name, e)
+                return
+
+    def _failed(self, name: str, error: str, retry_after: float | None) -> bool:
+        state, now = self.states[name], self.clock()
+        state.failed(error, now, retry_after)
+        Counters.bump(self.counters.failures, name)
+        self._plan(state, now)
+        log.warning("%s: order failed (%d in a row): %s; the certificate in use stays; next attempt %s",
+                    name, state.failures, state.last_error, _iso(state.next_attempt))
+        return False
+
+    async def _order(self, name: str, tokens, fleet: Fleet | None = None) -> bool:
         state = self.states[name]
         before = files.in_use(self.cfg.certs_dir, name)
         self.counters.in_progress = 1
@@ -149,22 +257,26 @@ class Manager:
             session.net.last_retry_after = None
             nonces = session.net.bad_nonces
             try:
-                issued = await asyncio.to_thread(session.issue, name)
+                issued = await asyncio.to_thread(session.issue, name, tokens)
             finally:
                 self.counters.bad_nonces += session.net.bad_nonces - nonces
-            installed = files.install(self.cfg.certs_dir, name, issued.fullchain_pem, issued.key)
+            if fleet is None:
+                installed = files.install(self.cfg.certs_dir, name, issued.fullchain_pem, issued.key)
+            else:
+                installed = await asyncio.to_thread(fleet.install, self.cfg.certs_dir, name, issued.fullchain_pem,
+                                                    issued.key)
         except Exception as e:       # every failure (network, CA, files) is the same to the schedule
-            now = self.clock()
-            retry_after = schedule.parse_retry_after(session.net.last_retry_after if session else None, now)
+            retry_after = schedule.parse_retry_after(session.net.last_retry_after if session else None, self.clock())
             self.session = None
-            state.failed(describe(e), now, retry_after)
-            Counters.bump(self.counters.failures, name)
-            self._plan(state, now)
-            log.warning("%s: order failed (%d in a row): %s; the certificate in use stays; next attempt %s",
-                        name, state.failures, state.last_error, _iso(state.next_attempt))
-            return False
+            return self._failed(name, describe(e), retry_after)
         finally:
             self.counters.in_progress = 0
+        if fleet is not None:
+            try:
+                await asyncio.to_thread(fleet.publish, name, files.bundle(issued.fullchain_pem, issued.key),
+                                        installed)
+            except ERRORS as e:     # installed here; the other nodes order for themselves when due
+                log.warning("%s: the certificate could not be published to the fleet: %s", name, e)
         now = self.clock()
         Counters.bump(self.counters.renewed if before is not None and before.covers else self.counters.issued, name)
         state.succeeded(now, installed.not_after)

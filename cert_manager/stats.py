@@ -19,6 +19,8 @@ FAMILIES = (
     Family("issued_total", "counter", "certificates obtained for a name that had none", ("name",)),
     Family("renewed_total", "counter", "certificates obtained to replace one in use", ("name",)),
     Family("failures_total", "counter", "orders that failed (the certificate in use stays)", ("name",)),
+    Family("fleet_installs_total", "counter", "certificates another node of the fleet ordered, installed here",
+           ("name",)),
     Family("bad_nonces_total", "counter", "requests the CA refused with badNonce (each was retried)"),
     Family("orders_in_progress", "gauge", "orders being worked on now (0 or 1)"),
     Family("consecutive_failures", "gauge", "failed attempts in a row per name", ("name",), merge="own"),
@@ -34,6 +36,7 @@ class Counters:
         self.issued: dict[str, int] = {}
         self.renewed: dict[str, int] = {}
         self.failures: dict[str, int] = {}
+        self.from_fleet: dict[str, int] = {}
         self.bad_nonces = 0
         self.in_progress = 0
 
@@ -55,6 +58,7 @@ class CertManagerAdmin(AdminEndpoint):
             "issued_total": {(n,): v for n, v in c.issued.items()},
             "renewed_total": {(n,): v for n, v in c.renewed.items()},
             "failures_total": {(n,): v for n, v in c.failures.items()},
+            "fleet_installs_total": {(n,): v for n, v in c.from_fleet.items()},
             "bad_nonces_total": {(): c.bad_nonces},
             "orders_in_progress": {(): c.in_progress},
             "consecutive_failures": {(s.name,): s.failures for s in states},

@@ -6,12 +6,14 @@ every attempt, read at start (a restart keeps backing off) and by `frontgate cer
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from frontgate.dev_ca import write_file
 
 MAX_ERROR = 500             # characters of an error message kept
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")     # an http-01 token (base64url): safe as a file name
 
 
 @dataclass

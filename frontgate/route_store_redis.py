@@ -22,8 +22,8 @@ import redis
 from redis.sentinel import Sentinel
 
 from frontgate import routes
-from frontgate.route_store import StoreError, guarded
 from frontgate.config.routes import RoutesConfig
+from frontgate.route_store import StoreError, guarded
 
 MAX_ATTEMPTS = 8
 SOCKET_TIMEOUT = 2.0
@@ -45,6 +45,19 @@ def connect(cfg: RoutesConfig) -> redis.Redis:
         return Sentinel(sentinels, socket_timeout=SOCKET_TIMEOUT,
                         socket_connect_timeout=SOCKET_TIMEOUT).master_for(master, password=password, **options)
     return redis.Redis.from_url(cfg.store, password=password, **options)
+
+
+def json_records(client: redis.Redis, prefix: str) -> dict[str, dict]:
+    """The JSON values of the keys `prefix*` (the nodes' records), by the rest of the key; gone or
+    unreadable ones are skipped."""
+    keys = sorted(client.scan_iter(match=prefix + "*", count=1000))
+    records = {}
+    for key, value in zip(keys, client.mget(keys) if keys else []):
+        try:
+            records[key[len(prefix):]] = json.loads(value)
+        except (TypeError, ValueError):
+            continue
+    return records
 
 
 class Keys:
@@ -131,18 +144,9 @@ class RedisStore:
 
     def node_records(self) -> dict[str, dict]:
         try:
-            names = sorted(self.client.scan_iter(match=self.keys.node_prefix + "*", count=1000))
-            values = self.client.mget(names) if names else []
+            return json_records(self.client, self.keys.node_prefix)
         except ERRORS as e:
             raise StoreError(f"redis: {e}") from None
-        records = {}
-        for name, value in zip(names, values):
-            if value is not None:
-                try:
-                    records[name[len(self.keys.node_prefix):]] = json.loads(value)
-                except ValueError:
-                    continue
-        return records
 
     def node_versions(self) -> dict[str, int]:
         return {node: int(doc.get("version", 0)) for node, doc in self.node_records().items()}

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from frontgate import acme_state
-from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.config import ConfigError
+from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate_ops.status import duration
 
 

@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.config import (
     Address,
     ConfigError,
@@ -30,6 +29,7 @@ from frontgate.config import (
     load_router_config,
     load_terminator_config,
 )
+from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.daemon import EXIT_CONFIG_ERROR
 from frontgate.process_status import read_status, status_path
 from frontgate_ops import route_cli
@@ -73,14 +73,15 @@ def check_configs(configs: Path, warnings: list[str] | None = None) -> list[str]
         checker = load_checker_config(configs / "health-checker.toml")
     except ConfigError as e:
         errors.append(str(e))
+    cert_manager = None
     if (configs / "cert-manager.toml").exists():        # a checkout from before cert-manager has none
         try:
-            load_cert_manager_config(configs / "cert-manager.toml")
+            cert_manager = load_cert_manager_config(configs / "cert-manager.toml")
         except ConfigError as e:
             errors.append(str(e))
     # What takes two files to be wrong (frontgate_ops may import the daemons; the core may not).
     from frontgate_ops.cross_check import cross_check
-    found = cross_check(terminator, router, checker)
+    found = cross_check(terminator, router, checker, cert_manager)
     if warnings is not None:
         warnings.extend(found.warnings)
     return errors + found.errors

@@ -8,6 +8,8 @@ warnings (it works, but something will bite) are printed and do not.
 - the checker follows the router's own file, so its targets are exactly the router's servers (and
   it writes the state file the router reads);
 - apps that declare client_ca are asked for by the terminator (it follows the router's file);
+- cert-manager (when it has names) installs into the directory the terminator loads: its
+  certs_dir is the terminator's certs_dir;
 - every app host is covered by some certificate (warning, naming the host);
 - the terminator's own warnings: certificates expiring within 14 days (or expired), loose key
   permissions, names that can never match.
@@ -27,6 +29,7 @@ from frontgate.config import (
     RouterConfig,
     TerminatorConfig,
 )
+from frontgate.config.cert_manager import CertManagerConfig
 from mux_router.routing import ip_in
 
 
@@ -58,11 +61,14 @@ def same_address(listen: Address, listen_file: Path, target: Address, target_fil
 
 
 def cross_check(terminator: TerminatorConfig | None, router: RouterConfig | None,
-                checker: CheckerConfig | None) -> Findings:
-    """Each file loaded on its own (None: it did not load; its errors are reported already)."""
+                checker: CheckerConfig | None, cert_manager: CertManagerConfig | None = None) -> Findings:
+    """Each file loaded on its own (None: it did not load, or there is none; its errors are
+    reported already)."""
     found = Findings()
     if router is not None and checker is not None:
         _checker_follows_router(router, checker, found)
+    if terminator is not None and cert_manager is not None:
+        _certs_dir(cert_manager, terminator, found)
     if terminator is None or router is None:
         return found
     _forwarding(router, terminator, found)
@@ -77,6 +83,19 @@ def _checker_follows_router(router: RouterConfig, checker: CheckerConfig, found:
             f"{checker.path}: checker.router_config: names {checker.router.path}, not {router.path}: the checker "
             f"would probe other servers than the router's and write {checker.state_file}, which the router "
             f"does not read ({router.state_file})")
+
+
+def _certs_dir(cert_manager: CertManagerConfig, terminator: TerminatorConfig, found: Findings) -> None:
+    if not cert_manager.names:
+        return          # it idles: it writes nothing anywhere
+    where = f"{cert_manager.path}: cert_manager.certs_dir"
+    if terminator.certs_dir is None:
+        found.errors.append(f"{where}: {cert_manager.certs_dir}, but {terminator.path.name} has no terminator.certs_dir: "
+                            "the terminator would never load the certificates cert-manager obtains")
+    elif terminator.certs_dir.resolve() != cert_manager.certs_dir.resolve():
+        found.errors.append(f"{where}: {cert_manager.certs_dir} is not the terminator's certs_dir "
+                            f"({terminator.certs_dir}, {terminator.path.name}): the terminator would never load "
+                            "the certificates cert-manager obtains")
 
 
 def _forwarding(router: RouterConfig, terminator: TerminatorConfig, found: Findings) -> None:

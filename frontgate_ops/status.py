@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from frontgate import dev_ca, health_state, routes
-from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.config import (
     ConfigError,
     RouterConfig,
     load_router_config,
     load_terminator_config,
 )
+from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.process_status import read_status, status_path
 from frontgate.route_store import StoreError
 from frontgate.route_store_file import read_table

@@ -8,11 +8,11 @@ never name a path outside the directory; anything else, or a token without a fil
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from frontgate.acme_state import TOKEN_RE
+
 PREFIX = "/.well-known/acme-challenge/"
-TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_ANSWER = 1024          # a key authorization is token + "." + 43 characters: far below this
 CONTENT_TYPE = "application/octet-stream"
 

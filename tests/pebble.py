@@ -1,7 +1,7 @@
 """A real Pebble (Let's Encrypt's test ACME server, Debian package `pebble`) on free 127.0.0.1
 ports, for the cert-manager tests. Its names resolve through pebble-challtestsrv (same package)
-run as a DNS stub answering 127.0.0.1 for every A query, so http-01 validation comes to the
-router's plain listener (`http_port`) and nowhere else. Its ACME API's TLS certificate comes from
+run as a DNS stub answering `validation_ip` (127.0.0.1) for every A query, so http-01 validation
+comes to the router's plain listener there (`http_port`) and nowhere else. Its ACME API's TLS certificate comes from
 a trustme CA (`ca_pem`, cert-manager's ca_bundle); its issuing root from `/roots/0` on its
 management port, for the chain checks."""
 from __future__ import annotations
@@ -24,9 +24,11 @@ def require_pebble() -> None:
 
 
 class Pebble:
-    def __init__(self, root: Path, http_port: int, validity: int | None = None, nonce_reject: int = 5):
+    def __init__(self, root: Path, http_port: int, validity: int | None = None, nonce_reject: int = 5,
+                 validation_ip: str = "127.0.0.1"):
         require_pebble()
         self.root = root
+        self.validation_ip = validation_ip
         self.http_port = http_port
         self.validity = validity
         self.nonce_reject = nonce_reject
@@ -57,7 +59,7 @@ class Pebble:
         (self.root / "pebble.json").write_text(json.dumps(config))
 
     def start(self) -> "Pebble":
-        dns = start_daemon(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+        dns = start_daemon(["pebble-challtestsrv", "-defaultIPv4", self.validation_ip, "-defaultIPv6", "",
                             "-dns01", f"127.0.0.1:{self.dns_port}", "-http01", "", "-https01", "",
                             "-tlsalpn01", "", "-management", f"127.0.0.1:{self.dns_mgmt_port}"],
                            wait_for=("127.0.0.1", self.dns_mgmt_port))
@@ -72,6 +74,10 @@ class Pebble:
         """Both processes gone (Pebble forgets everything: accounts, orders, its CA)."""
         while self.procs:
             self.logs.append(stop_daemon(self.procs.pop()))
+
+    def orders_logged(self) -> int:
+        """The orders Pebble took, from the logs of its stopped processes."""
+        return sum(log.count("Added order") for log in self.logs)
 
     def root_pem(self) -> bytes:
         """The root Pebble issues under now (a new one at every start)."""

@@ -5,15 +5,21 @@ keys are errors; relative paths are from the TOML file's directory). Names are e
 frontgate.names' form: listed in `names`, and (with `router_config`) every exact host of the
 router's apps marked `acme = true`. Never a wildcard (http-01 cannot prove one), never an IP
 address, never a name only because a client asked for it.
+
+A fleet: when `router_config` names a router whose `[routes] store` is Redis, cert-manager uses
+that Redis (same connection, password and node name) so that one node orders for a name and every
+node gets the tokens and the certificate (cert_manager.fleet).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from frontgate import names
 from frontgate.config.common import AdminConfig, admin_table
 from frontgate.config.router import RouterConfig, load_router_config
+from frontgate.config.routes import RoutesConfig
 from frontgate.config.schema import ConfigError, Table, load
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
@@ -38,6 +44,7 @@ class CertManagerConfig:
     order_timeout: float                   # one order's polling, from new order to certificate
     expiry_warning_days: float
     admin: AdminConfig | None = None
+    fleet: RoutesConfig | None = None      # the router's Redis route store: issue once for the fleet
 
 
 def _name(t: Table, key: str, value: str) -> str:
@@ -95,6 +102,7 @@ def _build(root: Table) -> CertManagerConfig:
     if cfg["ca_bundle"] is not None and not cfg["ca_bundle"].is_file():
         raise c.error("ca_bundle", f"{cfg['ca_bundle']}: no such file")
     from_router: list[str] = []
+    fleet = None
     if router_path is not None:
         try:
             router = load_router_config(router_path)
@@ -107,8 +115,14 @@ def _build(root: Table) -> CertManagerConfig:
         if router.acme_challenge_dir is not None and router.acme_challenge_dir != cfg["challenge_dir"]:
             raise c.error("challenge_dir", f"{cfg['challenge_dir']} is not the router's acme_challenge_dir "
                                            f"({router.acme_challenge_dir}): the router would not find the tokens")
+        if router.routes is not None and router.routes.shared:
+            fleet = router.routes       # its Redis: the lock, the tokens and the certificates of the fleet
+            secret = fleet.password_file
+            if secret is not None and not os.access(secret, os.R_OK):
+                raise c.error("router_config", f"{router_path.name}: [routes] password_file {secret} is not "
+                                               "readable by cert-manager, which uses the fleet's Redis")
     admin = admin_table(root, cfg["state_dir"] / "stats")
-    return CertManagerConfig(names=tuple(sorted(set(listed + from_router))), admin=admin, **cfg)
+    return CertManagerConfig(names=tuple(sorted(set(listed + from_router))), admin=admin, fleet=fleet, **cfg)
 
 
 def load_cert_manager_config(path: str | Path) -> CertManagerConfig:

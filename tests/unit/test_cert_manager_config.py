@@ -88,3 +88,27 @@ def test_admin_must_be_loopback(tmp_path):
     with pytest.raises(ConfigError) as e:
         load(tmp_path, '[cert_manager]\n[admin]\naddress = "0.0.0.0:8406"\n')
     assert e.value.key == "admin.address"
+
+
+@pytest.mark.parametrize("routes, fleet", [
+    ("", None),                                                            # no [routes]: one node
+    ('[routes]\nstore = "file"\n', None),
+    ('[routes]\nstore = "redis://10.0.0.5:6379/0"\nnode = "edge-2"\nkey = "fleet-a"\n', ("redis://10.0.0.5:6379/0", "edge-2", "fleet-a")),
+])
+def test_a_router_with_a_redis_route_store_makes_a_fleet(tmp_path, routes, fleet):
+    router = ROUTER.format(challenges="../state/acme-challenges") + routes
+    cfg = load(tmp_path, '[cert_manager]\nrouter_config = "mux-router.toml"\n', router)
+    got = cfg.fleet and (cfg.fleet.store, cfg.fleet.node, cfg.fleet.key)
+    assert got == fleet
+    # Without router_config there is no fleet, whatever the router says.
+    assert load(tmp_path, "[cert_manager]\n").fleet is None
+
+
+def test_the_fleets_redis_password_must_be_readable(tmp_path):
+    router = ROUTER.format(challenges="../state/acme-challenges") + \
+        '[routes]\nstore = "redis://10.0.0.5:6379/0"\npassword_file = "missing.pass"\n'
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, '[cert_manager]\nrouter_config = "mux-router.toml"\n', router)
+    assert "cert_manager.router_config" in str(e.value) and "missing.pass is not readable" in str(e.value)
+    (tmp_path / "missing.pass").write_text("secret\n")
+    assert load(tmp_path, '[cert_manager]\nrouter_config = "mux-router.toml"\n', router).fleet is not None

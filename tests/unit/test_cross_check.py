@@ -40,6 +40,16 @@ CHECKER = """
 router_config = "mux-router.toml"
 """
 
+CERT_MANAGER = """
+[cert_manager]
+names = ["maps.localhost"]
+certs_dir = "certs/live"
+challenge_dir = "state/acme-challenges"
+state_dir = "state/acme"
+account_key = "state/acme/account.key"
+"""
+WITH_CERTS_DIR = ('router_config = "mux-router.toml"\n', 'router_config = "mux-router.toml"\ncerts_dir = "certs/live"\n')
+
 # (name, {file: (old, new)} edits to the good configs, extra files, expected exit, expected lines)
 CASES = [
     ("all agree", {}, {}, 0, []),
@@ -58,6 +68,15 @@ CASES = [
      {"mux-router.toml": ('servers = ["127.0.0.1:3000"]', 'servers = ["127.0.0.1:3000"]\nclient_ca = "ca.pem"'),
       "tls-terminator.toml": ('router_config = "mux-router.toml"\n', '')}, {}, 2,
      ["terminator.router_config: must name mux-router.toml"]),
+    ("cert-manager installs where the terminator loads",
+     {"tls-terminator.toml": WITH_CERTS_DIR}, {"cert-manager": True}, 0, []),
+    ("cert-manager installs elsewhere",
+     {"tls-terminator.toml": WITH_CERTS_DIR, "cert-manager.toml": ('"certs/live"', '"certs/acme"')},
+     {"cert-manager": True}, 2, ["error: ", "cert_manager.certs_dir: ", "certs/acme is not the terminator's certs_dir"]),
+    ("the terminator has no certs_dir", {}, {"cert-manager": True}, 2,
+     ["cert_manager.certs_dir: ", "tls-terminator.toml has no terminator.certs_dir"]),
+    ("an idle cert-manager (no names) writes nowhere",
+     {"cert-manager.toml": ('names = ["maps.localhost"]', 'names = []')}, {"cert-manager": True}, 0, []),
 ]
 
 
@@ -70,6 +89,9 @@ def test_cross_stage_check(tmp_path: Path, capsys, name, edits, extra, code, exp
     files = {"mux-router.toml": ROUTER, "tls-terminator.toml": TERMINATOR, "health-checker.toml": CHECKER}
     if extra.get("other"):
         files["other.toml"] = ROUTER.replace("state/health.json", "elsewhere/health.json")
+    if extra.get("cert-manager"):
+        files["cert-manager.toml"] = CERT_MANAGER
+        (tmp_path / "certs" / "live").mkdir(parents=True)
     for file, text in files.items():
         old, new = edits.get(file, ("", ""))
         assert old in text
