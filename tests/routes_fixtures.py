@@ -18,6 +18,7 @@ ROUTER_TOML = """
 [router]
 state_file = "state/health.json"
 state_stale_after = 60
+access_log_file = "-"
 [listen.public]
 address = "{ip}:{port}"
 [timeouts]
