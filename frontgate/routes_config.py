@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The names of the apps the router makes of dynamic routes (routes.app_of): `route:HOST[/PATH]`.
+# Here, not in routes.py, so that config.py (which imports this module) refuses it for static apps.
+ROUTE_APP_PREFIX = "route:"
+
 _SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 
 

@@ -1,6 +1,6 @@
 """`frontgate route ...`: the dynamic route table from the command line.
 
-    frontgate route add HOST[/PATH] SERVER... [--websocket] [--balance B] [--wait] [--force]
+    frontgate route add HOST[/PATH] SERVER... [--no-websocket] [--balance B] [--wait] [--force]
     frontgate route rm HOST[/PATH] [--wait] [--force]
     frontgate route ls [--json]
     frontgate route show HOST [--json]
@@ -46,7 +46,8 @@ def add_parsers(route: argparse.ArgumentParser) -> None:
     c = sub.add_parser("add", help="add or replace the route for HOST[/PATH]")
     c.add_argument("target", metavar="HOST[/PATH]")
     c.add_argument("servers", nargs="+", metavar="SERVER", help="host:port or unix:/path")
-    c.add_argument("--websocket", action="store_true", help="the backend speaks WebSocket")
+    c.add_argument("--websocket", action=argparse.BooleanOptionalAction, default=True,
+                   help="tunnel WebSocket upgrades (the default); --no-websocket refuses them with 403")
     c.add_argument("--balance", default="roundrobin", choices=routes.BALANCES)
     waits(c)
     c = sub.add_parser("rm", help="remove the route for HOST[/PATH]")
@@ -142,7 +143,7 @@ def current_table(cfg: RouterConfig) -> routes.RouteTable:
 
 
 def route_line(route: routes.Route) -> str:
-    flags = " websocket" if route.websocket else ""
+    flags = "" if route.websocket else " no-websocket"
     return (f"{route.key:40} {' '.join(route.servers):30} {route.balance}{flags} "
             f"owner={route.owner or '-'} revision={route.revision}")
 

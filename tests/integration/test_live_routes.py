@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 
 import pytest
 
 from frontgate import health_state
-from tests.helpers import BIN, daemon_output, start_daemon, stop_daemon, wait_until
+from tests.helpers import BIN, REPO, daemon_output, free_port, start_daemon, stop_daemon, wait_until
 from tests.routes_fixtures import RouterNode, backends, frontgate  # noqa: F401 (fixture)
 
 BOUND = 5.0       # seconds: the router stats the table file every 0.25 s
@@ -103,3 +104,51 @@ def test_the_health_checker_checks_dynamic_routes_servers(node, backends, tmp_pa
         wait_until(lambda: key not in health_state.read(state_file).servers, BOUND, what="server dropped")
     finally:
         stop_daemon(checker)
+
+
+def ws_echo(node, host: str) -> str:
+    """A WebSocket echo through the router with the real client: the echo, or `refused STATUS`."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+    try:
+        with connect(f"ws://{host}/socket", sock=socket.create_connection((node.ip, node.port), timeout=5),
+                     open_timeout=5) as ws:
+            ws.send("hello")
+            return ws.recv(timeout=5)
+    except InvalidStatus as e:
+        return f"refused {e.response.status_code}"
+
+
+def test_the_websocket_flag_refuses_upgrades_where_it_is_off(tmp_path, backends):
+    """Routes tunnel WebSocket upgrades unless added with --no-websocket; a static app unless it
+    says `websocket = false`. A refused upgrade is a 403 from the router, never forwarded."""
+    port = free_port()
+    demo = start_daemon([str(BIN / "python"), str(REPO / "scripts" / "demo_app.py"), "--name", "chat", "--port",
+                         str(port), "--websocket-path", "/socket"], wait_for=("127.0.0.1", port))
+    node = RouterNode(tmp_path, "127.0.0.1", backends["static"].address)
+    node.config.write_text(node.config.read_text() + f"""
+[[app]]
+name = "quiet"
+hosts = ["quiet.example.net"]
+servers = ["127.0.0.1:{port}"]
+websocket = false
+[[app]]
+name = "chat"
+hosts = ["chat.example.net"]
+servers = ["127.0.0.1:{port}"]
+""")
+    node.start()
+    try:
+        assert frontgate(node.configs, "route", "add", "ws.example.net", f"127.0.0.1:{port}").returncode == 0
+        r = frontgate(node.configs, "route", "add", "plain.example.net", f"127.0.0.1:{port}", "--no-websocket")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: node.get("plain.example.net")[0] == 200, BOUND, what="routes served")
+        assert ws_echo(node, "chat.example.net") == "hello"
+        assert ws_echo(node, "ws.example.net") == "hello"
+        assert ws_echo(node, "quiet.example.net") == "refused 403"
+        assert ws_echo(node, "plain.example.net") == "refused 403"
+        assert node.get("plain.example.net")[0] == 200      # plain requests still served
+        assert "no-websocket" in frontgate(node.configs, "route", "ls").stdout
+    finally:
+        node.stop()
+        stop_daemon(demo)

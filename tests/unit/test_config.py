@@ -132,6 +132,8 @@ ROUTER_ERRORS = [
     (('listener = "public"', 'listener = "nope"'), "redirect[0].listener", "no listener named 'nope'"),
     (('to_scheme = "https"', ""), "redirect[0]", "exactly one of"),
     (('name = "coltrane"', 'name = "maps"'), "app[1].name", "duplicate app name"),
+    (('name = "coltrane"', 'name = "route:coltrane.localhost"'), "app[1].name", "are the dynamic routes'"),
+    (('name = "coltrane"', 'name = "coltrane"\nwebsocket = "no"'), "app[1].websocket", "true or false"),
     (('"*.coltrane.localhost"', '"bad host!"'), "app[1].hosts[0]", "not a host name"),
     (('path_prefix = "/api"', 'path_prefix = "api"'), "app[1].path_prefix", "must start with '/'"),
     (('retries = 0', 'retries = -1'), "app[1].retries", "out of range"),
