@@ -83,11 +83,19 @@ class RouterNode:
         self.config.write_text(ROUTER_TOML.format(ip=ip, port=self.port, store=store, poll=poll,
                                                   node=node or ip, static=static, extra=extra))
         self.table = self.configs / "state" / "routes.json"
+        self.status_dir = directory / "run" / "status"
         self.proc = None
 
-    def start(self):
-        self.proc = start_daemon(["mux-router", "--config", str(self.config)], wait_for=(self.ip, self.port))
+    def start(self, process: str = ""):
+        self.proc = self.spawn(process)
         return self
+
+    def spawn(self, process: str = "") -> subprocess.Popen:
+        """A router process of this config, recording its status in `directory/run/status` (where
+        `frontgate route --wait` looks) as `process` (supervisord's name for it; default: mux-router)."""
+        env = os.environ | ({"SUPERVISOR_PROCESS_NAME": process} if process else {})
+        return start_daemon(["mux-router", "--config", str(self.config), "--status-dir", str(self.status_dir)],
+                            wait_for=(self.ip, self.port), env=env)
 
     def stop(self) -> str:
         return stop_daemon(self.proc) if self.proc is not None else ""
@@ -121,10 +129,10 @@ def as_other_user() -> list[str]:
     can read (a pyenv under /root); then the system's Python of the same version, with the checkout
     and the venv's site-packages on its path."""
     if os.access(os.path.realpath(sys.executable), os.X_OK, effective_ids=False) and _others_may_run(sys.executable):
-        return [sys.executable, "-m", "frontgate.cli"]
+        return [sys.executable, "-m", "frontgate_ops.cli"]
     site = next(Path(sys.prefix).glob("lib/python*/site-packages"))
     return ["env", f"PYTHONPATH={REPO}:{site}", f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}",
-            "-m", "frontgate.cli"]
+            "-m", "frontgate_ops.cli"]
 
 
 def _others_may_run(path: str) -> bool:

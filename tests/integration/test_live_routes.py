@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
 
 import pytest
@@ -152,3 +154,29 @@ servers = ["127.0.0.1:{port}"]
     finally:
         node.stop()
         stop_daemon(demo)
+
+
+def test_route_add_wait_returns_when_every_router_process_swapped_the_table_in(tmp_path, backends):
+    """--wait with the file store: each router process records the table version it swapped in
+    (run/status); the CLI waits for all live ones of this config, and names one that lags."""
+    node = RouterNode(tmp_path, "127.0.0.1", backends["static"].address).start("mux-router_00")
+    second = node.spawn("mux-router_01")          # SO_REUSEPORT: both take connections
+    wait_until(lambda: len(list(node.status_dir.glob("mux-router_0*.json"))) == 2, BOUND, what="both recorded")
+    try:
+        r = frontgate(node.configs, "route", "add", "blog.example.net", backends["blog"].address, "--wait")
+        assert r.returncode == 0, r.stderr
+        for _ in range(8):           # no wait_until: --wait returned, so every process serves it
+            assert node.serves("blog.example.net", "/", "blog")
+        os.kill(second.pid, signal.SIGSTOP)      # alive but applying nothing
+        try:
+            r = frontgate(node.configs, "route", "add", "other.example.net", backends["other"].address, "--wait")
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert f"still behind version 2: mux-router_01[{second.pid}] (version 1)" in r.stderr, r.stderr
+            assert "mux-router_00" not in r.stderr
+        finally:
+            os.kill(second.pid, signal.SIGCONT)
+        r = frontgate(node.configs, "route", "rm", "other.example.net", "--wait")
+        assert r.returncode == 0, r.stderr
+    finally:
+        stop_daemon(second)
+        node.stop()
