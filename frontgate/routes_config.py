@@ -80,6 +80,8 @@ def _self_service(t: Any) -> SelfService:
     for i, d in enumerate(domains):
         if "{user}" not in d:
             raise s.error(f"user_domains[{i}]", f"{d!r} must contain {{user}}: each user gets names of their own")
-    service = SelfService(user_domains=domains, socket=s.path("socket", "../run/routes.sock"))
+    # The default as if written in the file (a path default is returned as given, not resolved).
+    socket_path = s.path("socket", None) or (s.file.parent / "../run/routes.sock").resolve()
+    service = SelfService(user_domains=domains, socket=socket_path)
     s.done()
     return service

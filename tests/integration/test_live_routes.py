@@ -177,6 +177,9 @@ def test_route_add_wait_returns_when_every_router_process_swapped_the_table_in(t
             os.kill(second.pid, signal.SIGCONT)
         r = frontgate(node.configs, "route", "rm", "other.example.net", "--wait")
         assert r.returncode == 0, r.stderr
+        r = frontgate(node.configs, "route", "rm", "blog.example.net", "--wait")   # an empty table has a version too
+        assert r.returncode == 0, r.stderr
+        assert node.get("blog.example.net")[0] == 404
     finally:
         stop_daemon(second)
         node.stop()
