@@ -3,7 +3,7 @@ configured names into the terminator's certs_dir (http-01 answered by the router
 from __future__ import annotations
 
 from cert_manager.manager import serve
-from frontgate.cert_manager_config import load_cert_manager_config
+from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.daemon import load_or_exit, parse_args, process_status, run, setup_logging
 
 

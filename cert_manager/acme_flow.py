@@ -17,7 +17,7 @@ from acme import challenges, client, crypto_util, errors, messages
 
 from cert_manager import files
 from frontgate import dev_ca
-from frontgate.cert_manager_config import CertManagerConfig
+from frontgate.config.cert_manager import CertManagerConfig
 
 log = logging.getLogger("cert-manager")
 

@@ -21,7 +21,7 @@ from cert_manager.acme_flow import Session, describe
 from cert_manager.stats import CertManagerAdmin, Counters
 from frontgate import acme_state
 from frontgate.acme_state import NameState
-from frontgate.cert_manager_config import CertManagerConfig, load_cert_manager_config
+from frontgate.config.cert_manager import CertManagerConfig, load_cert_manager_config
 from frontgate.config import ConfigError
 from frontgate.process_status import ProcessStatus
 

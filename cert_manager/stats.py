@@ -6,7 +6,8 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from frontgate.metrics import METRICS_CONTENT_TYPE, AdminEndpoint, Family, Page, Values, render_prometheus
+from frontgate.admin_http import AdminEndpoint, Page
+from frontgate.metrics import METRICS_CONTENT_TYPE, Family, Values, render_prometheus
 
 if TYPE_CHECKING:
     from cert_manager.manager import Manager

@@ -13,21 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from frontgate.config import AdminConfig
-from frontgate.metrics import (
-    MAX_SNAPSHOT_FILES,
-    METRICS_CONTENT_TYPE,
-    SNAPSHOT_INTERVAL,
-    Family,
-    RateMeter,
-    Values,
-    merge,
-    merge_rates,
-    pid_alive,
-    process_rows,
-    read_snapshots,
-    render_prometheus,
-    snapshot_doc,
-)
+from frontgate.metrics import (MAX_SNAPSHOT_FILES, METRICS_CONTENT_TYPE, SNAPSHOT_INTERVAL, Family, RateMeter, Values,
+                              merge, merge_rates, pid_alive, process_rows, read_snapshots, render_prometheus,
+                              snapshot_doc)
 
 log = logging.getLogger("frontgate.admin")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from frontgate import routes
-from frontgate.routes_config import RoutesConfig
+from frontgate.config.routes import RoutesConfig
 
 
 class StoreError(Exception):

@@ -25,7 +25,7 @@ from redis.sentinel import Sentinel
 
 from frontgate import routes
 from frontgate.route_store import StoreError, guarded
-from frontgate.routes_config import RoutesConfig
+from frontgate.config.routes import RoutesConfig
 
 MAX_ATTEMPTS = 8
 SOCKET_TIMEOUT = 2.0

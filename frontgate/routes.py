@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from frontgate import names
 from frontgate.config import Address, App, RouterConfig, Server
-from frontgate.routes_config import ROUTE_APP_PREFIX
+from frontgate.config.routes import ROUTE_APP_PREFIX
 
 FORMAT = 2
 LEGACY_FORMAT = 1      # its websocket flags meant nothing: read as true (upgrades tunnelled, as then)

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from frontgate import acme_state
-from frontgate.cert_manager_config import load_cert_manager_config
+from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.config import ConfigError
 from frontgate_ops.status import duration
 

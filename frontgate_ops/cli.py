@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from frontgate.cert_manager_config import load_cert_manager_config
+from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.config import (
     Address,
     ConfigError,

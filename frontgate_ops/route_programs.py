@@ -4,7 +4,7 @@ table file in line with the fleet's), `route-broker` with [routes.self_service].
 needs neither: `make deploy` runs nothing new."""
 from __future__ import annotations
 
-from frontgate.routes_config import RoutesConfig
+from frontgate.config.routes import RoutesConfig
 
 PROGRAM = """
 [program:{name}]

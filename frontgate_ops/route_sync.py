@@ -22,7 +22,7 @@ from frontgate import routes
 from frontgate.route_store import StoreError
 from frontgate.route_store_file import read_table, write_table
 from frontgate.route_store_redis import ERRORS, RedisStore
-from frontgate.routes_config import RoutesConfig
+from frontgate.config.routes import RoutesConfig
 
 log = logging.getLogger("route-sync")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from frontgate import dev_ca, health_state, routes
-from frontgate.cert_manager_config import load_cert_manager_config
+from frontgate.config.cert_manager import load_cert_manager_config
 from frontgate.config import (
     ConfigError,
     RouterConfig,

@@ -16,6 +16,7 @@ from tests.helpers import BIN, REPO, free_port, start_daemon, stop_daemon
 
 ROUTER_TOML = """
 [router]
+access_log_file = "-"
 state_file = "state/health.json"
 state_stale_after = 60
 access_log_file = "-"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frontgate.cert_manager_config import LETS_ENCRYPT_STAGING, load_cert_manager_config
+from frontgate.config.cert_manager import LETS_ENCRYPT_STAGING, load_cert_manager_config
 from frontgate.config import ConfigError
 
 ROUTER = """

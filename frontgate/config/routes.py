@@ -15,7 +15,7 @@
     user_domains = ["{user}.apps.example.net", "*.{user}.apps.example.net"]
     socket = "../run/routes.sock"
 
-Parsed here against config._Table (passed in, not imported: config imports this module).
+Parsed here against the file's schema.Table (passed in by frontgate.config.router).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 # The names of the apps the router makes of dynamic routes (routes.app_of): `route:HOST[/PATH]`.
-# Here, not in routes.py, so that config.py (which imports this module) refuses it for static apps.
+# Here, not in frontgate/routes.py (which imports the config), so that config.apps refuses it for static apps.
 ROUTE_APP_PREFIX = "route:"
 
 _SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
@@ -54,7 +54,7 @@ class RoutesConfig:
 
 
 def parse(root: Any, state_dir: Path) -> RoutesConfig:
-    """`root`: the file's config._Table."""
+    """`root`: the file's schema.Table."""
     t = root.table("routes")
     store = t.str("store", "file")
     if store != "file" and not store.startswith(_SCHEMES):

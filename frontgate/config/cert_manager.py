@@ -1,6 +1,6 @@
 """cert-manager.toml: which names get ACME certificates, from which CA, into which directories.
 
-Parsed with config.py's _Table machinery (every problem names file, key and what is wrong; unknown
+Parsed with config.py's Table machinery (every problem names file, key and what is wrong; unknown
 keys are errors; relative paths are from the TOML file's directory). Names are exact host names in
 frontgate.names' form: listed in `names`, and (with `router_config`) every exact host of the
 router's apps marked `acme = true`. Never a wildcard (http-01 cannot prove one), never an IP
@@ -12,15 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frontgate import names
-from frontgate.config import (
-    AdminConfig,
-    ConfigError,
-    RouterConfig,
-    _admin,
-    _load,
-    _Table,
-    load_router_config,
-)
+from frontgate.config.common import AdminConfig, admin_table
+from frontgate.config.router import RouterConfig, load_router_config
+from frontgate.config.schema import ConfigError, Table, load
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -46,7 +40,7 @@ class CertManagerConfig:
     admin: AdminConfig | None = None
 
 
-def _name(t: _Table, key: str, value: str) -> str:
+def _name(t: Table, key: str, value: str) -> str:
     """An exact DNS name, normalised; ConfigError for a wildcard, an IP address or a non-name."""
     try:
         if names.is_ip_literal(value):
@@ -58,8 +52,8 @@ def _name(t: _Table, key: str, value: str) -> str:
         raise ConfigError(t.file, key, str(e)) from None
 
 
-def _path(t: _Table, key: str, default: str) -> Path:
-    """_Table.path, with the default resolved from the file's directory too."""
+def _path(t: Table, key: str, default: str) -> Path:
+    """Table.path, with the default resolved from the file's directory too."""
     value = t.path(key, None)
     return value if value is not None else (t.file.parent / default).resolve()
 
@@ -70,7 +64,7 @@ def acme_hosts(router: RouterConfig) -> list[str]:
     return [h for app in router.apps if app.acme for h in app.hosts if not h.startswith("*")]
 
 
-def _build(root: _Table) -> CertManagerConfig:
+def _build(root: Table) -> CertManagerConfig:
     c = root.table("cert_manager")
     directory_url = c.str("directory_url", LETS_ENCRYPT_STAGING)
     if not directory_url.startswith("https://"):
@@ -113,9 +107,9 @@ def _build(root: _Table) -> CertManagerConfig:
         if router.acme_challenge_dir is not None and router.acme_challenge_dir != cfg["challenge_dir"]:
             raise c.error("challenge_dir", f"{cfg['challenge_dir']} is not the router's acme_challenge_dir "
                                            f"({router.acme_challenge_dir}): the router would not find the tokens")
-    admin = _admin(root, cfg["state_dir"] / "stats")
+    admin = admin_table(root, cfg["state_dir"] / "stats")
     return CertManagerConfig(names=tuple(sorted(set(listed + from_router))), admin=admin, **cfg)
 
 
 def load_cert_manager_config(path: str | Path) -> CertManagerConfig:
-    return _load(path, _build)
+    return load(path, _build)
