@@ -19,7 +19,6 @@ ROUTER_TOML = """
 access_log_file = "-"
 state_file = "state/health.json"
 state_stale_after = 60
-access_log_file = "-"
 [listen.public]
 address = "{ip}:{port}"
 [timeouts]
