@@ -3,8 +3,9 @@ frontgate.fingerprint) and how its last reload went, in a small JSON file per pr
 run/status/PROCESS.PID.json, replaced atomically.
 
 This is how `frontgate reload` learns that every process took (or refused) a SIGHUP, how
-`frontgate restart` learns that a new process serves, and how `frontgate status` shows what each
-process runs. Logs cannot tell it reliably: the router's traffic would drown the lines.
+`frontgate restart` learns that a new process serves, how `frontgate status` shows what each
+process runs, and how `frontgate route add --wait` learns that every router process applied the
+route table version it wrote (`routes_version`, rewritten at each table swap). Logs cannot tell it reliably: the router's traffic would drown the lines.
 
 PROCESS is supervisord's process name (mux-router, or mux-router_00, ... with several workers),
 from SUPERVISOR_PROCESS_NAME; without supervisord, the stage's name.
@@ -46,6 +47,8 @@ class ProcessStatus:
     fingerprint: str = ""
     reloads: int = 0                # SIGHUPs handled, so that a waiter can tell its own from older ones
     started_at: float = field(default_factory=time.time)
+    routes_version: int | None = None    # the router's: the dynamic route table version it serves
+    _last: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.process = self.process or os.environ.get("SUPERVISOR_PROCESS_NAME") or self.stage
@@ -78,16 +81,26 @@ class ProcessStatus:
         self.fingerprint = fingerprint
         self._write(what, OK, "")
 
+    def routes_applied(self, version: int) -> None:
+        """The router swapped in route table `version` (recorded once it has started: before, the
+        start record carries it)."""
+        if version != self.routes_version:
+            self.routes_version = version
+            if self._last:
+                self._write(**self._last)
+
     def stopped(self) -> None:
         if self.directory is not None:
             status_path(self.directory, self.process, self.pid).unlink(missing_ok=True)
 
     def _write(self, event: str, outcome: str, message: str) -> None:
+        self._last = {"event": event, "outcome": outcome, "message": message}
         if self.directory is None:
             return
-        record = {"stage": self.stage, "process": self.process, "pid": self.pid, "config": str(self.config),
+        record = {"stage": self.stage, "process": self.process, "pid": self.pid,
+                  "config": str(Path(self.config).absolute()),
                   "fingerprint": self.fingerprint, "started_at": self.started_at, "reloads": self.reloads,
-                  "last": {"event": event, "outcome": outcome, "message": message, "time": time.time()}}
+                  "routes_version": self.routes_version, "last": self._last | {"time": time.time()}}
         path = status_path(self.directory, self.process, self.pid)
         tmp = path.with_name(f".{path.name}.tmp")
         try:
@@ -95,3 +108,31 @@ class ProcessStatus:
             tmp.replace(path)         # readers see the old record or the new one, whole
         except OSError:
             pass                      # best effort: `frontgate reload` then says it heard nothing
+
+
+def live_records(directory: Path, stage: str, config: Path) -> list[dict[str, Any]]:
+    """The records of the processes of `stage` running `config` that are alive now (a crashed
+    process's file stays until a successor of the same name starts: its pid is gone)."""
+    config = Path(config).resolve()
+    records = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (isinstance(record, dict) and record.get("stage") == stage and _alive(record.get("pid"))
+                and Path(str(record.get("config"))).resolve() == config):
+            records.append(record)
+    return records
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True               # alive, another user's
+    return True

@@ -67,4 +67,5 @@ def follower_for(path: Path) -> FileFollower:
 
 
 def followed_table(follower: FileFollower) -> routes.RouteTable:
-    return follower.value or routes.EMPTY
+    # Not `value or EMPTY`: a table without routes is falsy (len 0) but has its own version.
+    return follower.value if follower.value is not None else routes.EMPTY

@@ -4,6 +4,8 @@ Keys (prefix `[routes] key`, default `frontgate:routes`):
     PREFIX:table      hash: route key -> the route as JSON (routes.route_doc)
     PREFIX:version    the table's version, bumped by every change
     PREFIX:forced     the version last written with --force (nodes apply it past the shrink guard)
+    PREFIX:format     routes.FORMAT of the docs in the table (none: routes.LEGACY_FORMAT; the first
+                      change by this code rewrites every doc and sets it)
     PREFIX:changed    pub/sub channel: the new version, a hint only
     PREFIX:node:NAME  the version node NAME applied, as JSON, with a short expiry (a dead node's
                       record goes away; `route status` lists the live ones)
@@ -63,10 +65,12 @@ def json_records(client: redis.Redis, prefix: str) -> dict[str, dict]:
 class Keys:
     def __init__(self, prefix: str):
         self.table, self.version, self.forced = f"{prefix}:table", f"{prefix}:version", f"{prefix}:forced"
+        self.format = f"{prefix}:format"
         self.channel, self.node_prefix = f"{prefix}:changed", f"{prefix}:node:"
 
 
-def table_from(version: str | None, forced: str | None, fields: dict[str, str]) -> routes.RouteTable:
+def table_from(version: str | None, forced: str | None, fields: dict[str, str],
+               stored_format: str | None) -> routes.RouteTable:
     """The table from what Redis holds, validated whole: StoreError naming the bad route."""
     docs = []
     for key, text in fields.items():
@@ -75,7 +79,7 @@ def table_from(version: str | None, forced: str | None, fields: dict[str, str]) 
         except ValueError:
             raise StoreError(f"route {key!r} in Redis is not JSON") from None
     try:
-        return routes.loads(json.dumps({"format": routes.FORMAT, "version": int(version or 0),
+        return routes.loads(json.dumps({"format": int(stored_format or routes.LEGACY_FORMAT), "version": int(version or 0),
                                         "forced": int(forced or 0), "routes": docs}))
     except (routes.RouteError, ValueError) as e:
         raise StoreError(f"the table in Redis is invalid: {e}") from None
@@ -99,14 +103,14 @@ class RedisStore:
             raise StoreError(f"redis: {e}") from None
 
     def read(self) -> routes.RouteTable:
-        """One consistent snapshot (MULTI/EXEC: no change lands between the three reads)."""
+        """One consistent snapshot (MULTI/EXEC: no change lands between the reads)."""
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                version, forced, fields = pipe.get(self.keys.version).get(self.keys.forced) \
-                    .hgetall(self.keys.table).execute()
+                version, forced, fields, stored_format = pipe.get(self.keys.version).get(self.keys.forced) \
+                    .hgetall(self.keys.table).get(self.keys.format).execute()
         except ERRORS as e:
             raise StoreError(f"redis: {e}") from None
-        return table_from(version, forced, fields)
+        return table_from(version, forced, fields, stored_format)
 
     def change(self, edit: Callable[[routes.RouteTable], routes.RouteTable], force: bool = False) -> routes.RouteTable:
         k = self.keys
@@ -115,18 +119,21 @@ class RedisStore:
                 for _ in range(MAX_ATTEMPTS):
                     try:
                         pipe.watch(k.version)
-                        old = table_from(pipe.get(k.version), pipe.get(k.forced), pipe.hgetall(k.table))
+                        stored_format = pipe.get(k.format)
+                        old = table_from(pipe.get(k.version), pipe.get(k.forced), pipe.hgetall(k.table), stored_format)
                         new = guarded(old, edit(old), force)
                         pipe.multi()
                         gone = [key for key in old.routes if key not in new.routes]
                         if gone:
                             pipe.hdel(k.table, *gone)
+                        legacy = stored_format != str(routes.FORMAT)     # rewrite every doc in this format
                         changed = {key: json.dumps(routes.route_doc(r)) for key, r in new.routes.items()
-                                   if old.routes.get(key) != r}
+                                   if legacy or old.routes.get(key) != r}
                         if changed:
                             pipe.hset(k.table, mapping=changed)
                         pipe.set(k.version, new.version)
                         pipe.set(k.forced, new.forced)
+                        pipe.set(k.format, routes.FORMAT)
                         pipe.execute()
                     except redis.WatchError:
                         continue              # another writer won this round: edit its table

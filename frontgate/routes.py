@@ -1,12 +1,16 @@
 """Dynamic routes: the route table beside the static apps of mux-router.toml, pure.
 
 A route sends `host[/path-prefix]` to one or more servers (`host:port` or `unix:/path`), with a
-balance algorithm, a websocket flag, the owner who added it and a revision (the table version
-that last changed it). The table is one JSON document, always validated whole and applied whole:
+balance algorithm, a websocket flag (WebSocket upgrades are tunnelled, or refused with 403), the
+owner who added it and a revision (the table version that last changed it). The table is one JSON
+document, always validated whole and applied whole:
 
-    {"format": 1, "version": 7, "forced": 0,
+    {"format": 2, "version": 7, "forced": 0,
      "routes": [{"host": "blog.alice.apps.example.net", "path": "/", "servers": ["127.0.0.1:8001"],
-                 "websocket": false, "balance": "roundrobin", "owner": "alice", "revision": 7}]}
+                 "websocket": true, "balance": "roundrobin", "owner": "alice", "revision": 7}]}
+
+Format 1 tables were written when the websocket flag was only a note and every route tunnelled
+upgrades: they load with websocket true for every route, so they keep serving as they did.
 
 The router turns each route into a frontgate.config.App (named `route:HOST/PATH`), placed after
 the static apps: a static app always wins for a host and path it serves, and balancing, health
@@ -21,10 +25,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from frontgate import names
 from frontgate.config import Address, App, RouterConfig, Server
+from frontgate.config.routes import ROUTE_APP_PREFIX
 
-FORMAT = 1
+FORMAT = 2
+LEGACY_FORMAT = 1      # its websocket flags meant nothing: read as true (upgrades tunnelled, as then)
 BALANCES = ("roundrobin", "leastconn", "source", "uri")
-APP_PREFIX = "route:"           # dynamic apps' names; static app names have no ':'... nor '/'
+APP_PREFIX = ROUTE_APP_PREFIX   # dynamic apps' names; config refuses static apps named so
 MAX_SERVERS = 64
 MAX_ROUTES = 100_000
 MAX_PATH = 1024
@@ -39,7 +45,7 @@ class Route:
     host: str                        # normalised exact name, or `*.suffix`
     path: str = "/"                  # prefix; starts with '/'
     servers: tuple[str, ...] = ()    # "host:port" | "unix:/path", as Address.parse takes them
-    websocket: bool = False          # informational: the backend speaks WebSocket (tunnelled either way)
+    websocket: bool = True           # WebSocket upgrades tunnelled; false: refused (403), as App.websocket
     balance: str = "roundrobin"
     owner: str = ""
     revision: int = 0
@@ -96,7 +102,7 @@ def check_server(text: str) -> str:
     return text
 
 
-def make_route(target: str, servers: Iterable[str], *, websocket: bool = False, balance: str = "roundrobin",
+def make_route(target: str, servers: Iterable[str], *, websocket: bool = True, balance: str = "roundrobin",
                owner: str = "", revision: int = 0) -> Route:
     host, path = parse_target(target)
     return check_route(Route(host=host, path=path, servers=tuple(servers), websocket=websocket,
@@ -133,9 +139,11 @@ def route_doc(route: Route) -> dict[str, Any]:
     return dataclasses.asdict(route) | {"servers": list(route.servers)}
 
 
-def route_from_doc(doc: Any, where: str) -> Route:
+def route_from_doc(doc: Any, where: str, format: int = FORMAT) -> Route:
     if not isinstance(doc, dict):
         raise RouteError(f"{where}: expected an object")
+    if format == LEGACY_FORMAT:
+        doc = doc | {"websocket": True}
     unknown = set(doc) - {f.name for f in dataclasses.fields(Route)}
     if unknown:
         raise RouteError(f"{where}: unknown field {sorted(unknown)[0]!r}")
@@ -160,8 +168,8 @@ def loads(data: bytes | str) -> RouteTable:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise RouteError(f"not JSON: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise RouteError(f"not a format-{FORMAT} route table")
+    if not isinstance(doc, dict) or doc.get("format") not in (FORMAT, LEGACY_FORMAT):
+        raise RouteError(f"not a format-{FORMAT} (or {LEGACY_FORMAT}) route table")
     version, forced = doc.get("version"), doc.get("forced", 0)
     for name, value in (("version", version), ("forced", forced)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -169,7 +177,7 @@ def loads(data: bytes | str) -> RouteTable:
     docs = doc.get("routes")
     if not isinstance(docs, list) or len(docs) > MAX_ROUTES:
         raise RouteError(f"routes: expected a list of at most {MAX_ROUTES} routes")
-    return table_of((route_from_doc(d, f"routes[{i}]") for i, d in enumerate(docs)), version, forced)
+    return table_of((route_from_doc(d, f"routes[{i}]", doc["format"]) for i, d in enumerate(docs)), version, forced)
 
 
 def table_of(routes: Iterable[Route], version: int, forced: int = 0) -> RouteTable:
@@ -236,7 +244,7 @@ def static_conflict(static_apps: Sequence[App], route: Route) -> App | None:
 
 def app_of(route: Route) -> App:
     return App(name=APP_PREFIX + route.key, hosts=(route.host,), path_prefix=route.path, balance=route.balance,
-               servers=tuple(Server(address=Address.parse(s)) for s in route.servers))
+               servers=tuple(Server(address=Address.parse(s)) for s in route.servers), websocket=route.websocket)
 
 
 _APPS: dict[int, tuple[RouteTable, tuple[App, ...]]] = {}     # by id(table): a reload re-merges the same one

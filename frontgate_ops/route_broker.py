@@ -12,7 +12,7 @@ Plus what every route must pass: valid fields, no static app serving the name (r
 
 Protocol: one JSON object per connection each way, a line each.
     {"op": "add", "target": "blog.alice.apps.example.net", "servers": ["127.0.0.1:8001"],
-     "websocket": false, "balance": "roundrobin", "wait": false}
+     "websocket": true, "balance": "roundrobin", "wait": false}
     {"op": "rm", "target": "blog.alice.apps.example.net"}
     -> {"ok": true, "version": 12, "message": "..."} | {"ok": false, "error": "refused by rule own_ports: ..."}
 """
@@ -126,7 +126,7 @@ def decide(cfg: RouterConfig, uid: int, request: dict) -> dict:
             servers = request.get("servers")
             if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
                 raise RuleRefusal("servers: a list of host:port")
-            route = new_route(cfg, str(request.get("target", "")), servers, bool(request.get("websocket")),
+            route = new_route(cfg, str(request.get("target", "")), servers, bool(request.get("websocket", True)),
                               str(request.get("balance", "roundrobin")), user)
             check_host(service.user_domains, user, route.host)
             if uid != 0:

@@ -1,6 +1,6 @@
 """`frontgate route ...`: the dynamic route table from the command line.
 
-    frontgate route add HOST[/PATH] SERVER... [--websocket] [--balance B] [--wait] [--force]
+    frontgate route add HOST[/PATH] SERVER... [--no-websocket] [--balance B] [--wait] [--force]
     frontgate route rm HOST[/PATH] [--wait] [--force]
     frontgate route ls [--json]
     frontgate route show HOST [--json]
@@ -21,10 +21,12 @@ import os
 import pwd
 import sys
 import time
+from pathlib import Path
 
 from frontgate import routes
 from frontgate.config import ConfigError, RouterConfig, load_router_config
 from frontgate.daemon import EXIT_CONFIG_ERROR
+from frontgate.process_status import live_records
 from frontgate.route_store import StoreError, open_store
 from frontgate.route_store_file import read_table
 
@@ -40,13 +42,18 @@ def add_parsers(route: argparse.ArgumentParser) -> None:
     sub = route.add_subparsers(dest="route_command", required=True)
 
     def waits(c: argparse.ArgumentParser) -> None:
-        c.add_argument("--wait", action="store_true", help="return when every live node applied the change")
+        c.add_argument("--wait", action="store_true",
+                       help="return when every live router process of this config (and every live Redis node) "
+                            f"applied the change; exit 1 if one has not within {WAIT_TIMEOUT:g}s")
         c.add_argument("--force", action="store_true", help="pass the shrink and version guard")
+        c.add_argument("--status-dir", type=Path, default=None,
+                       help="the router processes' status files (default: run/status beside the config directory)")
 
     c = sub.add_parser("add", help="add or replace the route for HOST[/PATH]")
     c.add_argument("target", metavar="HOST[/PATH]")
     c.add_argument("servers", nargs="+", metavar="SERVER", help="host:port or unix:/path")
-    c.add_argument("--websocket", action="store_true", help="the backend speaks WebSocket")
+    c.add_argument("--websocket", action=argparse.BooleanOptionalAction, default=True,
+                   help="tunnel WebSocket upgrades (the default); --no-websocket refuses them with 403")
     c.add_argument("--balance", default="roundrobin", choices=routes.BALANCES)
     waits(c)
     c = sub.add_parser("rm", help="remove the route for HOST[/PATH]")
@@ -112,7 +119,7 @@ def cmd_add(cfg: RouterConfig, args: argparse.Namespace) -> int:
     route = new_route(cfg, args.target, args.servers, args.websocket, args.balance, caller_name())
     table = open_store(cfg.routes).change(lambda t: routes.with_route(t, route), args.force)
     print(f"{route.key} -> {' '.join(route.servers)} (version {table.version})")
-    return wait_for(cfg, table.version) if args.wait else 0
+    return wait_for(cfg, table.version, args.status_dir) if args.wait else 0
 
 
 def cmd_rm(cfg: RouterConfig, args: argparse.Namespace) -> int:
@@ -121,7 +128,7 @@ def cmd_rm(cfg: RouterConfig, args: argparse.Namespace) -> int:
     key = routes.route_key(args.target)
     table = open_store(cfg.routes).change(lambda t: routes.without_route(t, key), args.force)
     print(f"{key} removed (version {table.version})")
-    return wait_for(cfg, table.version) if args.wait else 0
+    return wait_for(cfg, table.version, args.status_dir) if args.wait else 0
 
 
 def broker_request(cfg: RouterConfig, args: argparse.Namespace, request: dict) -> int:
@@ -142,7 +149,7 @@ def current_table(cfg: RouterConfig) -> routes.RouteTable:
 
 
 def route_line(route: routes.Route) -> str:
-    flags = " websocket" if route.websocket else ""
+    flags = "" if route.websocket else " no-websocket"
     return (f"{route.key:40} {' '.join(route.servers):30} {route.balance}{flags} "
             f"owner={route.owner or '-'} revision={route.revision}")
 
@@ -215,8 +222,8 @@ def cmd_sync(cfg: RouterConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for(cfg: RouterConfig, version: int) -> int:
-    behind = wait_for_nodes(cfg, version)
+def wait_for(cfg: RouterConfig, version: int, status_dir: Path | None) -> int:
+    behind = wait_for_nodes(cfg, version, status_dir)
     if behind:
         print(f"frontgate route: after {WAIT_TIMEOUT:g}s still behind version {version}: {', '.join(behind)}",
               file=sys.stderr)
@@ -224,17 +231,22 @@ def wait_for(cfg: RouterConfig, version: int) -> int:
     return 0
 
 
-def wait_for_nodes(cfg: RouterConfig, version: int) -> list[str]:
-    """--wait: until every live node applied `version`; the nodes still behind after WAIT_TIMEOUT.
-    One host with the file store: the write is the table (the router stats it every 0.25 s)."""
-    if not cfg.routes.shared:
-        return []
-    store = open_store(cfg.routes)
+def wait_for_nodes(cfg: RouterConfig, version: int, status_dir: Path | None = None) -> list[str]:
+    """--wait: until every live router process of this config on this host recorded that it swapped
+    in `version` (ProcessStatus.routes_version) and, with Redis, every live node's sync applied it;
+    what is still behind after WAIT_TIMEOUT. A router that is not running has nothing to apply:
+    it starts from the table."""
+    status_dir = status_dir or cfg.path.parent.parent / "run" / "status"
+    store = open_store(cfg.routes) if cfg.routes.shared else None
     deadline = time.monotonic() + WAIT_TIMEOUT
     while True:
-        behind = sorted(n for n, v in store.node_versions().items() if v < version)
+        behind = [f"{r['process']}[{r['pid']}] (version {r.get('routes_version')})"
+                  for r in live_records(status_dir, "mux-router", cfg.path)
+                  if not isinstance(r.get("routes_version"), int) or r["routes_version"] < version]
+        if store is not None:
+            behind += [f"node {n} (version {v})" for n, v in store.node_versions().items() if v < version]
         if not behind or time.monotonic() > deadline:
-            return behind
+            return sorted(behind)
         time.sleep(0.1)
 
 

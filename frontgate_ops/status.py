@@ -272,7 +272,7 @@ def format_routes(facts: dict[str, Any] | None) -> list[str]:
     rows = [["ROUTE", "SERVERS", "BALANCE", "OWNER", "REVISION"]]
     for r in facts["routes"]:
         key = r["host"] + ("" if r["path"] == "/" else r["path"])
-        rows.append([key, " ".join(r["servers"]), r["balance"] + (" websocket" if r["websocket"] else ""),
+        rows.append([key, " ".join(r["servers"]), r["balance"] + ("" if r["websocket"] else " no-websocket"),
                      r["owner"] or "-", str(r["revision"])])
     body = ["  " + line for line in table(rows)] if len(rows) > 1 else ["  no dynamic routes"]
     return ["", f"{head}: version {facts['version']}"] + body

@@ -5,6 +5,9 @@ A request reads `router.config` once and keeps that object to the end (server.py
 so it sees the whole old table or the whole new one; nothing is reloaded and no connection is
 touched. The file is the local store's table or, with Redis, this node's snapshot of the fleet's
 table (written by `frontgate route sync`); either way it is replaced whole, atomically.
+
+Each swap is recorded in the process's status file (ProcessStatus.routes_version): that is how
+`frontgate route add --wait` knows every router process serves the version it wrote.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from frontgate import routes
 from frontgate.config import RouterConfig
+from frontgate.process_status import ProcessStatus
 from frontgate.route_store_file import follower_for, followed_table
 
 if TYPE_CHECKING:
@@ -25,8 +29,9 @@ REFRESH_INTERVAL = 0.25      # seconds between two stats of the table file (one 
 
 
 class LiveRoutes:
-    def __init__(self, static: RouterConfig):
+    def __init__(self, static: RouterConfig, status: ProcessStatus):
         self.static = static
+        self.status = status
         self.follower = follower_for(static.routes.file)
         self.follower.refresh()
 
@@ -40,12 +45,14 @@ class LiveRoutes:
             self.follower = follower_for(static.routes.file)
             self.follower.refresh()
         self.static = static
+        self.status.routes_applied(self.table.version)    # the caller swaps it in before any await
         return routes.merged(static, self.table)
 
     def apply(self, router: Router) -> None:
         config = routes.merged(self.static, self.table)
         router._set_apps(config.apps)      # slots and balancers first: no await until the swap
         router.config = config
+        self.status.routes_applied(self.table.version)
         log.info("route table version %d applied: %d routes", self.table.version, len(self.table))
 
     async def follow(self, router: Router) -> None:

@@ -193,7 +193,8 @@ def decide(cfg: RouterConfig, head: RequestHead, *, listener: str, client_ip: IP
     """Every decision on a request before it is forwarded, in order, in the one place both the
     fast path and the engine ask: the 421 check (`sni_check`: the connection's SNI where the
     listener checks it), redirects, the app, its client-certificate rule (`sni`: the connection's
-    SNI whatever the listener, `cert_verified`: the PROXY header's word), its ACL, its body limit."""
+    SNI whatever the listener, `cert_verified`: the PROXY header's word), its ACL, whether it takes
+    a WebSocket upgrade (App.websocket), its body limit."""
     host = head.host
     if cfg.acme_challenge_dir is not None and acme_challenge.wanted(head.path, head.method):
         challenge = _acme_challenge(cfg, head, listener)
@@ -218,6 +219,10 @@ def decide(cfg: RouterConfig, head: RequestHead, *, listener: str, client_ip: IP
             return Refusal(refused[0], refused[1], app=app, close=refused[0] == 421)
     if app.acls and not acl_allows(app, client_ip, head.path):
         return Refusal(403, "denied by the app's access rules", app=app)
+    if head.is_websocket_upgrade and not app.websocket:
+        # As Envoy without the upgrade enabled: refused, not forwarded as a plain GET (which the
+        # backend might answer 200, and the client would take for a broken handshake).
+        return Refusal(403, f"WebSocket upgrades are off for {app.name}", app=app)
     if app.max_body and (head.content_length or 0) > app.max_body:
         return Refusal(413, f"the body is larger than {app.max_body} bytes", app=app)
     return app

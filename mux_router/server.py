@@ -234,10 +234,10 @@ class QueueFull(Exception):
 
 class Router:
     def __init__(self, config: RouterConfig, status: ProcessStatus | None = None):
-        self.routes = LiveRoutes(config)           # dynamic routes: served after the static apps
+        self.status = status or ProcessStatus(None, "mux-router", config.path)   # reload outcomes
+        self.routes = LiveRoutes(config, self.status)     # dynamic routes: served after the static apps
         config = self.routes.merge(config)
         self.config = config
-        self.status = status or ProcessStatus(None, "mux-router", config.path)   # reload outcomes
         self.health = StateFollower(config.state_file, config.state_stale_after)
         self.slots: dict[str, ServerSlot] = {}
         self.balancers: dict[str, RoundRobin | LeastConn | Hashed] = {}

@@ -76,6 +76,12 @@ wait_until_running() {
 deploy() {
   mkdir -p logs run state "$DEPLOYED"
   fg supervisord-conf
+  # route-sync and route-broker, where [routes] in mux-router.toml asks for them (they read it at start)
+  local route_programs=() program
+  for program in route-sync route-broker; do
+    grep -q "^\[program:$program\]" "$CONF" && route_programs+=("$program")
+  done
+  PROGRAMS+=("${route_programs[@]}")
   if ! supervisord_running; then
     "$BIN/supervisord" -c "$CONF"
     fg deployed record "${STAGES[@]}"
@@ -97,6 +103,9 @@ deploy() {
           exit 1
         fi
         echo "$stage: config changed, restarted"
+        if [[ $stage == mux-router ]] && ((${#route_programs[@]})); then
+          ctl restart "${route_programs[@]}" >/dev/null || true     # wait_until_running reports a failure
+        fi
       elif [[ "$(program_state "$stage")" != RUNNING ]]; then
         ctl start "$stage:*" >/dev/null || true     # wait_until_running reports a failure
         echo "$stage: unchanged, was not running, started"

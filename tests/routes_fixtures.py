@@ -83,11 +83,19 @@ class RouterNode:
         self.config.write_text(ROUTER_TOML.format(ip=ip, port=self.port, store=store, poll=poll,
                                                   node=node or ip, static=static, extra=extra))
         self.table = self.configs / "state" / "routes.json"
+        self.status_dir = directory / "run" / "status"
         self.proc = None
 
-    def start(self):
-        self.proc = start_daemon(["mux-router", "--config", str(self.config)], wait_for=(self.ip, self.port))
+    def start(self, process: str = ""):
+        self.proc = self.spawn(process)
         return self
+
+    def spawn(self, process: str = "") -> subprocess.Popen:
+        """A router process of this config, recording its status in `directory/run/status` (where
+        `frontgate route --wait` looks) as `process` (supervisord's name for it; default: mux-router)."""
+        env = os.environ | ({"SUPERVISOR_PROCESS_NAME": process} if process else {})
+        return start_daemon(["mux-router", "--config", str(self.config), "--status-dir", str(self.status_dir)],
+                            wait_for=(self.ip, self.port), env=env)
 
     def stop(self) -> str:
         return stop_daemon(self.proc) if self.proc is not None else ""

@@ -10,6 +10,7 @@ from typing import Mapping
 
 from frontgate import client_auth
 from frontgate.client_auth import ClientCert
+from frontgate.config.routes import ROUTE_APP_PREFIX
 from frontgate.config.schema import (
     MISSING,
     Address,
@@ -81,6 +82,7 @@ class App:
     client_cert: ClientCert | None = None   # client_ca: a verified client certificate is needed
     acme: bool = False           # cert-manager obtains certificates for its exact host names
     tunnel_ping: float | None = None        # None: [timeouts] tunnel_ping
+    websocket: bool = True       # WebSocket upgrades tunnelled; false: refused with 403 (routing.decide)
 
     def server_key(self, server: Server) -> str:
         """The key of this server in the health state file."""
@@ -193,6 +195,8 @@ def parse_app(at: Table, aliases: Mapping[str, tuple[Network, ...]]) -> App:
     name = at.str("name")
     if not name or "/" in name:
         raise at.error("name", f"{name!r}: app names are non-empty and have no '/'")
+    if name.startswith(ROUTE_APP_PREFIX):
+        raise at.error("name", f"{name!r}: names starting with {ROUTE_APP_PREFIX!r} are the dynamic routes'")
     hosts = tuple(host_pattern(at, "hosts", i, h) for i, h in enumerate(at.str_list("hosts", [])))
     host_regex = regex(at, "host_regex")
     default = at.bool("default", False)
@@ -241,6 +245,6 @@ def parse_app(at: Table, aliases: Mapping[str, tuple[Network, ...]]) -> App:
               response_headers=_header_rules(at.table("response_headers")),
               error_pages=_error_pages(at.table("error_pages")),
               client_cert=_client_cert(at), acme=at.bool("acme", False),
-              tunnel_ping=at.number("tunnel_ping", None, 0.0, 86400.0))
+              tunnel_ping=at.number("tunnel_ping", None, 0.0, 86400.0), websocket=at.bool("websocket", True))
     at.done()
     return app

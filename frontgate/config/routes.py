@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The names of the apps the router makes of dynamic routes (routes.app_of): `route:HOST[/PATH]`.
+# Here, not in frontgate/routes.py (which imports the config), so that config.apps refuses it for static apps.
+ROUTE_APP_PREFIX = "route:"
+
 _SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 
 
@@ -76,6 +80,8 @@ def _self_service(t: Any) -> SelfService:
     for i, d in enumerate(domains):
         if "{user}" not in d:
             raise s.error(f"user_domains[{i}]", f"{d!r} must contain {{user}}: each user gets names of their own")
-    service = SelfService(user_domains=domains, socket=s.path("socket", "../run/routes.sock"))
+    # The default as if written in the file (a path default is returned as given, not resolved).
+    socket_path = s.path("socket", None) or (s.file.parent / "../run/routes.sock").resolve()
+    service = SelfService(user_domains=domains, socket=socket_path)
     s.done()
     return service

@@ -4,6 +4,7 @@ reload and restart the stages under HTTPS load. Run under `flock /tmp/frontgate-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import re
@@ -29,8 +30,10 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture
-def deployed(tmp_path):
+@contextlib.contextmanager
+def deployed_copy(tmp_path, configure=None):
+    """A copy of the repository, `configure(repo)` applied, `make deploy`ed; `make stop` after.
+    Yields (repo, the deploy's output). Skips when the shipped ports are taken."""
     busy = [p for p in PORTS if port_in_use(p)]
     if busy:
         pytest.skip(f"ports {busy} are in use (a running deploy?); this test needs them free")
@@ -43,6 +46,8 @@ def deployed(tmp_path):
         for name in ("mux-router.toml", "tls-terminator.toml"):
             toml = repo / "configs" / name
             toml.write_text(toml.read_text().replace('workers = "auto"', "workers = 2"))
+    if configure is not None:
+        configure(repo)
     try:
         r = make(repo, "deploy")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -51,6 +56,12 @@ def deployed(tmp_path):
         make(repo, "stop")
         for p in PORTS:
             wait_until(lambda: not port_in_use(p), timeout=20, what=f"port {p} closed after make stop")
+
+
+@pytest.fixture
+def deployed(tmp_path):
+    with deployed_copy(tmp_path) as deployment:
+        yield deployment
 
 
 def make(repo, target: str) -> subprocess.CompletedProcess:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import socket
 
 import pytest
 
 from frontgate import health_state
-from tests.helpers import BIN, daemon_output, start_daemon, stop_daemon, wait_until
+from tests.helpers import BIN, REPO, daemon_output, free_port, start_daemon, stop_daemon, wait_until
 from tests.routes_fixtures import RouterNode, backends, frontgate  # noqa: F401 (fixture)
 
 BOUND = 5.0       # seconds: the router stats the table file every 0.25 s
@@ -103,3 +106,80 @@ def test_the_health_checker_checks_dynamic_routes_servers(node, backends, tmp_pa
         wait_until(lambda: key not in health_state.read(state_file).servers, BOUND, what="server dropped")
     finally:
         stop_daemon(checker)
+
+
+def ws_echo(node, host: str) -> str:
+    """A WebSocket echo through the router with the real client: the echo, or `refused STATUS`."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+    try:
+        with connect(f"ws://{host}/socket", sock=socket.create_connection((node.ip, node.port), timeout=5),
+                     open_timeout=5) as ws:
+            ws.send("hello")
+            return ws.recv(timeout=5)
+    except InvalidStatus as e:
+        return f"refused {e.response.status_code}"
+
+
+def test_the_websocket_flag_refuses_upgrades_where_it_is_off(tmp_path, backends):
+    """Routes tunnel WebSocket upgrades unless added with --no-websocket; a static app unless it
+    says `websocket = false`. A refused upgrade is a 403 from the router, never forwarded."""
+    port = free_port()
+    demo = start_daemon([str(BIN / "python"), str(REPO / "scripts" / "demo_app.py"), "--name", "chat", "--port",
+                         str(port), "--websocket-path", "/socket"], wait_for=("127.0.0.1", port))
+    node = RouterNode(tmp_path, "127.0.0.1", backends["static"].address)
+    node.config.write_text(node.config.read_text() + f"""
+[[app]]
+name = "quiet"
+hosts = ["quiet.example.net"]
+servers = ["127.0.0.1:{port}"]
+websocket = false
+[[app]]
+name = "chat"
+hosts = ["chat.example.net"]
+servers = ["127.0.0.1:{port}"]
+""")
+    node.start()
+    try:
+        assert frontgate(node.configs, "route", "add", "ws.example.net", f"127.0.0.1:{port}").returncode == 0
+        r = frontgate(node.configs, "route", "add", "plain.example.net", f"127.0.0.1:{port}", "--no-websocket")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: node.get("plain.example.net")[0] == 200, BOUND, what="routes served")
+        assert ws_echo(node, "chat.example.net") == "hello"
+        assert ws_echo(node, "ws.example.net") == "hello"
+        assert ws_echo(node, "quiet.example.net") == "refused 403"
+        assert ws_echo(node, "plain.example.net") == "refused 403"
+        assert node.get("plain.example.net")[0] == 200      # plain requests still served
+        assert "no-websocket" in frontgate(node.configs, "route", "ls").stdout
+    finally:
+        node.stop()
+        stop_daemon(demo)
+
+
+def test_route_add_wait_returns_when_every_router_process_swapped_the_table_in(tmp_path, backends):
+    """--wait with the file store: each router process records the table version it swapped in
+    (run/status); the CLI waits for all live ones of this config, and names one that lags."""
+    node = RouterNode(tmp_path, "127.0.0.1", backends["static"].address).start("mux-router_00")
+    second = node.spawn("mux-router_01")          # SO_REUSEPORT: both take connections
+    wait_until(lambda: len(list(node.status_dir.glob("mux-router_0*.json"))) == 2, BOUND, what="both recorded")
+    try:
+        r = frontgate(node.configs, "route", "add", "blog.example.net", backends["blog"].address, "--wait")
+        assert r.returncode == 0, r.stderr
+        for _ in range(8):           # no wait_until: --wait returned, so every process serves it
+            assert node.serves("blog.example.net", "/", "blog")
+        os.kill(second.pid, signal.SIGSTOP)      # alive but applying nothing
+        try:
+            r = frontgate(node.configs, "route", "add", "other.example.net", backends["other"].address, "--wait")
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert f"still behind version 2: mux-router_01[{second.pid}] (version 1)" in r.stderr, r.stderr
+            assert "mux-router_00" not in r.stderr
+        finally:
+            os.kill(second.pid, signal.SIGCONT)
+        r = frontgate(node.configs, "route", "rm", "other.example.net", "--wait")
+        assert r.returncode == 0, r.stderr
+        r = frontgate(node.configs, "route", "rm", "blog.example.net", "--wait")   # an empty table has a version too
+        assert r.returncode == 0, r.stderr
+        assert node.get("blog.example.net")[0] == 404
+    finally:
+        stop_daemon(second)
+        node.stop()

@@ -193,3 +193,20 @@ def test_nodes_resync_after_a_sentinel_failover(tmp_path, backends):
         sentinel.stop()
         replica.stop()
         master.stop()
+
+
+def test_a_table_written_before_format_2_keeps_tunnelling_websockets(redis_server, tmp_path):
+    """Docs written when the websocket flag was only a note (no PREFIX:format) say false for every
+    route added without --websocket: they read as true, and the first change rewrites them so."""
+    store = RedisStore(RoutesConfig(file=tmp_path / "routes.json", store=redis_server.url, node="test"))
+    old_doc = {"host": "old.example.net", "path": "/", "servers": ["127.0.0.1:9"], "websocket": False,
+               "balance": "roundrobin", "owner": "root", "revision": 1}
+    redis_server.cli("HSET", "frontgate:routes:table", "old.example.net", json.dumps(old_doc))
+    redis_server.cli("SET", "frontgate:routes:version", "1")
+    assert store.read().routes["old.example.net"].websocket is True
+    off = routes.make_route("new.example.net", ["127.0.0.1:9"], websocket=False)
+    store.change(lambda t: routes.with_route(t, off))
+    assert redis_server.cli("GET", "frontgate:routes:format") == str(routes.FORMAT)
+    assert json.loads(redis_server.cli("HGET", "frontgate:routes:table", "old.example.net"))["websocket"] is True
+    table = store.read()
+    assert (table.routes["old.example.net"].websocket, table.routes["new.example.net"].websocket) == (True, False)

@@ -132,6 +132,8 @@ ROUTER_ERRORS = [
     (('listener = "public"', 'listener = "nope"'), "redirect[0].listener", "no listener named 'nope'"),
     (('to_scheme = "https"', ""), "redirect[0]", "exactly one of"),
     (('name = "coltrane"', 'name = "maps"'), "app[1].name", "duplicate app name"),
+    (('name = "coltrane"', 'name = "route:coltrane.localhost"'), "app[1].name", "are the dynamic routes'"),
+    (('name = "coltrane"', 'name = "coltrane"\nwebsocket = "no"'), "app[1].websocket", "true or false"),
     (('"*.coltrane.localhost"', '"bad host!"'), "app[1].hosts[0]", "not a host name"),
     (('path_prefix = "/api"', 'path_prefix = "api"'), "app[1].path_prefix", "must start with '/'"),
     (('retries = 0', 'retries = -1'), "app[1].retries", "out of range"),
@@ -355,3 +357,13 @@ def test_access_log_file_errors(tmp_path, value, problem):
     with pytest.raises(ConfigError) as exc:
         load_router_config(path)
     assert exc.value.key == "router.access_log_file" and problem in exc.value.problem
+
+
+def test_routes_defaults_are_paths_beside_the_config(tmp_path):
+    """[routes] file and [routes.self_service] socket default to state/ and run/ beside configs/,
+    as Paths (route-broker did `.parent` on the default)."""
+    (tmp_path / "configs").mkdir()
+    text = ROUTER + '\n[routes]\nstore = "redis://127.0.0.1:6379/0"\n[routes.self_service]\nuser_domains = ["{user}.x.net"]\n'
+    cfg = load_router_config(write(tmp_path / "configs", "mux-router.toml", text)).routes
+    assert cfg.self_service.socket == (tmp_path / "run" / "routes.sock").resolve()
+    assert cfg.shared and cfg.file.name == "routes.json"

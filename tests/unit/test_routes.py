@@ -72,6 +72,18 @@ def test_a_table_round_trips_and_is_validated_whole():
             routes.loads(bad)
 
 
+def test_the_websocket_flag_round_trips_and_a_format_1_table_tunnels_upgrades():
+    """Format 1 was written when the flag was a note and every route tunnelled upgrades: its
+    `false` (the old default) must not start refusing them."""
+    off = routes.make_route("a.example.net", ["127.0.0.1:9000"], websocket=False)
+    assert routes.make_route("b.example.net", ["127.0.0.1:9000"]).websocket is True
+    t = routes.table_of([off], 1)
+    assert routes.loads(routes.dumps(t)).routes["a.example.net"].websocket is False
+    assert routes.app_of(off).websocket is False
+    legacy = json.loads(routes.dumps(t)) | {"format": 1}
+    assert routes.loads(json.dumps(legacy)).routes["a.example.net"].websocket is True
+
+
 @pytest.mark.parametrize("old, new, refused", [
     (6, 3, False),        # half: fine
     (6, 2, True),         # four of six at once

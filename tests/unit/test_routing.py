@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from frontgate.config import Address, App, RedirectRule, Server
+from frontgate.config import Address, App, RedirectRule, Server, load_router_config
 from frontgate.addresses import parse_ip
-from mux_router.routing import any_host_matches, find_redirect, ip_in, misdirected, select_app, sni_host
+from mux_router.http1 import parse_request_head
+from mux_router.routing import (Refusal, any_host_matches, decide, find_redirect, ip_in, misdirected, select_app,
+                                sni_host)
 
 
 def app(name, hosts, prefix="/"):
@@ -254,3 +256,32 @@ def test_many_apps_and_many_hosts_and_a_reload():
     reloaded = (app("moved", ["app7.localhost"]),) + apps
     assert select_app(reloaded, "app7.localhost", "/").name == "moved"
     assert select_app(apps, "app7.localhost", "/").name == "app7"
+
+
+UPGRADE = (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n")
+
+
+@pytest.mark.parametrize("websocket, fields, expected", [
+    ("", UPGRADE, "chat"),                       # the default: upgrades tunnelled, as HAProxy and Traefik do
+    ("websocket = true", UPGRADE, "chat"),
+    ("websocket = false", UPGRADE, 403),         # refused, never forwarded
+    ("websocket = false", b"", "chat"),          # plain requests are not affected
+])
+def test_decide_refuses_an_upgrade_where_the_app_turned_websocket_off(tmp_path, websocket, fields, expected):
+    (tmp_path / "r.toml").write_text(f"""
+[router]
+state_file = "state/health.json"
+[listen.public]
+address = "127.0.0.1:8080"
+[[app]]
+name = "chat"
+hosts = ["chat.test"]
+servers = ["127.0.0.1:1"]
+{websocket}
+""")
+    head = parse_request_head(b"GET /socket HTTP/1.1\r\nHost: chat.test\r\n" + fields + b"\r\n")[0]
+    result = decide(load_router_config(tmp_path / "r.toml"), head, listener="public",
+                    client_ip=ipaddress.ip_address("192.0.2.1"), sni_check=None, sni=None, cert_verified=False)
+    outcome = (result.status, result.app.name) if isinstance(result, Refusal) else result.name
+    assert outcome == (expected if isinstance(expected, str) else (expected, "chat"))
