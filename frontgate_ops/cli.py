@@ -222,7 +222,13 @@ def cmd_health(args: argparse.Namespace) -> int:
     from frontgate import app_health, health_state
     try:
         router = load_router_config(args.configs / "mux-router.toml")
-        checker = [p for p in Supervisor(args.supervisord_conf).processes("health-checker") if p.state == "RUNNING"]
+        supervisor = Supervisor(args.supervisord_conf)
+        checker = [p for p in supervisor.processes("health-checker") if p.state == "RUNNING"]
+        if args.wait:
+            # RUNNING is supervisord's word after startsecs, not "listening": a busy machine can
+            # be slower. A process records that it serves once bound (frontgate.process_status).
+            for p in (p for stage in STAGES for p in supervisor.processes(stage) if p.state == "RUNNING"):
+                _wait_started(args.status_dir, p)
     except (ConfigError, SupervisorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -345,8 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     c = command("health", cmd_health, "each app's state from the running health checker; exit 1 if an app has "
                                       "no server up and answering its checks")
     c.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                   help="first wait up to this long until every server is checked (make deploy: 15)")
+                   help="first wait until every stage process serves (10 s each at most), then up to this long "
+                        "until every server is checked (make deploy: 15)")
     supervised(c)
+    status_dir(c)
     c = command("explain", cmd_explain, "a dry run: which listener, redirect, app (and why not the others), ACL, "
                                         "server, certificate and client-certificate demand a request meets, "
                                         "and the head its backend would receive")

@@ -10,7 +10,8 @@
 #                              run/deployed/), one process at a time (`frontgate restart`), and
 #                              start any stage that is not running.
 #     Then wait until every program is RUNNING and print `supervisorctl status`; then wait (at most
-#     15 s) until the health checker has checked every server (`frontgate health --wait`), print
+#     15 s) until every stage process serves (its status file: bound, config loaded) and the health
+#     checker has checked every server (`frontgate health --wait`), print
 #     each app's state, and fail if an app has no server up.
 #   scripts/deploy.sh stop    (run by `make stop`) shut supervisord and everything under it down.
 set -euo pipefail
