@@ -5,7 +5,7 @@ It lives in certs/dev-ca/ next to configs/: `ca.pem` (the CA certificate, public
 store, a browser or `curl --cacert` is told to trust) and `ca.key` (its private key, mode 0600). It
 is made once and kept; the key is never copied anywhere and the terminator never loads it: a
 certs_dir does not descend into subdirectories, and a CA certificate (keyUsage without
-digitalSignature) is refused as a serving certificate (tls_terminator.certs).
+digitalSignature) is refused as a serving certificate (tls_terminator.certificate_files).
 
 The development leaf it issues is valid 365 days (Mozilla's "intermediate" profile allows at most
 366) and is re-issued by `make deploy` when it is within RENEW_WITHIN_DAYS of expiry, when a host
@@ -112,7 +112,7 @@ def load_certificate(directory: Path) -> x509.Certificate | None:
 
 
 def describe(directory: Path, now: datetime.datetime | None = None) -> dict | None:
-    """The CA as a `frontgate certs` row (the keys tls_terminator.certs.describe_certificates
+    """The CA as a `frontgate certs` row (the keys tls_terminator.cert_report.describe_certificates
     uses); None when there is no CA."""
     try:
         cert = load_certificate(directory)

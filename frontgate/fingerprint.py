@@ -4,7 +4,8 @@ place for the daemons (which report the fingerprint they run, frontgate.process_
 
 What a stage reads: its own TOML; the checker also the router config its `router_config` names
 (the server list); the terminator also the certificate and key files of its [[certificate]] entries,
-and the router config its `router_config` names with the client CAs it declares.
+and the client-certificate rules it takes from the router config its `router_config` names (with
+those CA files).
 """
 from __future__ import annotations
 
@@ -29,14 +30,17 @@ def stage_files(stage: str, own: Path) -> list[Path]:
         except ConfigError:
             return [own]
         # A renewed certificate is a changed config: `frontgate reload` makes the terminator load it.
-        # Its client-certificate demand comes from the router's apps (router_config) and their CAs.
-        followed = [cfg.router_config, *(rule.ca for rule in cfg.client_auth)] if cfg.router_config else []
-        return [own, *(p for c in cfg.certificates for p in (c.cert, c.key) if p is not None), *followed]
+        # Its client-certificate CAs (the rules themselves come from the router's apps: see
+        # stage_fingerprint; the rest of the router's file is none of its business).
+        return [own, *(p for c in cfg.certificates for p in (c.cert, c.key) if p is not None),
+                *(rule.ca for rule in cfg.client_auth)]
     return [own]
 
 
 def stage_fingerprint(stage: str, own: Path) -> str:
     h = hashlib.sha256()
+    if stage == "tls-terminator":
+        h.update(_client_auth_rules(own))
     for path in stage_files(stage, own):
         # Contents only (not paths): moving the checkout does not make every stage "changed".
         h.update(b"\0file\0")
@@ -45,3 +49,12 @@ def stage_fingerprint(stage: str, own: Path) -> str:
         except OSError as e:
             h.update(f"unreadable: {e.strerror}".encode())
     return h.hexdigest()
+
+
+def _client_auth_rules(own: Path) -> bytes:
+    """What the terminator takes from the router's file: the client-certificate rules."""
+    try:
+        rules = load_terminator_config(own, require_files=False).client_auth
+    except ConfigError:
+        return b""
+    return repr([(rule.sni, rule.verify, str(rule.ca)) for rule in rules]).encode()

@@ -27,7 +27,7 @@ HEALTH_WAIT_SECONDS=${DEPLOY_HEALTH_WAIT_SECONDS:-15}
 ctl() { "$BIN/supervisorctl" -c "$CONF" "$@"; }
 supervisord_running() { ctl pid >/dev/null 2>&1; }
 
-# Which files make up a stage's config, and their fingerprints, live in one place: frontgate/deploy.py.
+# Which files make up a stage's config, and their fingerprints, live in one place: frontgate_ops/deploy.py.
 fg() { "$BIN/frontgate" "$@"; }
 
 # A program's processes in `supervisorctl status`: "mux-router", or "mux-router:mux-router_00", ...

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trustme
 
-from frontgate.deploy import Supervisor
+from frontgate_ops.deploy import Supervisor
 from tests.helpers import BIN, REPO, free_port, wait_until
 
 

@@ -6,7 +6,7 @@ import sys
 from frontgate.config import ConfigError, load_terminator_config
 from frontgate.daemon import EXIT_CONFIG_ERROR, load_or_exit, parse_args, process_status, run, setup_logging
 from tls_terminator.certs import CertStore
-from tls_terminator.server import serve
+from tls_terminator.terminator import serve
 
 NAME = "tls-terminator"
 

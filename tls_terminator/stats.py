@@ -15,7 +15,7 @@ from OpenSSL import SSL
 from frontgate.metrics import AdminEndpoint, Family, Values
 
 if TYPE_CHECKING:
-    from tls_terminator.server import Terminator
+    from tls_terminator.terminator import Terminator
 
 STAGE = "tls-terminator"
 PREFIX = "frontgate_terminator_"

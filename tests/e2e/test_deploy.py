@@ -16,7 +16,7 @@ import time
 import pytest
 import websockets
 
-from frontgate.deploy import Supervisor
+from frontgate_ops.deploy import Supervisor
 from tests.helpers import REPO, wait_until
 from tests.load import Load
 

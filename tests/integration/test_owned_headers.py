@@ -18,6 +18,7 @@ from tests.integration.test_router_fastpath import INSTRUMENT
 
 ROUTER_TOML = """
 [router]
+access_log_file = "-"
 state_file = "{state}"
 trusted_sources = ["127.0.0.1/32"]
 [listen.public]

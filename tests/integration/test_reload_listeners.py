@@ -17,6 +17,7 @@ from tests.integration.test_terminator import Pki, RouterStub, Terminator, conne
 
 ROUTER_TOML = """
 [router]
+access_log_file = "-"
 state_file = "{state}"
 trusted_sources = ["127.0.0.1/32"]
 {admin}

@@ -15,8 +15,9 @@ from OpenSSL import SSL
 
 from frontgate.config import Address, CertificateEntry, ConfigError, TerminatorConfig
 from tests.certmaker import DAY, make_leaf
-from tls_terminator.certs import (CertStore, check_certificates, choose, describe_certificates, files_fingerprint,
-                                  format_certificates, load_certificate, scan_certs_dir)
+from tls_terminator.cert_report import check_certificates, describe_certificates, format_certificates
+from tls_terminator.certificate_files import files_fingerprint, load_certificate, scan_certs_dir
+from tls_terminator.certs import CertStore, choose
 from tls_terminator.tls import Front, select_alpn as _select_alpn
 
 

@@ -3,7 +3,7 @@ import json
 
 import trustme
 
-from frontgate.cli import main
+from frontgate_ops.cli import main
 
 TERMINATOR = """
 [terminator]

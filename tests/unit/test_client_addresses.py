@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tls_terminator.server import client_addresses
+from tls_terminator.upstream import client_addresses
 
 
 @pytest.mark.parametrize("peer,sock,expected", [

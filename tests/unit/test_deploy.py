@@ -1,4 +1,4 @@
-"""frontgate/deploy.py and frontgate/status.py, the parts without supervisord: fingerprints,
+"""frontgate_ops/deploy.py and frontgate_ops/status.py, the parts without supervisord: fingerprints,
 the generated supervisord.conf, the status formatting."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
-from frontgate.deploy import Deployed, fingerprint, render_supervisord_conf, stage_processes, workers
-from frontgate.status import duration, format_status, size
+from frontgate_ops.deploy import Deployed, fingerprint, render_supervisord_conf, stage_processes, workers
+from frontgate_ops.status import duration, format_status, size
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,12 +35,18 @@ def test_fingerprints_follow_what_each_stage_reads(tmp_path):
     assert deployed.changed(configs) == []
     router = configs / "mux-router.toml"
     router.write_text(router.read_text() + "\n# a comment is a change too\n")
-    # The checker reads the server list, the terminator the apps' client certificate declarations.
-    assert deployed.changed(configs) == ["tls-terminator", "mux-router", "health-checker"]
-    for stage in ("tls-terminator", "mux-router", "health-checker"):
-        deployed.record(stage, configs)
+    # The checker reads the server list (the terminator only the client_ca declarations: none here).
+    assert deployed.changed(configs) == ["mux-router", "health-checker"]
+    deployed.record("mux-router", configs)
+    deployed.record("health-checker", configs)
     (tmp_path / "certs" / "dev.pem").write_text("a renewed certificate\n")
     assert deployed.changed(configs) == ["tls-terminator"]
+    deployed.record("tls-terminator", configs)
+    # A client_ca on an app is the terminator's business: it asks for the certificates.
+    (tmp_path / "certs" / "clients-ca.pem").write_text("a CA\n")
+    text = router.read_text().replace('name = "maps"\n', 'name = "maps"\nclient_ca = "../certs/clients-ca.pem"\n', 1)
+    router.write_text(text)
+    assert deployed.changed(configs) == ["tls-terminator", "mux-router", "health-checker"]
     # Contents, not paths: the same files elsewhere fingerprint the same.
     shutil.copytree(tmp_path, tmp_path.parent / "moved")
     assert fingerprint("mux-router", tmp_path.parent / "moved" / "configs") == fingerprint("mux-router", configs)

@@ -5,7 +5,7 @@ import asyncio
 
 import uvloop
 
-from tls_terminator.server import HelloTurns
+from tls_terminator.hello_turns import HelloTurns
 
 
 class Conn:

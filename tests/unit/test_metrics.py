@@ -397,7 +397,7 @@ def test_terminator_admin_config(tmp_path):
 
 
 def test_frontgate_status_lists_the_stats_pages():
-    from frontgate.status import format_status
+    from frontgate_ops.status import format_status
     facts = {"time": 0.0, "supervisord": {"running": True}, "processes": [], "health": {"error": "x"},
              "certificates": [], "admin": {"mux-router": "http://127.0.0.1:8404/stats",
                                            "tls-terminator": "http://127.0.0.1:8405/stats"}}

@@ -1,8 +1,8 @@
 """What `frontgate restart` tells the operator about a stage with one process: it must match what a
-restart does to each listener (frontgate.deploy.one_worker_note)."""
+restart does to each listener (frontgate_ops.deploy.one_worker_note)."""
 import pytest
 
-from frontgate.deploy import one_worker_note
+from frontgate_ops.deploy import one_worker_note
 
 
 @pytest.mark.parametrize("closed, held, expected", [

@@ -1,7 +1,7 @@
-"""tls_terminator.server.is_drain_idle: which connections a SIGTERM drain closes before the grace."""
+"""tls_terminator.client_side.is_drain_idle: which connections a SIGTERM drain closes before the grace."""
 from __future__ import annotations
 
-from tls_terminator.server import DRAIN_QUIET, is_drain_idle
+from tls_terminator.client_side import DRAIN_QUIET, is_drain_idle
 
 
 def test_quiet_and_answered_is_idle():

@@ -14,7 +14,7 @@ from typing import Any
 
 from frontgate import dev_ca, health_state
 from frontgate.config import ConfigError, load_router_config, load_terminator_config
-from frontgate.deploy import STAGES, Process, Supervisor, SupervisorError, fingerprint
+from frontgate_ops.deploy import STAGES, Process, Supervisor, SupervisorError, fingerprint
 from frontgate.process_status import read_status, status_path
 
 CPU_SAMPLE = 0.2          # seconds over which CPU% is measured
@@ -105,7 +105,7 @@ def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, 
 
 def certificate_facts(configs: Path) -> list[dict[str, Any]]:
     """The certificates tls-terminator.toml names (entries and certs_dir), as `frontgate certs` lists them."""
-    from tls_terminator.certs import describe_certificates
+    from tls_terminator.cert_report import describe_certificates
     ca = dev_ca.describe(dev_ca.default_dir(configs))
     try:
         cfg = load_terminator_config(configs / "tls-terminator.toml", require_files=False)

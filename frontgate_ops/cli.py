@@ -24,7 +24,7 @@ from frontgate.config import (Address, ConfigError, load_checker_config, load_ro
                               load_terminator_config)
 from frontgate.daemon import EXIT_CONFIG_ERROR
 from frontgate.process_status import read_status, status_path
-from frontgate.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, one_worker_note, rolling_restart,
+from frontgate_ops.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, one_worker_note, rolling_restart,
                               render_supervisord_conf, stage_processes, wait_listening, write_supervisord_conf)
 
 EXIT_FAILED = 1
@@ -42,7 +42,7 @@ def check_configs(configs: Path) -> list[str]:
         errors.append(str(e))
     else:
         # Import here: the certificate code pulls in pyOpenSSL, which the other checks don't need.
-        from tls_terminator.certs import check_certificates
+        from tls_terminator.cert_report import check_certificates
         errors.extend(check_certificates(terminator))
     try:
         router = load_router_config(configs / "mux-router.toml")
@@ -181,7 +181,7 @@ def _wait_started(status_dir: Path, p: Process) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from frontgate.status import format_status, gather, healthy
+    from frontgate_ops.status import format_status, gather, healthy
     facts = gather(args.configs, args.supervisord_conf, args.status_dir)
     print(json.dumps(facts, indent=2) if args.json else format_status(facts))
     return 0 if healthy(facts) else EXIT_FAILED
@@ -219,8 +219,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from frontgate.status import certificate_facts
-    from tls_terminator.certs import format_certificates
+    from frontgate_ops.status import certificate_facts
+    from tls_terminator.cert_report import format_certificates
     rows = certificate_facts(args.configs)
     print(json.dumps(rows, indent=2) if args.json else format_certificates(rows))
     return EXIT_FAILED if any("error" in r for r in rows) else 0
