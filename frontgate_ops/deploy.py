@@ -95,7 +95,7 @@ def workers(configs: Path) -> dict[str, int]:
 def section_name(program: str, stage: StageProcesses) -> str:
     """A stage with a shared unix socket is an fcgi-program: supervisord binds the socket once and
     passes it to each process as its stdin, so workers share it and a restarting worker's
-    connections wait in its backlog (mux_router.server.inherited_unix_listener)."""
+    connections wait in its backlog (mux_router.router.inherited_unix_listener)."""
     return f"{'fcgi-program' if stage.shared_socket else 'program'}:{program}"
 
 
