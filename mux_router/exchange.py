@@ -412,13 +412,16 @@ class Exchange(ResponseSide):
             io.client_deadline(self.router.config.timeouts.keep_alive)
 
     def _next_request(self) -> None:
-        """Back to the class defaults for the per-request state."""
-        d = self.__dict__
-        for name in ("head", "app", "route", "status", "sent", "body_in", "head_size", "note", "termination", "t_head",
-                     "t_queue", "t_connect", "t_response", "retries", "config", "body", "body_limit", "resp",
-                     "resp_parser", "framing", "remaining", "decoder", "keep", "received", "extra", "complete",
-                     "sent_at", "reused"):
-            d.pop(name, None)
+        """The per-request state back to where a request starts (the class defaults): plain
+        assignments, the cheapest reset there is."""
+        self.head = self.app = self.route = self.config = self.body = self.resp = None
+        self.resp_parser = self.framing = self.decoder = None
+        self.status = self.sent = self.body_in = self.head_size = self.retries = self.body_limit = 0
+        self.remaining = 0
+        self.note, self.termination = "", "--"
+        self.t_head = self.t_queue = self.t_connect = self.t_response = -1.0
+        self.backend = self.reused = self.keep = self.received = self.extra = self.complete = False
+        self.sent_at = 0.0
 
     def _close(self, linger: bool) -> None:
         if self.state is CLOSED:
