@@ -77,18 +77,19 @@ class ClientProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.tunnel is not None:
-            self.tunnel.client_paused()
-        else:
-            self.exchange.client_write_paused(True)
+        self._write_paused(True)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.tunnel is not None:
-            self.tunnel.client_resumed()
+        self._write_paused(False)
+
+    def _write_paused(self, paused: bool) -> None:
+        self.write_paused = paused
+        if self.tunnel is None:
+            self.exchange.client_write_paused(paused)
+        elif paused:
+            self.tunnel.client_paused()
         else:
-            self.exchange.client_write_paused(False)
+            self.tunnel.client_resumed()
 
     def _client_timed_out(self) -> None:
         if self.lingering >= 0:
