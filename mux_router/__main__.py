@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from frontgate.config import load_router_config
 from frontgate.daemon import load_or_exit, parse_args, process_status, run, setup_logging
-from mux_router.server import Router
+from mux_router.router import Router
 
 NAME = "mux-router"
 

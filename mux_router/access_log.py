@@ -9,11 +9,14 @@ file (after logrotate has moved it away); a reload that names another file switc
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from frontgate.logfields import escape_field
 
 log = logging.getLogger("mux-router")
 
@@ -122,3 +125,44 @@ def httplog_line(fields: tuple, note: str) -> str:
 
 
 _HTTPLOG = '%s:%d [%s.%03d] %s %s/%s %.0f/%.0f/%.0f/%.0f/%.0f %d %d - - %s %d/%d/0/0/%d 0/0 "%s"'
+
+
+def record(router, peer, started: float, route: str | None, status: int, sent: int, request, note: str,
+           termination: str, tq: float, tw: float, tc: float, tr: float, tt: float, retries: int,
+           received: int = 0) -> None:
+    """Count a request, and log it as `access_log` says. `request`: its head, or the text that
+    stands for its request line; the line is made only for a log line. `peer`: who asked
+    (peer.Peer), `started`: when its first byte came (time.monotonic)."""
+    backend, _, server = (route or "-/-").partition("/")
+    router.stats.request_done(backend, server, status, received, sent)
+    which = router.config.access_log
+    if which != "all" and (which == "off" or _normal(status, termination, retries)):
+        return
+    accepted = time.time() - (time.monotonic() - started)
+    # Every text field escaped, in both formats alike: a client chose the target and maybe the
+    # note (an SNI name, a header in an error), and must not end the line or the field.
+    request_line = escape_field(request if type(request) is str else request.request_line)
+    note, frontend = escape_field(note), escape_field(peer.listener.name)
+    backend, server = escape_field(backend), escape_field(server or "-")
+    ip, port = peer.client
+    ip = escape_field(ip)
+    if router.config.access_log_format == "json":
+        access_log(json.dumps({
+            "client_ip": ip, "client_port": port,
+            "accept_date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(accepted)) + f".{int(accepted * 1000) % 1000:03d}Z",
+            "frontend": frontend, "backend": backend, "server": server,
+            "Tq": round(tq), "Tw": round(tw), "Tc": round(tc), "Tr": round(tr), "Tt": round(tt),
+            "status": status, "bytes": sent, "termination_state": termination, "retries": retries,
+            "request": request_line, "note": note}, separators=(",", ":")))
+        return
+    # HAProxy's httplog: client [accept date] frontend backend/server Tq/Tw/Tc/Tr/Tt status
+    # bytes - - termination actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue "request"
+    actconn = len(router.connections)
+    access_log(((ip, port, int(accepted * 1000), frontend, backend, server, tq, tw, tc, tr,
+                 tt, status, sent, termination, actconn, actconn, retries, request_line), note))
+
+
+def _normal(status: int, termination: str, retries: int) -> bool:
+    """A request that `access_log = "errors"` leaves out, as HAProxy's `option dontlog-normal`:
+    answered below 500, ended normally (or by a redirect), no retry."""
+    return status < 500 and termination in ("--", "LR") and not retries

@@ -222,14 +222,6 @@ def field_lines(raw: bytes) -> Headers:
 
 # --------------------------------------------------------------------------- head scanning
 
-# Parsed heads by their bytes (a _Memo): clients and backends repeat heads byte for byte (the same
-# client asking for the same resource; a static server's answer within the same second), and a
-# hit costs a lookup instead of a parse. Heads are immutable, so one can be shared. Only heads the
-# parsers accepted with the default limits are kept, up to this size.
-HEAD_MEMO_SIZE = 256
-HEAD_MEMO_MAX_BYTES = 4 * 1024
-
-
 class _HeadParser:
     """Shared incremental scanner: optional leading empty lines, a start line, field lines, the
     empty line. Each complete line is validated once, as soon as it arrives, so a malformed
@@ -253,13 +245,10 @@ class _HeadParser:
     _result = None
 
     max_line, max_head, max_fields = MAX_REQUEST_LINE, MAX_HEAD, MAX_FIELDS
-    _memo: _Memo | None = None      # the subclass's memo of parsed heads
 
     def __init__(self, max_line: int = MAX_REQUEST_LINE, max_head: int = MAX_HEAD,
                  max_fields: int = MAX_FIELDS):
         self.max_line, self.max_head, self.max_fields = max_line, max_head, max_fields
-        if (max_line, max_head, max_fields) != (MAX_REQUEST_LINE, MAX_HEAD, MAX_FIELDS):
-            self._memo = None       # its heads were judged with the default limits
 
     def feed(self, data: bytes | bytearray | memoryview = b""):
         """Add bytes; the parsed head once complete (then `leftover` holds what follows), else None."""
@@ -314,18 +303,7 @@ class _HeadParser:
     def _whole(self, data: bytes) -> bool:
         """The common case, a whole plain head in one piece: its lines validated by one regex match
         instead of the byte scanner. Only heads the scanner accepts, well inside every limit, are
-        taken here (True); for anything else (False) the scanner runs and gives its verdict.
-        A head seen lately comes from the memo: the parse is a pure function of its bytes."""
-        memo = self._memo
-        if memo is not None:
-            # A valid head has no CRLFCRLF before its end (no line of it is empty), so this is
-            # the head if `data` starts with one.
-            end = data.find(b"\r\n\r\n") + 4
-            if end > 3:
-                head = memo.get(data if end == len(data) else data[:end])
-                if head is not None:
-                    self._buf, self._start, self._end, self._result = data, 0, end, head
-                    return True
+        taken here (True); for anything else (False) the scanner runs and gives its verdict."""
         m = self._whole_re.match(data)
         if m is None:
             return False            # malformed, incomplete, or empty lines first: the scanner's job
@@ -336,10 +314,7 @@ class _HeadParser:
             return False
         self._check_start(*m.group(1, 2, 3))
         self._buf, self._start, self._end = data, 0, end
-        raw = data[:end] if end < len(data) else data
-        self._result = self._finish(raw)
-        if memo is not None and end <= HEAD_MEMO_MAX_BYTES:
-            memo.keep(raw, self._result)
+        self._result = self._finish(data[:end] if end < len(data) else data)
         return True
 
     def _check_incomplete(self) -> None:
@@ -454,7 +429,6 @@ def _keep_alive(version: bytes, connection: frozenset[bytes]) -> bool:
 
 class RequestHeadParser(_HeadParser):
     _whole_re = _WHOLE_REQUEST_RE
-    _memo = _Memo(size=HEAD_MEMO_SIZE)
     error_status = 400
     line_too_long_status = 414
     skip_empty_lines = MAX_EMPTY_LINES
@@ -552,15 +526,10 @@ class ResponseHeadParser(_HeadParser):
     line_too_long_status = 502
     head_too_large_status = 502
 
-    _memo = _Memo(size=HEAD_MEMO_SIZE)              # for every request method but HEAD
-    _memo_for_head = _Memo(size=HEAD_MEMO_SIZE)     # a response to HEAD has no body, whatever its fields say
-
     def __init__(self, request_method: str, **limits):
         if limits:
             super().__init__(**limits)
         self.request_method = request_method
-        if request_method == "HEAD" and self._memo is not None:
-            self._memo = self._memo_for_head
 
     def _first_line(self, line: bytes) -> None:
         m = _STATUS_LINE_RE.fullmatch(line)

@@ -1,7 +1,7 @@
 """The router's dynamic routes: it follows the route table file (frontgate/routes.py) and serves
 the static apps plus the routes as one RouterConfig, swapped in one assignment.
 
-A request reads `router.config` once and keeps that object to the end (server.py, fastpath.py),
+A request reads `router.config` once and keeps that object to the end (exchange.py),
 so it sees the whole old table or the whole new one; nothing is reloaded and no connection is
 touched. The file is the local store's table or, with Redis, this node's snapshot of the fleet's
 table (written by `frontgate route sync`); either way it is replaced whole, atomically.
@@ -21,7 +21,7 @@ from frontgate.process_status import ProcessStatus
 from frontgate.route_store_file import follower_for, followed_table
 
 if TYPE_CHECKING:
-    from mux_router.server import Router
+    from mux_router.router import Router
 
 log = logging.getLogger("mux-router")
 

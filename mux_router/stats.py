@@ -15,7 +15,7 @@ from frontgate.admin_http import AdminEndpoint
 from frontgate.metrics import Family, Values
 
 if TYPE_CHECKING:
-    from mux_router.server import Router
+    from mux_router.router import Router
 
 STAGE = "mux-router"
 PREFIX = "frontgate_router_"
@@ -33,8 +33,8 @@ FAMILIES = (
            ("app", "server", "reason")),
     Family("retries_total", "counter", "connect retries (each further attempt after a failed connect)", ("app",)),
     Family("fast_path_requests_total", "counter",
-           "requests served on the fast path (whole head in one read, no body, pooled backend "
-           "connection); the others went through the coroutine engine"),
+           "requests sent at once on a pooled backend connection (no connect, no queue wait); "
+           "the others waited for a connect or a server slot"),
     Family("active_tunnels", "gauge", "open WebSocket tunnels"),
     Family("active_connections", "gauge", "open client connections"),
     Family("queue_length", "gauge", "requests waiting for a server slot (maxconn), by app", ("app",)),
@@ -67,7 +67,7 @@ class RouterStats:
         self.connect_errors: dict[tuple[str, str, str], int] = {}
         self.retries: dict[str, int] = {}
         self.tunnels = 0
-        self.fast_path = 0              # incremented by fastpath.FastExchange
+        self.fast_path = 0              # requests sent on a pooled backend connection at once (backends.dispatch)
 
     def request_done(self, app: str, server: str, status: int, bytes_in: int, bytes_out: int) -> None:
         """One request, answered by a backend or by the router. `app` "-" (or a route such as

@@ -5,7 +5,7 @@ that lost its network holds a tunnel for the whole `tunnel` timeout otherwise), 
 closed. The client's pong to our ping is taken out of its stream; every other frame, the
 backend's pings and the client's answers to them included, passes untouched.
 
-fastpath.Tunnel calls in here (its one hook); frame parsing is ws_frames.
+tunnel.Tunnel calls in here (its one hook); frame parsing is ws_frames.
 """
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
-"""mux-router's fast path (mux_router/fastpath.py: ClientProtocol + FastExchange) with real sockets.
+"""mux-router's exchange on pooled backend connections (mux_router/exchange.py driven by
+client.py), with real sockets: response framing, 1xx, keep-alive, timeouts, stale pooled
+connections, pipelining, backpressure, shutdown.
 
-A request takes the fast path only when an idle pooled backend connection exists, so every test
-warms the pool first (the first request on a cold pool goes to the coroutine engine, which opens
-the backend connection and pools it) and then sends the request under test.
+Most tests warm the pool first (the first request on a cold pool opens the backend connection,
+which is then pooled) and then send the request under test on a pooled connection.
 
 The router runs as a real subprocess, started through a tiny wrapper (INSTRUMENT) that only
-observes: it prints "FASTPATH <request line>" when a FastExchange starts and "ENGINE <first line>"
-when a request is handed to the coroutine engine. The tests assert on those markers, so a test
-that claims to exercise the fast path fails if the request went through the engine instead.
+observes: it prints "POOLED <request line>" or "FRESH <request line>" each time a request goes to
+a backend, on a pooled or a newly connected connection. The tests assert on those markers, so a
+test that claims to exercise a pooled connection (or a retry) fails if the request went otherwise.
 """
 from __future__ import annotations
 
@@ -30,23 +31,18 @@ TIMEOUT = 10
 # Runs mux_router's own main(); only adds the two markers (stderr goes to the same log as stdout).
 INSTRUMENT = r'''
 import sys
-from mux_router import fastpath
+from mux_router import exchange
 
 def _say(line):
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
-_init = fastpath.FastExchange.__init__
-def _fast_init(self, client, config, head, raw, *args, **kwargs):
-    _say("FASTPATH " + head.request_line)
-    _init(self, client, config, head, raw, *args, **kwargs)
-fastpath.FastExchange.__init__ = _fast_init
-
-_to_slow = fastpath.ClientProtocol._to_slow
-def _to_slow_marked(self, data, routed=None):
-    _say("ENGINE " + bytes(data).split(b"\r\n", 1)[0].decode("latin-1", "replace"))
-    _to_slow(self, data, routed)
-fastpath.ClientProtocol._to_slow = _to_slow_marked
+_ready = exchange.Exchange.backend_ready
+def _ready_marked(self, route, reused, *args, **kwargs):
+    if self.state is exchange.DISPATCH:
+        _say(("POOLED " if reused else "FRESH ") + self.head.request_line)
+    _ready(self, route, reused, *args, **kwargs)
+exchange.Exchange.backend_ready = _ready_marked
 
 sys.argv = ["mux-router", *sys.argv[1:]]
 from mux_router.__main__ import main
@@ -319,11 +315,11 @@ class Client:
 # --------------------------------------------------------------------------- the router under test
 
 def path_markers(output: str, target: str) -> list[str]:
-    """"FASTPATH"/"ENGINE" for each time a request for target was started on either path, from
-    the output of a router run with INSTRUMENT."""
+    """"POOLED"/"FRESH" for each time a request for target went to a backend on a pooled or a
+    freshly connected connection, from the output of a router run with INSTRUMENT."""
     out = []
     for line in output.splitlines():
-        for kind in ("FASTPATH", "ENGINE"):
+        for kind in ("POOLED", "FRESH"):
             if line.startswith(f"{kind} ") and f" {target} HTTP/1." in line:
                 out.append(kind)
     return out
@@ -422,12 +418,12 @@ def uid(path: str) -> str:
 
 
 def fast(fp: Env, target: str) -> None:
-    assert fp.router.markers(target) == ["FASTPATH"], (target, fp.router.markers(target))
+    assert fp.router.markers(target) == ["POOLED"], (target, fp.router.markers(target))
 
 
 # --------------------------------------------------------------------------- response framing
 
-def test_content_length_keep_alive_on_the_fast_path(fp):
+def test_content_length_keep_alive_on_a_pooled_connection(fp):
     fp.warm()
     conns = fp.ka.connections
     c = Client(fp.port)
@@ -616,7 +612,7 @@ def test_extra_bytes_on_the_engine_path_also_leave_the_connection_unused(fp):
     t2 = uid("/len")
     assert c.request(t2)[0] == 200
     c.close()
-    assert fp.router.markers(t) == ["ENGINE"]
+    assert fp.router.markers(t) == ["FRESH"]
     assert fp.ka.conn_of(t2) != fp.ka.conn_of(t)
 
 
@@ -631,7 +627,7 @@ def test_head_request_reads_no_body(fp):
     status, _, body = c.request(t2)                       # the next response follows the head at once
     assert status == 200 and body == LEN_BODY
     c.close()
-    assert fp.router.markers(t) == ["FASTPATH"]
+    assert fp.router.markers(t) == ["POOLED"]
     fast(fp, t2)
     assert fp.ka.conn_of(t) == fp.ka.conn_of(t2)
 
@@ -712,7 +708,7 @@ def test_pooled_connection_dropped_while_idle_is_replaced(fp):
     c.close()
     assert fp.ka.connections == conns + 1
     # The closed pooled connection was noticed before use: this one went to the engine.
-    assert fp.router.markers(t) == ["ENGINE"]
+    assert fp.router.markers(t) == ["FRESH"]
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
@@ -726,7 +722,7 @@ def test_pooled_connection_closed_as_the_request_arrives_is_retried_fresh(fp, ho
     assert c.request(uid("/len"))[0] == 200
     c.close()
     # Tried on the pooled connection (fast path), handed back, retried on a fresh one.
-    assert fp.router.markers(t) == ["FASTPATH", "ENGINE"]
+    assert fp.router.markers(t) == ["POOLED", "FRESH"]
     assert fp.ka.connections == conns + 1
     assert [conn for conn, _, target, _ in fp.ka.seen if target == t] == [conns, conns + 1]
     fields = fp.router.log_line(t)
@@ -749,11 +745,11 @@ def test_pipelined_requests_are_answered_in_order(fp):
     assert c.request(uid("/len"))[0] == 200 and c.buf == b""
     c.close()
     assert [target for _, _, target, _ in fp.ka.seen[-4:-1]] == [t1, t2, t3]
-    # The first, with more after it, goes to the engine; the last is served on the fast path.
-    assert fp.router.markers(t1) == ["ENGINE"] and fp.router.markers(t3) == ["FASTPATH"]
+    # One after another, each forwarded once, on the connection the one before left in the pool.
+    assert all(fp.router.markers(t) == ["POOLED"] for t in (t1, t2, t3))
 
 
-def test_request_pipelined_while_a_fast_path_response_is_on_its_way(fp):
+def test_request_pipelined_while_a_response_is_on_its_way(fp):
     fp.warm()
     c = Client(fp.port)
     t1, t2 = uid("/slow") + "&sleep=0.3", uid("/len")
@@ -767,7 +763,7 @@ def test_request_pipelined_while_a_fast_path_response_is_on_its_way(fp):
     fast(fp, t2)
 
 
-def test_request_head_split_over_two_sends_goes_to_the_engine(fp):
+def test_request_head_split_over_two_sends(fp):
     fp.warm()
     c = Client(fp.port)
     t = uid("/len")
@@ -777,9 +773,9 @@ def test_request_head_split_over_two_sends_goes_to_the_engine(fp):
     status, _, body = c.response()
     assert status == 200 and body == LEN_BODY
     t2 = uid("/len")
-    assert c.request(t2)[0] == 200                        # then back to the fast path
+    assert c.request(t2)[0] == 200
     c.close()
-    assert fp.router.markers(t) == ["ENGINE"]
+    fast(fp, t)
     fast(fp, t2)
 
 
@@ -876,7 +872,7 @@ def test_client_pausing_less_than_the_client_timeout_is_not_cut_as_a_server_time
     time.sleep(0.1)
     t_engine = uid("/huge")
     got_engine = _read_huge_with_a_pause(fp.port, t_engine, 1.6)
-    assert fp.router.markers(t_engine) == ["ENGINE"]
+    assert fp.router.markers(t_engine) == ["FRESH"]
     # Through the fast path.
     fp.warm()
     t_fast = uid("/huge")
@@ -924,7 +920,7 @@ def test_forwarding_headers_are_the_same_on_both_paths(fp):
         assert status == 200
         echoes.append(json.loads(body))
     c.close()
-    assert fp.router.markers(cold) == ["ENGINE"]
+    assert fp.router.markers(cold) == ["FRESH"]
     fast(fp, warm)
     cold_headers, warm_headers = ([(n, v) for n, v in e["headers"]] for e in echoes)
     assert cold_headers == warm_headers
@@ -945,7 +941,7 @@ def test_access_log_lines_have_the_same_format_on_both_paths(fp):
         assert c.request(t)[0] == 200
         sizes.append(len(c.last_raw))
     c.close()
-    assert fp.router.markers(cold) == ["ENGINE"]
+    assert fp.router.markers(cold) == ["FRESH"]
     fast(fp, warm)
     for t, size in zip((cold, warm), sizes):
         fields = fp.router.log_line(t)
@@ -980,10 +976,10 @@ def test_round_robin_stays_exact_from_cold_and_once_warm(fp):
     n1, n2, targets = _rr_counts(fp, 10, "/rr-cold")
     assert (n1, n2) == (5, 5)
     kinds = [fp.router.markers(t) for t in targets]
-    assert kinds[:2] == [["ENGINE"], ["ENGINE"]] and kinds[2:] == [["FASTPATH"]] * 8
+    assert kinds[:2] == [["FRESH"], ["FRESH"]] and kinds[2:] == [["POOLED"]] * 8
     n1, n2, targets = _rr_counts(fp, 10, "/rr-warm")
     assert (n1, n2) == (5, 5)
-    assert all(fp.router.markers(t) == ["FASTPATH"] for t in targets)
+    assert all(fp.router.markers(t) == ["POOLED"] for t in targets)
     # Strictly alternating, too.
     seen = {t: name for name in ("rr1", "rr2") for _, _, t, _ in fp.backends[name].seen}
     order = [seen[t] for t in targets]
@@ -1073,7 +1069,7 @@ def test_a_server_dying_under_a_pooled_request_is_redispatched_to_another(own):
     c.close()
     assert [(status, body) for status, _, body in answers] == [(200, b"survivor")] * 2
     died = [t for _, _, t, _ in own.backends["rr1"].seen if t.startswith("/die")]
-    assert len(died) == 1 and own.router.markers(died[0]) == ["FASTPATH", "ENGINE"]
+    assert len(died) == 1 and own.router.markers(died[0]) == ["POOLED", "FRESH"]
     assert own.router.log_line(died[0])["status"] == "200"
 
 
@@ -1112,7 +1108,7 @@ def test_a_repeated_request_gets_heads_made_under_the_config_of_the_moment(own):
     to_echo.close()
     to_fixed.close()
     assert sent["x-rule"] == "after" and answered["x-answer"] == "after"
-    assert own.router.markers(echo) == ["FASTPATH"] * 3 and own.router.markers(fixed) == ["FASTPATH"] * 3
+    assert own.router.markers(echo) == ["POOLED"] * 3 and own.router.markers(fixed) == ["POOLED"] * 3
 
 
 
@@ -1127,7 +1123,7 @@ def test_a_repeated_request_is_routed_again_after_a_reload(own):
         status, _, body = c.request(target)
         assert status == 200
         names.append(json.loads(body)["name"])
-    assert names == ["ka", "ka"] and own.router.markers(target) == ["FASTPATH"] * 2
+    assert names == ["ka", "ka"] and own.router.markers(target) == ["POOLED"] * 2
     config = own.router.config.read_text()
     own.router.config.write_text(config.replace('hosts = ["ka.localhost"]', 'hosts = ["elsewhere.localhost"]')
                                  .replace('hosts = ["rr.localhost"]', 'hosts = ["rr.localhost", "ka.localhost"]'))
@@ -1139,7 +1135,7 @@ def test_a_repeated_request_is_routed_again_after_a_reload(own):
         names.append(json.loads(body)["name"])
     c.close()
     assert names[2:] in (["rr1", "rr2", "rr1"], ["rr2", "rr1", "rr2"])
-    assert own.router.markers(target)[-1] == "FASTPATH"
+    assert own.router.markers(target)[-1] == "POOLED"
 
 
 # --------------------------------------------------------------------------- access_log
@@ -1167,8 +1163,8 @@ def test_access_log_errors_keeps_only_the_abnormal_and_off_keeps_none(own):
     assert c.request(bad)[0] == 502
     assert c.request(unknown, host="unknown.localhost")[0] == 404
     assert own.router.log_line(bad)["status"] == "502" and own.router.log_line(unknown)["status"] == "404"
-    assert own.router.markers(engine_ok) == ["ENGINE"] and own.router.markers(fast_ok) == ["FASTPATH"]
-    assert engine_ok not in own.router.output().replace(f"ENGINE GET {engine_ok}", "")
+    assert own.router.markers(engine_ok) == ["FRESH"] and own.router.markers(fast_ok) == ["POOLED"]
+    assert engine_ok not in own.router.output().replace(f"FRESH GET {engine_ok}", "")
     assert f'"GET {fast_ok} HTTP/1.1"' not in own.router.output()
     _reload_with(own, 'access_log = "off"')
     silent = uid("/bad-head")

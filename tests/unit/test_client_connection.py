@@ -1,22 +1,17 @@
-"""mux_router.server.ClientConnection: what a connection knows of its listener across reloads."""
+"""mux_router.peer.Peer: what a connection knows of its listener across reloads."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from frontgate.config import Address, Listener
-from mux_router.server import ClientConnection
-
-
-class Transport:
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
+from mux_router.peer import Peer
 
 
 def test_a_connection_follows_reloads_of_its_listener():
     address = Address.parse("127.0.0.1:8080")
     bound = Listener("public", address)
     router = SimpleNamespace(listeners={address: bound})
-    conn = ClientConnection(router, bound, Transport())
+    conn = Peer(router, bound, ("127.0.0.1", 40000))
     assert conn.listener is bound
     # A reload replaces the router's listeners: the open connection's next request sees the new ones.
     renamed = Listener("outside", address, scheme="https")

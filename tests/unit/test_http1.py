@@ -588,19 +588,18 @@ def test_an_invalid_host_is_refused_every_time():
         assert (e.value.status, e.value.reason) == (400, "invalid Host header")
 
 
-# The memo of parsed heads (_HeadParser._whole): a head seen before is the same head again, with
-# the same consumed count and leftover; nothing else may change because it was seen before.
+# A head parsed again (there is no memo of heads: each parse is its own) gives the same outcome,
+# whatever came before it.
 
-def test_a_repeated_head_is_the_memos_with_its_own_leftover():
+def test_a_repeated_head_parses_the_same_with_its_own_leftover():
     raw = b"GET /memo HTTP/1.1\r\nHost: memo.example\r\nX-Seen: twice\r\n\r\n"
     first = parse_request_head(raw + b"BODY")
     parser = RequestHeadParser()
     again = parser.feed(raw + b"NEXT")
-    assert again is first[0] and parser.consumed == first[1] == len(raw) and parser.leftover == b"NEXT"
-    assert RequestHeadParser().feed(raw) is again
+    assert again == first[0] and parser.consumed == first[1] == len(raw) and parser.leftover == b"NEXT"
 
 
-def test_the_memo_does_not_override_smaller_limits():
+def test_a_head_accepted_before_is_judged_again_with_smaller_limits():
     raw = b"GET /memo-limits HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 5 + b"\r\n"
     assert parse_request_head(raw) is not None            # accepted, and kept, with the default limits
     with pytest.raises(HttpError) as e:
@@ -612,31 +611,16 @@ def test_the_memo_does_not_override_smaller_limits():
         parse_response_head(resp, max_fields=4)
 
 
-def test_a_response_to_head_is_memoized_apart_from_one_to_get():
+def test_a_response_to_head_is_framed_apart_from_one_to_get():
     raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Memo: get-or-head\r\n\r\n"
     for method, body in (("GET", LENGTH), ("HEAD", NO_BODY), ("GET", LENGTH), ("HEAD", NO_BODY)):
         assert parse_response_head(raw, method)[0].body == body
 
 
-def test_the_head_memos_are_bounded_and_keep_no_refusal():
-    for i in range(3 * http1.HEAD_MEMO_SIZE):
-        parse_request_head(b"GET /bounded/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
-    assert 0 < len(RequestHeadParser._memo) <= http1.HEAD_MEMO_SIZE
-    big = b"GET /big HTTP/1.1\r\nHost: a\r\nX: " + b"x" * http1.HEAD_MEMO_MAX_BYTES + b"\r\n\r\n"
-    assert parse_request_head(big)[0].raw == big and big not in RequestHeadParser._memo
-    refused = b"GET /refused HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
-    for _ in range(2):
-        with pytest.raises(HttpError) as e:
-            parse_request_head(refused)
-        assert e.value.reason == "several Host headers"
-    assert refused not in RequestHeadParser._memo
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_a_head_parsed_again_gives_the_scanners_outcome(data):
-    """Whatever the memo holds by then (earlier examples fill it), a whole head fed twice and the
-    same bytes fed byte by byte (never the memo) give one outcome."""
+    """A whole head fed twice and the same bytes fed byte by byte give one outcome."""
     raw = data.draw(request_bytes())
     by_bytes = request_outcome(raw, [bytes([b]) for b in raw])
     assert request_outcome(raw, [raw]) == by_bytes

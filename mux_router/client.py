@@ -1,0 +1,214 @@
+"""A client connection as an asyncio Protocol: the transport that drives the connection's
+exchange machine (exchange.Exchange) for every request, simple or not, and carries out what it
+asks (writes, timers, backend connections, the close, the tunnel after a 101)."""
+from __future__ import annotations
+
+import asyncio
+
+from mux_router import access_log, backends
+from mux_router.deadline import Deadline
+from mux_router.exchange import Exchange
+from mux_router.peer import Peer
+from mux_router.tunnel import Tunnel
+
+LINGER_TIME = 2.0              # reading (and dropping) a client's unread input before closing ...
+LINGER_BYTES = 256 * 1024      # ... so that the kernel does not RST away our last answer
+
+
+class ClientProtocol(asyncio.Protocol):
+
+    def __init__(self, router, listener):
+        self.router = router
+        self.listener = listener        # as of the accept; the connection follows reloads of its address
+        self.backend: backends.BackendConnection | None = None
+        self.app = self.servers = self.slot = None     # the backend's app, servers in order, slot
+        self.waiting: asyncio.Task | None = None    # a dispatch that waits (queue, connect)
+        self.tunnel: Tunnel | None = None
+        self.write_paused = self.lost = False
+        self.lingering = -1             # bytes dropped since the linger began; -1: not lingering
+        self._paused_by: set[str] = set()       # why the client's reading is paused
+
+    # ---- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.loop = loop = asyncio.get_running_loop()
+        # TCP_NODELAY is the event loop's default on TCP transports (tests/unit/test_event_loop.py).
+        self.closed = loop.create_future()
+        self.peer = Peer(self.router, self.listener, transport.get_extra_info("peername"))
+        self.exchange = Exchange(self.router, self.peer, self, self.listener.proxy_protocol)
+        self.timer = Deadline(loop, self._client_timed_out)
+        self.server_timer = Deadline(loop, self.exchange.server_timeout)
+        self.router.connections.add(self)
+        self.exchange.start()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+        elif self.lingering >= 0:
+            self.lingering += len(data)
+            if self.lingering > LINGER_BYTES:
+                self.transport.close()
+        else:
+            self.exchange.client_data(data)
+
+    def eof_received(self) -> bool:
+        if self.tunnel is not None:
+            self.tunnel.client_eof()
+        elif self.lingering >= 0:
+            self.transport.close()
+        else:
+            self.exchange.client_eof_received()
+        return True                     # keep our side open: a response may still be on its way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.timer.cancel()
+        self.server_timer.cancel()
+        if self.waiting is not None:
+            self.waiting.cancel()       # it gives its server slot back
+            self.waiting = None
+        if self.tunnel is not None:
+            self.tunnel.client_lost(exc)
+        else:
+            self.exchange.client_lost()
+        self.router.connections.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused(True)
+
+    def resume_writing(self) -> None:
+        self._write_paused(False)
+
+    def _write_paused(self, paused: bool) -> None:
+        self.write_paused = paused
+        if self.tunnel is None:
+            self.exchange.client_write_paused(paused)
+        elif paused:
+            self.tunnel.client_paused()
+        else:
+            self.tunnel.client_resumed()
+
+    def _client_timed_out(self) -> None:
+        if self.lingering >= 0:
+            self.transport.close()
+        else:
+            self.exchange.client_timeout()
+
+    # ---- for Router.shutdown
+
+    @property
+    def idle(self) -> bool:
+        return self.tunnel is None and self.exchange.idle
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    # ---- the exchange's io
+
+    def to_client(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def to_backend(self, data: bytes) -> None:
+        self.backend.transport.write(data)
+
+    def dispatch(self, app, hash_key: bytes) -> None:
+        backends.dispatch(self.router, self, app, hash_key)
+
+    def attach(self, conn: backends.BackendConnection, app, servers, slot) -> None:
+        """The backend connection (and server slot) the exchange's request goes on; `servers`: the
+        balancer's order, for a retry."""
+        self.backend, self.app, self.servers, self.slot = conn, app, servers, slot
+        conn.client = self
+        if self.write_paused:
+            conn.transport.pause_reading()
+
+    def redo_fresh(self) -> None:
+        conn, self.backend = self.backend, None
+        conn.client = None
+        conn.abort()
+        backends.redo_fresh(self.router, self, self.app, self.servers, self.slot)
+
+    def release_backend(self, reusable: bool) -> None:
+        conn, self.backend = self.backend, None
+        if conn is not None:
+            if reusable and self.write_paused:
+                conn.transport.resume_reading()
+            self.router.backends.release(conn, reusable)
+            if "backend" in self._paused_by:
+                self.client_reading(True, "backend")
+        self.router.release_slot(self.app, self.slot)
+        self.app = self.servers = self.slot = None
+
+    def backend_reading(self, on: bool) -> None:
+        if self.backend is not None:
+            if on:
+                self.backend.transport.resume_reading()
+            else:
+                self.backend.transport.pause_reading()
+
+    def backend_write_paused(self, paused: bool) -> None:
+        """The backend takes the request body slower than the client sends it."""
+        self.client_reading(not paused, "backend")
+        self.exchange.backend_write_paused(paused)
+
+    def client_reading(self, on: bool, why: str = "buffer") -> None:
+        paused = self._paused_by
+        was = bool(paused)
+        if on:
+            paused.discard(why)
+        else:
+            paused.add(why)
+        if was != bool(paused) and not self.lost:
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def client_deadline(self, seconds: float | None) -> None:
+        if seconds is None:
+            self.timer.clear()
+        else:
+            self.timer.set(seconds)
+
+    def server_deadline(self, seconds: float | None) -> None:
+        if seconds is None:
+            self.server_timer.clear()
+        else:
+            self.server_timer.set(seconds)
+
+    def close_client(self, linger: bool) -> None:
+        """Close; `linger`: the client may still be sending, so shut our side and drop its input
+        for a moment, so that unread data does not make the kernel reset the connection (and lose
+        the answer) before the client has read it."""
+        if self.lost:
+            return
+        if not linger or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.lingering = 0
+        self.client_reading(True, "buffer")
+        self.client_reading(True, "backend")
+        self.timer.set(LINGER_TIME)
+
+    def abort_client(self) -> None:
+        self.transport.abort()
+
+    def start_tunnel(self, client_sent: bytes, backend_sent: bytes) -> None:
+        """The exchange answered a WebSocket upgrade with the backend's 101: from now on the bytes
+        move by the tunnel's callbacks, with the sweep's idle deadline instead of the timers."""
+        conn = self.backend
+        self.timer.cancel()
+        self.server_timer.cancel()
+        self.client_reading(True, "buffer")
+        self.tunnel = Tunnel(self, self.exchange, conn.transport, client_sent, backend_sent)
+        self.tunnel.start(self.exchange.client_eof, conn.done)
+
+    def log(self, *fields) -> None:
+        access_log.record(self.router, self.peer, *fields)
