@@ -7,15 +7,20 @@ Routes, identical on both stacks (Host header, port stripped):
   bench.localhost         -> nginx (static 1k.bin, 64k.bin)
   ws.bench.localhost      -> the WebSocket echo server
   sleepy.bench.localhost  -> the three 50 ms backends of seed 001, round robin
+and, for scenario 8, mux-router's dynamic route table (frontgate/routes.py) with N routes
+  r00001.bench.localhost ... rNNNNN.bench.localhost -> nginx
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from frontgate import routes
+
 HOST_STATIC = "bench.localhost"
 HOST_WS = "ws.bench.localhost"
 HOST_SLEEPY = "sleepy.bench.localhost"
+ROUTE_HOST = "r{:05d}.bench.localhost"     # the i-th dynamic route's host, i from 1
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,14 @@ def stunnel_conf(workdir: Path, name: str, pem: Path, accept: int, connect: int,
 
 
 def router_toml(workdir: Path, public_port: int | None, from_terminator: str | None,
-                backends: Backends, workers: int | None = None, access_log_file: Path | None = None) -> str:
+                backends: Backends, workers: int | None = None, access_log_file: Path | None = None,
+                routes_file: Path | None = None) -> str:
     """mux-router with the same three routes as HAProxy; no redirects (the benchmark's clients are
     all local, and HAProxy above has none either). `workers`: None is the shipped "auto".
     `access_log_file`: the shipped access log (`all`, httplog) into that file; None: the log off,
-    like HAProxy's. `from_terminator`: its address (`unix:/path` or `host:port`)."""
+    like HAProxy's. `from_terminator`: its address (`unix:/path` or `host:port`). `routes_file`:
+    the dynamic route table it follows (`[routes] file`); None: the default beside `state_file`,
+    which the benchmark never writes."""
     listeners = ""
     if public_port is not None:
         listeners += f"""
@@ -156,6 +164,7 @@ name = "sleepy"
 hosts = ["{HOST_SLEEPY}"]
 servers = [{servers}]
 """
+    dynamic = f'\n[routes]\nfile = "{routes_file}"\n\n' if routes_file else "\n"
     log = ('access_log = "all"\naccess_log_format = "httplog"\n'
            f'access_log_file = "{access_log_file}"') if access_log_file else 'access_log = "off"'
     return f"""\
@@ -172,8 +181,7 @@ client = 60
 connect = 5
 server = 60
 tunnel = 3600
-
-[[app]]
+{dynamic}[[app]]
 name = "ws"
 hosts = ["{HOST_WS}"]
 servers = ["127.0.0.1:{backends.ws_echo}"]
@@ -183,6 +191,19 @@ name = "static"
 hosts = ["{HOST_STATIC}"]
 servers = ["127.0.0.1:{backends.nginx}"]
 """
+
+
+def route_host(i: int) -> str:
+    return ROUTE_HOST.format(i)
+
+
+def route_table(count: int, nginx_port: int) -> routes.RouteTable:
+    """`count` dynamic routes, r00001.bench.localhost ... (route_host), each to nginx, as if added
+    one by one with `frontgate route add` (route i at version i): frontgate's own route model, so
+    the router reads what the CLI would have written."""
+    server = f"127.0.0.1:{nginx_port}"
+    return routes.table_of((routes.make_route(route_host(i), [server], owner="bench", revision=i)
+                            for i in range(1, count + 1)), version=count)
 
 
 def terminator_toml(pem: Path, listen_port: int, forward_to: str, workers: int | None = None) -> str:

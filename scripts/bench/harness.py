@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from frontgate.config import load_router_config, load_terminator_config
+from frontgate.route_store_file import write_table
 from scripts.bench import certs, configs
 from scripts.bench.procs import Processes, free_port, thread_count
 
@@ -34,6 +35,8 @@ class System:
     diagnostic: bool = False      # a measuring stick beside the comparison (the relay floors), not a rival
     secondary: bool = False       # a second reference row: in its scenario's table, not in the summary
     access_log: bool = False      # frontgate as shipped: the router writes its access log to a file
+    own_router: bool = False      # a reference that is mux-router itself (scenario 8: without dynamic routes)
+    dynamic_routes: int = 0       # routes in the router's route table file (configs.route_table)
 
 
 FRONTGATE = System("frontgate", "frontgate as shipped (terminator + router, access log on)", "frontgate (log on)",
@@ -57,8 +60,14 @@ FLOOR = System("floor", "uvloop relay, no HTTP work (floor)", "relay floor", tls
                diagnostic=True)
 FLOOR_PARSERS = System("floor_parsers", "uvloop relay + the router's head parsers (floor)", "relay+parsers",
                        tls=False, frontgate=False, diagnostic=True)
+# Scenario 8: the router as shipped with 10,000 dynamic routes beside its static apps, against
+# itself with the static apps only (issue 21: within 5 %).
+ROUTER_ROUTES = System("router_routes", "mux-router alone as shipped + 10,000 dynamic routes", "router + 10k routes",
+                       tls=False, frontgate=True, access_log=True, dynamic_routes=10_000)
+ROUTER_STATIC = System("router_static", "mux-router alone as shipped, static apps only", "router, static apps",
+                       tls=False, frontgate=False, access_log=True, own_router=True)
 SYSTEMS = {s.key: s for s in (FRONTGATE, FRONTGATE_NOLOG, REF_TUNED, REF_SEED, ROUTER, ROUTER_NOLOG, HAPROXY, DIRECT,
-                              FLOOR, FLOOR_PARSERS)}
+                              FLOOR, FLOOR_PARSERS, ROUTER_ROUTES, ROUTER_STATIC)}
 RUN_WIDE = 0                      # the notes key of facts about the whole run (not one scenario)
 
 
@@ -170,7 +179,7 @@ class Run:
                 if not self.backends.sleepy:
                     raise RuntimeError("the direct system needs the sleepy backends")
                 yield Endpoint(self.backends.sleepy[0], ())
-            elif system.frontgate:
+            elif system.frontgate or system.own_router:
                 yield self._start_frontgate(procs, tag, system, cert=cert)
             elif system in (REF_TUNED, REF_SEED, HAPROXY):
                 yield self._start_reference(procs, tag, system, cert=cert)
@@ -190,9 +199,12 @@ class Run:
         log_file = self.workdir / f"{tag}-access.log" if system.access_log else None
         if not system.tls:
             port = free_port()
+            table = self._route_table(tag, system.dynamic_routes) if system.dynamic_routes else None
             rcfg = self.write(f"{tag}-mux-router.toml", configs.router_toml(
-                self.workdir, port, None, self.backends, workers=s.fg_workers, access_log_file=log_file))
-            routers = self._start_routers(procs, tag, rcfg, ports=(port,))
+                self.workdir, port, None, self.backends, workers=s.fg_workers, access_log_file=log_file,
+                routes_file=table))
+            # The routers read the table before they listen: the first request already sees every route.
+            routers = self._start_routers(procs, tag, rcfg, ports=(port,), timeout=60)
             self.note(RUN_WIDE, f"{system.label}: {len(routers)} mux-router processes")
             return Endpoint(port, routers, {"http": routers}, log_file)
         path = self.workdir / f"{tag}-router.sock"
@@ -212,6 +224,12 @@ class Run:
                             for i in range(count))
         self.note(RUN_WIDE, f"{system.label}: {count} tls-terminator and {len(routers)} mux-router processes")
         return Endpoint(tls_port, routers + terminators, {"tls": terminators, "http": routers}, log_file)
+
+    def _route_table(self, tag: str, count: int) -> Path:
+        """The route table file of `count` routes to nginx, written as `frontgate route` writes it."""
+        path = self.workdir / f"{tag}-routes.json"
+        write_table(path, configs.route_table(count, self.backends.nginx))
+        return path
 
     def _start_routers(self, procs: Processes, tag: str, config: Path, **start) -> tuple[int, ...]:
         """The config's `workers` routers, counted by frontgate's own loader ("auto" included)."""

@@ -156,6 +156,8 @@ def cpu_us_per_request(before_s: float, after_s: float, requests: int) -> float:
 
 # The request line httplog quotes at the end of an entry (an optional " (note)" follows).
 _LOGGED_TARGET = re.compile(r'"[A-Z]+ (\S+) HTTP/\d\.\d"(?: \(.*\))?$', re.M)
+# An entry's `backend/server` (the app's name, and the server), after `client [date] frontend`.
+_LOGGED_APP_AND_TARGET = re.compile(r'^\S+ \[[^\]]*\] \S+ ([^/\s]+)/\S+ .*"[A-Z]+ (\S+) HTTP/\d\.\d"(?: \(.*\))?$', re.M)
 _THREAD_ID = re.compile(r"[?&]t=(\d+)(?:&|$)")
 
 
@@ -164,3 +166,9 @@ def logged_variety(access_log: str) -> tuple[int, int, set[str]]:
     of the run before may come late): (distinct targets, lines, thread ids)."""
     varied = [(t, m.group(1)) for t in _LOGGED_TARGET.findall(access_log) if (m := _THREAD_ID.search(t))]
     return len({t for t, _ in varied}), len(varied), {thread for _, thread in varied}
+
+
+def logged_apps(access_log: str) -> set[str]:
+    """The apps (httplog's backend) of the lines whose target names a wrk thread, as logged_variety
+    counts them. An app name with a '/' (a dynamic route's path prefix) is cut there."""
+    return {app for app, target in _LOGGED_APP_AND_TARGET.findall(access_log) if _THREAD_ID.search(target)}

@@ -1,10 +1,10 @@
-"""The six scenarios of the benchmark: which systems each compares, what it measures, how.
+"""The scenarios of the benchmark: which systems each compares, what it measures, how.
 
 A scenario's `measure(run, system)` starts the system fresh, drives load with an external client
 (wrk, ab, or our WebSocket client), and returns {metric key: value}. Smoke mode shrinks every
 duration and count so the whole harness runs in seconds; its numbers mean nothing.
 
-The request-rate scenarios (1, 2, 4) measure every system with every request different (its own
+The request-rate scenarios (1, 2, 4, 8) measure every system with every request different (its own
 query string and cookie) as their headline, with the CPU each stage spends per request over that
 run; the same request again and again (wrk without a script) stays as a noted second metric.
 """
@@ -20,8 +20,9 @@ from typing import Callable
 
 from scripts.bench import configs
 from scripts.bench.harness import (DIRECT, FLOOR, FLOOR_PARSERS, FRONTGATE, FRONTGATE_NOLOG, HAPROXY, REF_SEED,
-                                   REF_TUNED, ROUTER, ROUTER_NOLOG, Endpoint, Run, System)
-from scripts.bench.parse import (AbResult, WrkResult, cpu_us_per_request, logged_variety, parse_ab,
+                                   REF_TUNED, ROUTER, ROUTER_NOLOG, ROUTER_ROUTES, ROUTER_STATIC, Endpoint, Run,
+                                   System)
+from scripts.bench.parse import (AbResult, WrkResult, cpu_us_per_request, logged_apps, logged_variety, parse_ab,
                                  parse_s_client_session, parse_wrk)
 from scripts.bench.procs import cpu_seconds, run_tool
 
@@ -70,6 +71,7 @@ def _url(port: int, path: str, tls: bool) -> str:
 # across wrk's threads too. wrk runs one Lua state per thread; setup() runs in the main one and
 # gives each thread its id (a global in that thread's state). wrk.format with a header table sends
 # only those headers (and Host), so the command line's others (`Connection: close`) are copied in.
+# A script that defines host_of(id, n) varies the Host as well (varied_hosts).
 VARIED_REQUESTS = """\
 local threads = 0
 function setup(thread)
@@ -83,15 +85,29 @@ function request()
   local headers = {}
   for name, value in pairs(wrk.headers) do headers[name] = value end
   headers["Cookie"] = "session=" .. id .. "-" .. n
+  if host_of then headers["Host"] = host_of(id, n) end
   return wrk.format(nil, wrk.path .. "?t=" .. id .. "&n=" .. n, headers)
 end
 """
 WRK_THREADS = 2
 
 
+def varied_hosts(count: int, step: int) -> str:
+    """VARIED_REQUESTS with the Host varied too, over `count` of scenario 8's route hosts spread
+    over its table (configs.route_host(step), (2 * step), ...): request n of thread `id` goes to
+    number 1 + (7n + 997 id) mod `count` (7 is prime to `count`: each thread goes through all of
+    them before it comes back to one)."""
+    if count % 7 == 0:
+        raise ValueError("varied_hosts: 7 must not divide the count")
+    lua_format = configs.ROUTE_HOST.replace("{:05d}", "%05d")
+    return (f'function host_of(id, n)\n  return string.format("{lua_format}", '
+            f"{step} * (1 + (7 * n + 997 * id) % {count}))\nend\n\n" + VARIED_REQUESTS)
+
+
 def wrk(run: Run, port: int, path: str, tls: bool, connections: int, host: str = configs.HOST_STATIC,
-        close: bool = False, varied: bool = False) -> WrkResult:
-    """`varied`: every request different (VARIED_REQUESTS); else one request byte for byte."""
+        close: bool = False, varied: bool = False, script: str = VARIED_REQUESTS) -> WrkResult:
+    """`varied`: every request different (`script`: VARIED_REQUESTS or a variant); else one request
+    byte for byte."""
     s = run.settings
     duration = 1 if s.smoke else max(1, round(s.duration))
     argv = ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{duration}s", "--latency",
@@ -99,9 +115,9 @@ def wrk(run: Run, port: int, path: str, tls: bool, connections: int, host: str =
     if close:
         argv += ["-H", "Connection: close"]
     if varied:
-        script = run.workdir / "wrk-varied.lua"
-        script.write_text(VARIED_REQUESTS)
-        argv += ["-s", str(script)]
+        lua = run.workdir / "wrk-varied.lua"
+        lua.write_text(script)
+        argv += ["-s", str(lua)]
     result = parse_wrk(run_tool([*argv, _url(port, path, tls)], timeout=duration + 30))
     if result.requests == 0:
         raise MeasurementError(f"wrk completed no request against {_url(port, path, tls)}")
@@ -117,18 +133,21 @@ class Rate:
     cpu_us: dict[str, float]          # "cpu_tls", "cpu_http": CPU µs per request of each stage, varied run
 
 
-def rate(run: Run, sid: int, system: System, path: str, connections: int = 64) -> Rate:
+def rate(run: Run, sid: int, system: System, path: str, connections: int = 64, host: str = configs.HOST_STATIC,
+         hosts: int = 1, script: str = VARIED_REQUESTS) -> Rate:
     """Both wrk runs on one fresh stack, the same request first (it also warms the pools), then
-    every request different, over which each stage's CPU time is read. When the router writes its
-    access log, the varied run's lines there must all differ (and come from every wrk thread)."""
+    every request different (`script`), over which each stage's CPU time is read. When the router
+    writes its access log, the varied run's lines there must all differ (and come from every wrk
+    thread), and name `hosts` apps when the script varies the Host over that many."""
     with run.stack(system) as ep:
-        same = wrk(run, ep.port, path, tls=system.tls, connections=connections)
+        same = wrk(run, ep.port, path, tls=system.tls, connections=connections, host=host)
         log_from = _log_size(ep)
         before = {stage: cpu_seconds(pids) for stage, pids in ep.stages.items()}
-        varied = wrk(run, ep.port, path, tls=system.tls, connections=connections, varied=True)
+        varied = wrk(run, ep.port, path, tls=system.tls, connections=connections, host=host, varied=True,
+                     script=script)
         after = {stage: cpu_seconds(pids) for stage, pids in ep.stages.items()}
         if ep.access_log:
-            _check_variety(run, sid, ep, log_from)
+            _check_variety(run, sid, ep, log_from, hosts)
     return Rate(varied, same, {f"cpu_{stage}": cpu_us_per_request(before[stage], after[stage], varied.requests)
                                for stage in ep.stages})
 
@@ -140,8 +159,10 @@ def _log_size(ep: Endpoint) -> int:
     return ep.access_log.stat().st_size
 
 
-def _check_variety(run: Run, sid: int, ep: Endpoint, offset: int) -> None:
-    """The proof that wrk sent what VARIED_REQUESTS says: the router logged each target once."""
+def _check_variety(run: Run, sid: int, ep: Endpoint, offset: int, hosts: int = 1) -> None:
+    """The proof that wrk sent what VARIED_REQUESTS says: the router logged each target once (and,
+    when it varied the Host over `hosts` routes, the requests of each thread went to as many
+    different apps as the thread sent requests, up to `hosts`)."""
     time.sleep(0.2)
     with open(ep.access_log, "rb") as f:
         f.seek(offset)
@@ -152,6 +173,12 @@ def _check_variety(run: Run, sid: int, ep: Endpoint, offset: int) -> None:
     if not logged or distinct != logged or len(threads) != WRK_THREADS:
         raise MeasurementError(f"the varied requests were not all different: {distinct} distinct of {logged} "
                                f"logged, from wrk threads {sorted(threads)}")
+    if hosts > 1:
+        apps = len(logged_apps(text))
+        run.count(sid, f"Host varied over {hosts:,} routes: distinct apps the shipped router logged for the varied "
+                       "requests, of the most there could be (all rounds)", apps, min(hosts, logged))
+        if apps < min(hosts, logged // WRK_THREADS):
+            raise MeasurementError(f"the Host did not vary: {apps} apps logged for {logged} requests")
 
 
 def ab(run: Run, port: int, path: str, tls: bool, concurrency: int, requests: int | None = None,
@@ -231,6 +258,32 @@ def _s4(run: Run, system: System) -> dict[str, float]:
     r = rate(run, 4, system, "/1k.bin")
     return {"rps": r.varied.requests_per_s, "p50": r.varied.latency_ms[50], "p99": r.varied.latency_ms[99],
             **r.cpu_us, "rps_same": r.same.requests_per_s}
+
+
+ROUTES_VARIED = 2000       # scenario 8's third metric: the Host varied over this many of the routes
+
+
+def _s8(run: Run, system: System) -> dict[str, float]:
+    """The router with its route table full against itself with the static apps only. The
+    reference has no other host to ask for: its one run (Host: the static app's) stands for all
+    three columns, so every ratio is over the same run without routes."""
+    static = rate(run, 8, system, "/1k.bin")
+    if not system.dynamic_routes:
+        rps, cpu = static.varied.requests_per_s, static.cpu_us["cpu_http"]
+        return {"rps_route": rps, "rps_static": rps, "route_cpu": cpu, "static_cpu": cpu,
+                "rps_hosts": rps, "hosts_cpu": cpu}
+    n = system.dynamic_routes
+    last = rate(run, 8, system, "/1k.bin", host=configs.route_host(n))
+    many = rate(run, 8, system, "/1k.bin", host=configs.route_host(n), hosts=ROUTES_VARIED,
+                script=varied_hosts(ROUTES_VARIED, n // ROUTES_VARIED))
+    run.note(8, f"the route table: {n:,} routes r00001…r{n:05d}.bench.localhost to nginx, written with frontgate's "
+                "own code (frontgate.routes, route_store_file.write_table) before the routers start; Host of the "
+                f"second column: {configs.route_host(n)}, the last added; the Host-varied run goes through "
+                f"{ROUTES_VARIED:,} of them (every {n // ROUTES_VARIED}th), more than the router's 1,024-host "
+                "memo of candidate apps holds, so each router keeps meeting hosts it forgot")
+    return {"rps_route": last.varied.requests_per_s, "rps_static": static.varied.requests_per_s,
+            "route_cpu": last.cpu_us["cpu_http"], "static_cpu": static.cpu_us["cpu_http"],
+            "rps_hosts": many.varied.requests_per_s, "hosts_cpu": many.cpu_us["cpu_http"]}
 
 
 def _ws_client(run: Run, *args: str, timeout: float) -> dict:
@@ -317,4 +370,16 @@ SCENARIOS: dict[int, Scenario] = {s.id: s for s in (
         Metric("share", "% of 240/s capacity", True, "{:,.1f}", headline=True, target=NO_WORSE),
         Metric("p50", "p50 ms", False),
         Metric("p99", "p99 ms", False)), _s6),
+    Scenario(8, "Plain HTTP keep-alive through the router alone (as shipped) with 10,000 dynamic routes in its route "
+                "table, against itself with its static apps only; 1 KiB, 64 connections, every request different "
+                "(wrk)", (ROUTER_ROUTES, ROUTER_STATIC), (
+        Metric("rps_route", "requests/s, Host: the last route added (static apps only: a static app's)", True,
+               headline=True, target="≥ 0.95", target_ratio=0.95),
+        Metric("rps_static", "requests/s, Host: a static app's", True, headline=True, target="≥ 0.95",
+               target_ratio=0.95),
+        Metric("route_cpu", "CPU µs/request, router, Host: the last route", False, _US),
+        Metric("static_cpu", "CPU µs/request, router, Host: a static app's", False, _US),
+        Metric("rps_hosts", f"requests/s, Host varied over {ROUTES_VARIED:,} routes (static apps only: a static "
+                            "app's)", True, noted=True),
+        Metric("hosts_cpu", f"CPU µs/request, router, Host varied over {ROUTES_VARIED:,} routes", False, _US)), _s8),
 )}

@@ -8,7 +8,7 @@ import pytest
 
 from frontgate.config import load_router_config, load_terminator_config
 from scripts.bench import configs
-from scripts.bench.parse import (BenchParseError, cpu_us_per_request, logged_variety, parse_ab,
+from scripts.bench.parse import (BenchParseError, cpu_us_per_request, logged_apps, logged_variety, parse_ab,
                                  parse_s_client_session, parse_wrk, percentile, ratio, summarize)
 
 FIXTURES = Path(__file__).parent / "bench_fixtures"
@@ -202,6 +202,59 @@ def test_stunnel_seed_config_and_the_tuned_one(tmp_path):
                                             "socket = r:TCP_NODELAY=1"]
 
 
+# --------------------------------------------------------------------------- scenario 8: dynamic routes
+
+def test_the_router_follows_the_route_table_file_it_is_given(tmp_path):
+    path = tmp_path / "mux-router.toml"
+    path.write_text(configs.router_toml(tmp_path, 18000, None, BACKENDS, workers=1,
+                                        routes_file=tmp_path / "8-routes.json"))
+    assert load_router_config(path).routes.file == tmp_path / "8-routes.json"
+    # Without one, the default beside the state file, which the benchmark never writes.
+    path.write_text(configs.router_toml(tmp_path, 18000, None, BACKENDS, workers=1))
+    cfg = load_router_config(path)
+    assert cfg.routes.file == tmp_path / "routes.json" and [a.name for a in cfg.apps] == ["ws", "sleepy", "static"]
+
+
+def test_the_route_table_is_frontgates_own_and_routes_every_host_to_nginx(tmp_path):
+    """Written and read back with the route store's own functions, merged behind the static apps
+    as the router merges it: each route host reaches nginx, the static hosts their apps."""
+    from frontgate import routes
+    from frontgate.route_store_file import read_table, write_table
+    from mux_router.routing import select_app
+    table = configs.route_table(300, 18080)
+    write_table(tmp_path / "routes.json", table)
+    again = read_table(tmp_path / "routes.json")
+    assert again == table and (again.version, len(again)) == (300, 300)
+    assert [configs.route_host(i) for i in (1, 300)] == ["r00001.bench.localhost", "r00300.bench.localhost"]
+    last = again.routes[configs.route_host(300)]
+    assert (last.servers, last.path, last.revision, last.owner) == (("127.0.0.1:18080",), "/", 300, "bench")
+    toml = tmp_path / "mux-router.toml"
+    toml.write_text(configs.router_toml(tmp_path, 18000, None, BACKENDS, workers=1))
+    apps = routes.merged(load_router_config(toml), again).apps
+    assert len(apps) == 3 + 300
+    for i in (1, 150, 300):
+        chosen = select_app(apps, configs.route_host(i), "/1k.bin")
+        assert chosen.name == f"route:{configs.route_host(i)}" and chosen.servers[0].address.port == 18080
+    assert select_app(apps, configs.HOST_STATIC, "/1k.bin").name == "static"
+    assert select_app(apps, "r00301.bench.localhost", "/1k.bin") is None
+
+
+def test_the_host_varying_script_goes_through_every_chosen_route_host():
+    from scripts.bench.scenarios import VARIED_REQUESTS, varied_hosts
+    # VARIED_REQUESTS sends the Host a script's host_of gives, and only then.
+    assert 'if host_of then headers["Host"] = host_of(id, n) end' in VARIED_REQUESTS
+    script = varied_hosts(2000, 5)
+    assert script.endswith(VARIED_REQUESTS)
+    assert script.startswith('function host_of(id, n)\n  return string.format("r%05d.bench.localhost", '
+                             '5 * (1 + (7 * n + 997 * id) % 2000))\nend\n')
+    # The same arithmetic: each thread's first 2,000 requests go to 2,000 different hosts, all routes.
+    for thread in (1, 2):
+        hosts = {configs.route_host(5 * (1 + (7 * n + 997 * thread) % 2000)) for n in range(1, 2001)}
+        assert hosts == {configs.route_host(i) for i in range(5, 10_001, 5)}
+    with pytest.raises(ValueError):
+        varied_hosts(2100, 5)              # 7 divides it: a thread would cycle through a seventh
+
+
 # --------------------------------------------------------------------------- every request different
 
 def test_the_varied_requests_script_gives_each_thread_an_id_and_keeps_the_command_line_headers():
@@ -230,6 +283,18 @@ def _httplog(target: str, note: str = "") -> str:
 ])
 def test_logged_variety(targets, expected):
     assert logged_variety("\n".join(_httplog(t) for t in targets) + "\n") == expected
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([("static", "/1k.bin?t=1&n=1"), ("route:r00005.bench.localhost", "/1k.bin?t=2&n=1")],
+     {"static", "route:r00005.bench.localhost"}),
+    ([("route:a.localhost", "/1k.bin"), ("static", "/1k.bin?t=1&n=9")], {"static"}),     # the same-request run
+    ([("route:a.localhost/api", "/api?t=1&n=1")], {"route:a.localhost"}),                   # cut at the path
+    ([], set()),
+])
+def test_logged_apps(lines, expected):
+    text = "\n".join(_httplog(target).replace(" static/", f" {app}/") for app, target in lines)
+    assert logged_apps(text + "\n") == expected
 
 
 def test_logged_variety_reads_lines_with_a_note_and_skips_other_lines():
@@ -307,6 +372,30 @@ def test_the_relay_floors_and_the_seed_stunnel_stay_out_of_the_summary():
     assert ("- CPU µs per request, all stages: mux-router alone, access log off (plain HTTP) 30.0, HAProxy alone "
             "(plain HTTP) 30.0 (frontgate / reference 1.00; lower is better)") in text
     assert text.count("CPU µs per request, all stages") == 2           # the floors are no rivals
+
+
+def test_scenario_8_states_both_rates_over_the_router_without_routes_with_the_5_percent_target():
+    from scripts.bench.harness import SYSTEMS, Settings
+    from scripts.bench.report import Results, comparisons, markdown, pairs
+    from scripts.bench.scenarios import SCENARIOS
+    sc = SCENARIOS[8]
+    assert [(a.key, b.key) for a, b in pairs(sc)] == [("router_routes", "router_static")]
+    routed, static = SYSTEMS["router_routes"], SYSTEMS["router_static"]
+    assert (routed.dynamic_routes, static.dynamic_routes) == (10_000, 0)
+    assert routed.access_log and static.access_log and static.own_router and not routed.tls
+    r = Results()
+    r.add(8, "router_routes", {"rps_route": 960.0, "rps_static": 940.0, "route_cpu": 80.0, "static_cpu": 81.0,
+                               "rps_hosts": 900.0, "hosts_cpu": 85.0})
+    r.add(8, "router_static", {"rps_route": 1000.0, "rps_static": 1000.0, "route_cpu": 79.0, "static_cpu": 79.0,
+                               "rps_hosts": 1000.0, "hosts_cpu": 79.0})
+    assert [(c.metric.key, round(c.ratio, 2)) for c in comparisons(r, [sc])] == [("rps_route", 0.96),
+                                                                                ("rps_static", 0.94)]
+    text = markdown(r, [sc], Settings(rounds=1), {}, {"cpus": "2"}, 60.0, None)
+    summary = text.split("## Summary")[1].split("## 8.")[0]
+    assert "| 0.96 | ≥ 0.95: met |" in summary and "| 0.94 | ≥ 0.95: **not met** |" in summary
+    assert "varied over 2,000 routes (static apps only: a static app's)): 0.90" in text    # the third, noted
+    assert "| 80.0 | 81.0 | 900 | 85.0 |" in text                                       # CPU µs/request
+    assert "all stages" not in text       # one stage: no sum of the columns
 
 
 def test_cpu_of_the_whole_stack_sums_its_stages():
