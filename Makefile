@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv deploy stop status check certs reload restart-router restart-terminator restart-checker \
-        test test-full test-tools bench bench-tools chromium stats-screenshot
+        test test-full test-tools bench bench-tools chromium pebble redis-tools stats-screenshot
 
 # The venv is rebuilt whenever pyproject.toml (the pinned dependencies) changes.
 $(STAMP): pyproject.toml
@@ -40,6 +40,13 @@ bench-tools:
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+# Pebble (Let's Encrypt's test ACME server, Debian's `pebble`, with pebble-challtestsrv), installed
+# only when missing: the cert-manager tests issue and renew certificates against it on 127.0.0.1.
+pebble:
+	@command -v pebble >/dev/null 2>&1 && command -v pebble-challtestsrv >/dev/null 2>&1 || { \
+	  echo "installing pebble"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pebble; }
 
 # The slow suite's extra tools: headless Chromium (browser test), testssl.sh (TLS scan), atheris (fuzzing).
 test-tools: $(STAMP)
@@ -92,10 +99,17 @@ check: $(STAMP)
 certs: $(STAMP)
 	$(BIN)/frontgate certs
 
-test: $(STAMP) $(SSLYZE) bench-tools chromium
+# The route store tests start their own redis-server and redis-sentinel (Debian packages),
+# installed only when missing.
+redis-tools:
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1 || { \
+	  echo "installing redis-server redis-sentinel"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-sentinel; }
+
+test: $(STAMP) $(SSLYZE) bench-tools chromium pebble redis-tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-full: $(STAMP) $(SSLYZE) bench-tools test-tools
+test-full: $(STAMP) $(SSLYZE) bench-tools pebble test-tools redis-tools
 	$(BIN)/python -m pytest -q
 
 # Side by side with stunnel + HAProxy on this machine: make bench BENCH_ARGS="--rounds 1 --scenarios 1,4"

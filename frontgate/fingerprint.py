@@ -3,7 +3,7 @@ place for the daemons (which report the fingerprint they run, frontgate.process_
 `make deploy`, `frontgate reload` and `frontgate status` (which compare it with the files on disk).
 
 What a stage reads: its own TOML; the checker also the router config its `router_config` names
-(the server list); the terminator also the certificate and key files of its [[certificate]] entries,
+(the server list), and so does cert-manager (the apps marked acme = true); the terminator also the certificate and key files of its [[certificate]] entries,
 and the client-certificate rules it takes from the router config its `router_config` names (with
 those CA files).
 """
@@ -18,9 +18,11 @@ from frontgate.config import ConfigError, load_terminator_config
 
 def stage_files(stage: str, own: Path) -> list[Path]:
     """The files whose content `stage` depends on, in a fixed order; `own` is its TOML."""
-    if stage == "health-checker":
+    if stage in ("health-checker", "cert-manager"):
+        # The checker's server list; cert-manager's apps marked acme = true (when it follows them).
+        table = "checker" if stage == "health-checker" else "cert_manager"
         try:
-            router = tomllib.loads(own.read_text())["checker"]["router_config"]
+            router = tomllib.loads(own.read_text())[table]["router_config"]
             return [own, own.parent / router]
         except (OSError, ValueError, KeyError, TypeError):
             return [own]       # invalid: `frontgate check` reports it; the TOML alone still fingerprints

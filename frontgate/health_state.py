@@ -6,6 +6,8 @@ Format 1 (JSON, one object):
      "servers": {"maps/127.0.0.1:3000": {"state": "up", "since": 1795423100.1,
                  "last_check": {"ok": true, "took_ms": 2.1, "detail": "HTTP 200"}}}}
 
+A server held down by flap damping is "down" with `"flapping": true` (absent otherwise).
+
 The file is always replaced whole (temp file, fsync, rename), so a reader sees the old or the new
 content, never a mix. A reader still validates everything: a file written by hand or by a broken
 checker must not take servers out of rotation.
@@ -39,6 +41,7 @@ class ServerState:
     state: str                     # "up" | "down"
     since: float                   # wall-clock time of the last transition
     last_check: Mapping[str, Any]  # {"ok": bool, "took_ms": float, "detail": str}
+    flapping: bool = False         # held down by flap damping (state is "down"); written only when true
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ def dumps(state: HealthState) -> bytes:
         "generation": state.generation,
         "written_at": state.written_at,
         "checker_pid": state.checker_pid,
-        "servers": {key: {"state": s.state, "since": s.since, "last_check": dict(s.last_check)}
+        "servers": {key: {"state": s.state, "since": s.since, "last_check": dict(s.last_check),
+                          **({"flapping": True} if s.flapping else {})}
                     for key, s in sorted(state.servers.items())},
     }
     return (json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n").encode()
@@ -96,8 +100,12 @@ def loads(data: bytes | str) -> HealthState:
         took_ms = _number(last, "took_ms", f"{where}.last_check.took_ms")
         if not isinstance(last.get("detail"), str):
             raise HealthStateError(f"{where}.last_check.detail: expected a string")
+        flapping = s.get("flapping", False)
+        if not isinstance(flapping, bool):
+            raise HealthStateError(f"{where}.flapping: expected true or false")
         servers[key] = ServerState(state=s["state"], since=_time(s, "since", f"{where}.since"),
-                                   last_check={"ok": last["ok"], "took_ms": took_ms, "detail": last["detail"]})
+                                   last_check={"ok": last["ok"], "took_ms": took_ms, "detail": last["detail"]},
+                                   flapping=flapping and s["state"] == "down")
     return HealthState(generation=generation, written_at=written_at, checker_pid=checker_pid, servers=servers)
 
 
@@ -131,12 +139,15 @@ def temp_prefix(path: Path) -> str:
 
 
 def write_atomic(path: Path, state: HealthState) -> None:
-    """Replace `path` with `state` so that readers see the old file or the new one, whole, even
+    write_bytes_atomic(path, dumps(state))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old file or the new one, whole, even
     across a crash: write a temp file in the same directory (rename is atomic only within one
     filesystem), fsync it, rename it over the old one, fsync the directory (makes the rename
-    itself durable)."""
+    itself durable). The route table files (frontgate/route_store_file.py) are written the same way."""
     path = Path(path)
-    data = dumps(state)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -178,9 +189,71 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
 
 # --------------------------------------------------------------------------- the router's view
 
-class StateFollower:
-    """The router's cheap view of the state file: `refresh()` stats the file (one syscall) and
-    re-reads it only when it changed; `is_down()` is a dict lookup.
+class FileFollower:
+    """A cheap view of a file another process replaces whole: `refresh()` stats it (one syscall)
+    and re-reads and parses it (`loads`) only when it changed. A bad file is logged once and the
+    last good content kept; a missing file means no content (None). Followed files: the health
+    state (StateFollower) and the route table (frontgate/route_store_file.py)."""
+
+    def __init__(self, path: Path, loads: Callable[[bytes], Any], what: str, missing: str = "does not exist",
+                 kept: str = "content"):
+        self.path = Path(path)
+        self._kept = f"keeping the last good {kept}"
+        self._loads = loads
+        self._what = what                    # "health state", for the log
+        self._missing = missing              # what a missing file means, for the log
+        self._signature: tuple[int, int, int] | None = None
+        self._value: Any = None
+        self._problem: str | None = None     # the last problem logged, so each is logged once
+
+    @property
+    def value(self) -> Any:
+        """The last good content read, or None."""
+        return self._value
+
+    def refresh(self) -> bool:
+        """True when the content changed (a new good file, or the file went away)."""
+        try:
+            signature = _signature(os.stat(self.path))
+        except FileNotFoundError:
+            self._report(self._missing)
+            changed = self._value is not None
+            self._signature, self._value = None, None
+            return changed
+        except OSError as e:
+            self._report(f"cannot stat ({e.strerror}), {self._kept}")
+            return False
+        return signature != self._signature and self._reload()
+
+    def _reload(self) -> bool:
+        try:
+            data, signature = _read_bytes(self.path)
+        except FileNotFoundError:
+            return False       # removed since the stat: the next refresh sees what is there
+        except OSError as e:
+            self._report(f"cannot read ({e.strerror}), {self._kept}")
+            return False
+        # Remember the signature even when the content is bad, so that the same bad file is not
+        # re-read and re-logged on every poll; the writer's next write replaces it.
+        self._signature = signature
+        try:
+            self._value = self._loads(data)
+        except ValueError as e:
+            self._report(f"is invalid ({e}), {self._kept}", force=True)
+            return False
+        if self._problem is not None:
+            log.info("%s %s read again", self._what, self.path)
+            self._problem = None
+        return True
+
+    def _report(self, problem: str, force: bool = False) -> None:
+        if force or problem != self._problem:
+            log.warning("%s %s %s", self._what, self.path, problem)
+        self._problem = problem
+
+
+class StateFollower(FileFollower):
+    """The router's view of the health state file; `is_down()` is a dict lookup.
 
     Fail open: a server counts as down only if a fresh, valid file says so. A missing file, a
     stale one (the checker stopped writing) or a server absent from it means "not down"; the
@@ -188,57 +261,24 @@ class StateFollower:
     """
 
     def __init__(self, path: Path, stale_after: float, clock: Callable[[], float] = time.time):
-        self.path = Path(path)
+        super().__init__(path, loads, "health state", "does not exist: treating all servers as up", "state")
         self.stale_after = stale_after
         self._clock = clock
-        self._signature: tuple[int, int, int] | None = None
-        self._state: HealthState | None = None
         self._stale_logged = False
-        self._problem: str | None = None     # the last problem logged, so each is logged once
 
     @property
     def state(self) -> HealthState | None:
         """The last good state read, or None."""
-        return self._state
+        return self._value
 
-    def refresh(self) -> None:
-        try:
-            signature = _signature(os.stat(self.path))
-        except FileNotFoundError:
-            self._report("does not exist: treating all servers as up")
-            self._signature, self._state = None, None
-            return
-        except OSError as e:
-            self._report(f"cannot stat ({e.strerror}), keeping the last good state")
-            return
-        if signature != self._signature:
-            self._reload()
+    @property
+    def _state(self) -> HealthState | None:
+        return self._value
+
+    def refresh(self) -> bool:
+        changed = super().refresh()
         self._log_staleness()
-
-    def _reload(self) -> None:
-        try:
-            data, signature = _read_bytes(self.path)
-        except FileNotFoundError:
-            return         # removed since the stat: the next refresh sees what is there
-        except OSError as e:
-            self._report(f"cannot read ({e.strerror}), keeping the last good state")
-            return
-        # Remember the signature even when the content is bad, so that the same bad file is not
-        # re-read and re-logged on every poll; the checker's next write replaces it.
-        self._signature = signature
-        try:
-            self._state = loads(data)
-        except HealthStateError as e:
-            self._report(f"is invalid ({e}), keeping the last good state", force=True)
-            return
-        if self._problem is not None:
-            log.info("health state %s read again (generation %d)", self.path, self._state.generation)
-            self._problem = None
-
-    def _report(self, problem: str, force: bool = False) -> None:
-        if force or problem != self._problem:
-            log.warning("health state %s %s", self.path, problem)
-        self._problem = problem
+        return changed
 
     def is_stale(self) -> bool:
         if self._state is None:
@@ -259,8 +299,12 @@ class StateFollower:
             log.info("health state %s is fresh again (generation %d)", self.path, self._state.generation)
         self._stale_logged = stale
 
-    def is_down(self, key: str) -> bool:
+    def entry(self, key: str) -> "ServerState | None":
+        """What a fresh state file says of a server; None without one (stale, absent, not in it)."""
         if self._state is None or self.is_stale():
-            return False
-        server = self._state.servers.get(key)
+            return None
+        return self._state.servers.get(key)
+
+    def is_down(self, key: str) -> bool:
+        server = self.entry(key)
         return server is not None and server.state == "down"

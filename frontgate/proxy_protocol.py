@@ -255,3 +255,8 @@ def _text(value: bytes, encoding: str, what: str) -> str:
         return value.decode(encoding)
     except UnicodeDecodeError:
         raise ProxyProtocolError(f"{what} TLV is not valid {encoding}") from None
+
+
+# "Not a relayed connection" (the sender's own, e.g. a health check): the receiver takes the
+# socket's addresses.
+LOCAL_HEADER = encode(ProxyHeader(command="LOCAL"))

@@ -146,6 +146,7 @@ def render_router(data: dict) -> str:
         ("connections", _num(data.get("connections", 0))), ("tunnels", _num(data.get("tunnels", 0))),
         ("requests", _num(data.get("requests", 0))), ("req/s (10 s)", _num(data.get("rate", 0))),
         ("health state", f"{data.get('state_file', '')}: {state}"),
+        ("dynamic routes", f"{_num(data.get('routes', 0))} (table version {data.get('routes_version', 0)})"),
     ])
     body += _processes(data, "requests")
     for app in data.get("apps", []):

@@ -5,6 +5,8 @@
                                          last deploy/reload (nothing is signalled if any config is invalid)
     frontgate restart STAGE              rolling restart: the stage's processes one at a time
     frontgate status [--json]            processes, server health, certificate expiry
+    frontgate explain URL [--from IP] [--sni NAME] [--header 'K: V']... [--json]
+                                         a dry run of one request through the three configs
     frontgate health [--wait S]          each app's state from the running checker (make deploy waits on it)
     frontgate certs [--json]             the certificates the terminator loads: names, issuer, key, expiry
     frontgate supervisord-conf           write supervisord.conf from supervisord.conf.in and the TOMLs
@@ -20,22 +22,41 @@ import sys
 import time
 from pathlib import Path
 
-from frontgate.config import (Address, ConfigError, load_checker_config, load_router_config,
-                              load_terminator_config)
+from frontgate.config.cert_manager import load_cert_manager_config
+from frontgate.config import (
+    Address,
+    ConfigError,
+    load_checker_config,
+    load_router_config,
+    load_terminator_config,
+)
 from frontgate.daemon import EXIT_CONFIG_ERROR
 from frontgate.process_status import read_status, status_path
-from frontgate_ops.deploy import (STAGES, Deployed, Process, Supervisor, SupervisorError, one_worker_note, rolling_restart,
-                              render_supervisord_conf, stage_processes, wait_listening, write_supervisord_conf)
+from frontgate_ops import route_cli
+from frontgate_ops.deploy import (
+    STAGES,
+    Deployed,
+    Process,
+    Supervisor,
+    SupervisorError,
+    one_worker_note,
+    render_supervisord_conf,
+    rolling_restart,
+    stage_processes,
+    wait_listening,
+    write_supervisord_conf,
+)
 
 EXIT_FAILED = 1
 RELOAD_CONFIRM_SECONDS = 10.0     # how long `reload` waits for each process to record the outcome
 START_CONFIRM_SECONDS = 10.0      # how long `restart` waits for a new process to record that it serves
 
 
-def check_configs(configs: Path) -> list[str]:
-    """Every problem in the three configs, one line each; empty when all is well."""
+def check_configs(configs: Path, warnings: list[str] | None = None) -> list[str]:
+    """Every problem in the three configs, one line each; empty when all is well. Things that
+    work but will bite (an app host no certificate covers, one expiring soon) go to `warnings`."""
     errors: list[str] = []
-    terminator = router = None
+    terminator = router = checker = None
     try:
         terminator = load_terminator_config(configs / "tls-terminator.toml")
     except ConfigError as e:
@@ -49,20 +70,27 @@ def check_configs(configs: Path) -> list[str]:
     except ConfigError as e:
         errors.append(str(e))
     try:
-        load_checker_config(configs / "health-checker.toml")
+        checker = load_checker_config(configs / "health-checker.toml")
     except ConfigError as e:
         errors.append(str(e))
-    if terminator is not None and router is not None and router.client_auth_rules:
-        follows = terminator.router_config is not None and terminator.router_config.resolve() == router.path.resolve()
-        if not follows:
-            # The router would refuse every request for those apps: no handshake would ask for a certificate.
-            errors.append(f"{terminator.path}: terminator.router_config: must name {router.path.name}, whose apps "
-                          "declare client_ca: the terminator asks for client certificates from that declaration")
-    return errors
+    if (configs / "cert-manager.toml").exists():        # a checkout from before cert-manager has none
+        try:
+            load_cert_manager_config(configs / "cert-manager.toml")
+        except ConfigError as e:
+            errors.append(str(e))
+    # What takes two files to be wrong (frontgate_ops may import the daemons; the core may not).
+    from frontgate_ops.cross_check import cross_check
+    found = cross_check(terminator, router, checker)
+    if warnings is not None:
+        warnings.extend(found.warnings)
+    return errors + found.errors
 
 
 def _report_config_errors(configs: Path) -> bool:
-    errors = check_configs(configs)
+    warnings: list[str] = []
+    errors = check_configs(configs, warnings)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     return not errors
@@ -218,11 +246,36 @@ def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from frontgate_ops.explain import (
+        ExplainError,
+        Question,
+        explain,
+        format_explanation,
+        parse_header,
+    )
+    try:
+        q = Question(url=args.url, client_ip=args.client_ip, sni=args.sni, method=args.method,
+                     headers=tuple(parse_header(h) for h in args.header), listener=args.listener,
+                     client_cert=args.client_cert)
+        out = explain(args.configs, q)
+    except ExplainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(out, indent=2) if args.json else format_explanation(out))
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
+    from frontgate_ops import acme_report
     from frontgate_ops.status import certificate_facts
     from tls_terminator.cert_report import format_certificates
     rows = certificate_facts(args.configs)
-    print(json.dumps(rows, indent=2) if args.json else format_certificates(rows))
+    acme = acme_report.facts(args.configs)
+    if args.json:
+        print(json.dumps(rows + acme_report.certificate_rows(acme, rows), indent=2))
+    else:
+        print("\n".join([format_certificates(rows), ""] + acme_report.format_facts(acme, time.time())).rstrip())
     return EXIT_FAILED if any("error" in r for r in rows) else 0
 
 
@@ -293,6 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                    help="first wait up to this long until every server is checked (make deploy: 15)")
     supervised(c)
+    c = command("explain", cmd_explain, "a dry run: which listener, redirect, app (and why not the others), ACL, "
+                                        "server, certificate and client-certificate demand a request meets, "
+                                        "and the head its backend would receive")
+    c.add_argument("url", help="http://host/path or https://host/path")
+    c.add_argument("--from", dest="client_ip", default="192.0.2.1",
+                   help="the client's address (default: 192.0.2.1, an outside client)")
+    c.add_argument("--sni", help="TLS server name (default: the URL's host, for https)")
+    c.add_argument("--header", action="append", default=[], metavar="'K: V'", help="a request header (repeatable)")
+    c.add_argument("--method", default="GET")
+    c.add_argument("--listener", help="the router listener (default: the one the URL's scheme reaches)")
+    c.add_argument("--client-cert", metavar="CN", help="the client presents a verified certificate with this CN")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     c = command("certs", cmd_certs, "the certificates tls-terminator.toml names: names, issuer, key type, "
                                     "expiry, days left, file; exit 1 if one does not load")
     c.add_argument("--json", action="store_true", help="machine-readable output")
@@ -306,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("action", choices=("changed", "record"))
     c.add_argument("stages", nargs="*", metavar="STAGE", help=f"default: all ({', '.join(STAGES)})")
     deployed_dir(c)
+    route_cli.add_parsers(command("route", route_cli.main, "the dynamic route table: add, rm, ls, show, status"))
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -12,10 +12,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frontgate import dev_ca, health_state
-from frontgate.config import ConfigError, load_router_config, load_terminator_config
-from frontgate_ops.deploy import STAGES, Process, Supervisor, SupervisorError, fingerprint
+from frontgate import dev_ca, health_state, routes
+from frontgate.config.cert_manager import load_cert_manager_config
+from frontgate.config import (
+    ConfigError,
+    RouterConfig,
+    load_router_config,
+    load_terminator_config,
+)
 from frontgate.process_status import read_status, status_path
+from frontgate.route_store import StoreError
+from frontgate.route_store_file import read_table
+from frontgate_ops.deploy import (
+    STAGES,
+    Process,
+    Supervisor,
+    SupervisorError,
+    fingerprint,
+)
 
 CPU_SAMPLE = 0.2          # seconds over which CPU% is measured
 EXPIRY_WARNING_DAYS = 14
@@ -99,8 +113,19 @@ def health_facts(state_file: Path, stale_after: float, now: float) -> dict[str, 
     age = now - state.written_at
     return {**facts, "generation": state.generation, "checker_pid": state.checker_pid,
             "written_at": state.written_at, "age_s": round(age, 1), "stale": not -stale_after <= age <= stale_after,
-            "servers": {key: {"state": s.state, "since": s.since, "last_check": dict(s.last_check)}
+            "servers": {key: {"state": "flapping" if s.flapping else s.state, "since": s.since,
+                              "last_check": dict(s.last_check)}
                         for key, s in sorted(state.servers.items())}}
+
+
+def route_facts(router: RouterConfig) -> dict[str, Any]:
+    """The dynamic route table this node serves (its file: the table, or the Redis snapshot)."""
+    facts: dict[str, Any] = {"store": router.routes.store, "file": str(router.routes.file)}
+    try:
+        table = read_table(router.routes.file)
+    except StoreError as e:
+        return {**facts, "error": str(e)}
+    return {**facts, "version": table.version, "routes": [routes.route_doc(r) for _, r in sorted(table.routes.items())]}
 
 
 def certificate_facts(configs: Path) -> list[dict[str, Any]]:
@@ -148,6 +173,7 @@ def gather(configs: Path, supervisord_conf: Path, status_dir: Path = Path("run/s
     try:
         router = load_router_config(configs / "mux-router.toml")
         facts["health"] = health_facts(router.state_file, router.state_stale_after, now)
+        facts["routes"] = route_facts(router)
         if router.admin is not None:
             admin["mux-router"] = f"http://{router.admin.address}/stats"
     except ConfigError as e:
@@ -159,6 +185,12 @@ def gather(configs: Path, supervisord_conf: Path, status_dir: Path = Path("run/s
             admin["tls-terminator"] = f"http://{terminator.admin.address}/stats"
     except ConfigError:
         pass            # reported with the certificates
+    from frontgate_ops import acme_report  # it imports this module's duration
+    facts["acme"] = acme_report.facts(configs)
+    with contextlib.suppress(ConfigError):
+        manager = load_cert_manager_config(configs / "cert-manager.toml") if facts["acme"] else None
+        if manager is not None and manager.admin is not None:
+            admin["cert-manager"] = f"http://{manager.admin.address}/stats"
     facts["admin"] = admin
     return facts
 
@@ -231,6 +263,21 @@ def config_notes(processes: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def format_routes(facts: dict[str, Any] | None) -> list[str]:
+    if not facts:
+        return []
+    head = f"routes  {facts['file']} ({facts['store']})"
+    if "error" in facts:
+        return ["", f"{head}: {facts['error']}"]
+    rows = [["ROUTE", "SERVERS", "BALANCE", "OWNER", "REVISION"]]
+    for r in facts["routes"]:
+        key = r["host"] + ("" if r["path"] == "/" else r["path"])
+        rows.append([key, " ".join(r["servers"]), r["balance"] + (" websocket" if r["websocket"] else ""),
+                     r["owner"] or "-", str(r["revision"])])
+    body = ["  " + line for line in table(rows)] if len(rows) > 1 else ["  no dynamic routes"]
+    return ["", f"{head}: version {facts['version']}"] + body
+
+
 def format_status(facts: dict[str, Any]) -> str:
     now = facts["time"]
     lines = ["processes"]
@@ -258,6 +305,7 @@ def format_status(facts: dict[str, Any]) -> str:
             check = s["last_check"]
             rows.append([key, s["state"].upper(), when(s["since"], now), f"{check['detail']} ({check['took_ms']:g} ms)"])
         lines += ["  " + line for line in table(rows)] if len(rows) > 1 else ["  no servers checked yet"]
+    lines += format_routes(facts.get("routes"))
     lines += ["", "certificates"]
     rows = [["FILE", "NAMES", "EXPIRES", "DAYS LEFT"]]
     for c in facts["certificates"]:
@@ -271,6 +319,9 @@ def format_status(facts: dict[str, Any]) -> str:
                      f"{days}{note}"])
     if len(rows) > 1:
         lines += ["  " + line for line in table(rows)]
+    if facts.get("acme"):
+        from frontgate_ops import acme_report
+        lines += [""] + acme_report.format_facts(facts["acme"], now)
     if facts.get("admin"):
         # /metrics next to each page.
         lines += ["", "stats pages"] + ["  " + line for line in table([[stage, url] for stage, url in facts["admin"].items()])]

@@ -17,15 +17,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontgate import health_state
+from frontgate import health_state, routes
+from frontgate.route_store_file import follower_for, followed_table
 from frontgate.config import App, CheckerConfig, CheckSpec, ConfigError, Server, load_checker_config
 from frontgate.health_state import HealthState, ServerState
 from frontgate.process_status import ProcessStatus
+from health_checker.damping import Damping
 from health_checker.probes import ProbeResult, check_host, probe
 from health_checker.rise_fall import RiseFall
 from health_checker.schedule import next_wait
 
 log = logging.getLogger("health-checker")
+
+ROUTES_REFRESH_INTERVAL = 0.5     # seconds between two stats of the route table file
 
 
 @dataclass
@@ -39,19 +43,22 @@ class Target:
     since: float                 # wall-clock time of the last transition (or of the start)
     last: ProbeResult | None = None
     task: asyncio.Task | None = field(default=None, repr=False)
+    damping: Damping = Damping()
 
     @property
     def state(self) -> str:
-        return "up" if self.health.up else "down"
+        """What the router is told: down while held down by flap damping, whatever the checks say."""
+        return "up" if self.health.up and not self.damping.flapping else "down"
 
     def host(self) -> str:
         return check_host(self.app, self.spec, self.server.address)
 
 
-def targets_of(config: CheckerConfig) -> dict[str, tuple[App, Server, CheckSpec]]:
-    """Every server of every app, by state file key: the router config is the one server list."""
+def targets_of(config: CheckerConfig, table: routes.RouteTable = routes.EMPTY) -> dict[str, tuple[App, Server, CheckSpec]]:
+    """Every server of every app, by state file key: the router config and the dynamic route
+    table (the router serves both) are the one server list."""
     return {app.server_key(server): (app, server, config.spec_for(app.name, app.server_key(server)))
-            for app in config.router.apps for server in app.servers}
+            for app in routes.merged(config.router, table).apps for server in app.servers}
 
 
 class Checker:
@@ -65,6 +72,8 @@ class Checker:
         self._stopping = asyncio.Event()
         self._write_error: str | None = None
         self._failure: BaseException | None = None
+        self.routes = follower_for(config.router.routes.file)     # dynamic routes' servers too
+        self.routes.refresh()
 
     # ---- lifecycle
 
@@ -80,6 +89,7 @@ class Checker:
         log.info("started: %d servers from %s, state file %s, heartbeat %gs",
                  len(self.targets), self.config.router.path, self.config.state_file, self.config.heartbeat)
         writer = self._task(self._writer(), "state-writer")
+        self._task(self._follow_routes(), "route-follower")
         try:
             await self._stopping.wait()
         finally:
@@ -117,6 +127,9 @@ class Checker:
             self.status.reloaded(error=f"keeping the running config: {e}")
             return
         old_state_file = self.config.state_file
+        if config.router.routes.file != self.routes.path:
+            self.routes = follower_for(config.router.routes.file)
+            self.routes.refresh()
         self.config = config
         self._warn_about_heartbeat()
         if config.state_file != old_state_file:
@@ -126,10 +139,19 @@ class Checker:
         self.status.reloaded(fingerprint)
         self._changed.set()
 
+    async def _follow_routes(self) -> None:
+        while True:
+            await asyncio.sleep(ROUTES_REFRESH_INTERVAL)
+            if self.routes.refresh():
+                added, removed = self._apply(self.config)
+                log.info("route table version %d: %d servers (%d added, %d removed)",
+                         followed_table(self.routes).version, len(self.targets), added, removed)
+                self._changed.set()
+
     def _apply(self, config: CheckerConfig) -> tuple[int, int]:
         """Bring the targets in line with `config`: start new servers, stop removed ones, and let
         kept ones keep their up/down state under their (maybe new) check settings."""
-        wanted = targets_of(config)
+        wanted = targets_of(config, followed_table(self.routes))
         removed = [key for key in self.targets if key not in wanted]
         for key in removed:
             self.targets.pop(key).task.cancel()
@@ -174,19 +196,23 @@ class Checker:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
-            result = await probe(target.server.address, target.spec, target.host())
+            result = await probe(target.server.address, target.spec, target.host(), target.server.send_proxy)
             self.record(target, result)
             next_at = max(next_at + next_wait(target.spec, target.health), loop.time())
             await asyncio.sleep(next_at - loop.time())
 
-    def record(self, target: Target, result: ProbeResult) -> None:
+    def record(self, target: Target, result: ProbeResult, now: float | None = None) -> None:
         before = target.health
+        served = target.state
         first = target.last is None
         target.health = before.record(result.ok)
         target.last = result
         after = target.health
-        if after.up != before.up:
+        self._damp(target, changed=after.up != before.up, now=time.monotonic() if now is None else now)
+        if target.state != served:
             target.since = time.time()
+            self._changed.set()
+        if after.up != before.up:
             if after.up:
                 log.info("%s is UP: %s (%s, rise=%d)", target.key, result.detail,
                          _count(after.successes, "successful check"), after.rise)
@@ -203,6 +229,19 @@ class Checker:
         if first or after.up != before.up:
             self._changed.set()
 
+    def _damp(self, target: Target, changed: bool, now: float) -> None:
+        """Flap damping (damping.py): a state change adds to the penalty; every check lets it decay."""
+        spec, was = target.spec, target.damping
+        target.damping = was.change(spec, now) if changed else was.tick(spec, now)
+        damping = target.damping
+        if damping.flapping and not was.flapping:
+            log.warning("%s is FLAPPING: %s, penalty %.1f above flap_suppress %g: held down for at least %.0fs",
+                        target.key, _count(damping.changes, "state change"), damping.penalty, spec.flap_suppress,
+                        damping.hold_left(spec, now))
+        elif was.flapping and not damping.flapping:
+            log.info("%s no longer flapping (penalty %.1f below flap_reuse %g): %s", target.key,
+                     damping.penalty, spec.flap_reuse, "UP" if target.health.up else "still DOWN")
+
     # ---- the state file
 
     def snapshot(self) -> HealthState:
@@ -211,7 +250,8 @@ class Checker:
         self.generation += 1
         return HealthState(
             generation=self.generation, written_at=time.time(), checker_pid=os.getpid(),
-            servers={t.key: ServerState(state=t.state, since=t.since, last_check=t.last.as_dict())
+            servers={t.key: ServerState(state=t.state, since=t.since, last_check=t.last.as_dict(),
+                                        flapping=t.damping.flapping)
                      for t in self.targets.values() if t.last is not None})
 
     async def _writer(self) -> None:

@@ -15,12 +15,19 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from frontgate import proxy_protocol
 from frontgate.config import Address, App, CheckSpec, StatusRanges
 
 MAX_STATUS_LINE = 8192     # bytes read before giving up on finding the end of the status line
 MAX_HEAD = 65536           # the whole response head, when the body is looked at
 MAX_BODY = 65536           # expect_body is searched in this much of the body
 USER_AGENT = "frontgate-health-checker"
+
+# A probe of a send_proxy server is the checker's own connection, not a client's: PROXY v2 LOCAL
+# says exactly that (the receiver takes the socket's addresses), as HAProxy's checks do with
+# send-proxy-v2. A PROXY header naming the checker's address would say the same at more length,
+# and a backend that logs or rate-limits by client address would count checks as client traffic.
+PROXY_LOCAL = proxy_protocol.LOCAL_HEADER
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [^\r\n]*)?\r?\n?")
 _SAFE_TARGET = re.compile(r"/[\x21-\x7e]*")       # visible ASCII: no spaces, no CR/LF smuggling
@@ -144,8 +151,9 @@ def describe_error(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- the I/O
 
-async def probe(address: Address, spec: CheckSpec, host: str) -> ProbeResult:
-    """Run one check; never raises (except cancellation): every failure is a ProbeResult."""
+async def probe(address: Address, spec: CheckSpec, host: str, send_proxy: bool = False) -> ProbeResult:
+    """Run one check; never raises (except cancellation): every failure is a ProbeResult.
+    `send_proxy`: the server expects a PROXY v2 header first; a probe sends LOCAL (see PROXY_LOCAL)."""
     start = time.perf_counter()
     try:
         request = build_request(spec.path, host, spec.method) if spec.type == "http" else b""
@@ -161,12 +169,18 @@ async def probe(address: Address, spec: CheckSpec, host: str) -> ProbeResult:
             if tls is not None:
                 phase = "TLS handshake"
             limit = MAX_HEAD if spec.expect_body else MAX_STATUS_LINE
+            # With a PROXY header, TLS starts after it: the connection is opened plain first.
+            first_tls = None if send_proxy else tls
             if address.is_unix:
-                reader, writer = await asyncio.open_unix_connection(address.path, limit=limit, ssl=tls,
-                                                                    server_hostname=sni)
+                reader, writer = await asyncio.open_unix_connection(address.path, limit=limit, ssl=first_tls,
+                                                                    server_hostname=sni if first_tls else None)
             else:
-                reader, writer = await asyncio.open_connection(address.host, address.port, limit=limit, ssl=tls,
-                                                               server_hostname=sni)
+                reader, writer = await asyncio.open_connection(address.host, address.port, limit=limit,
+                                                               ssl=first_tls, server_hostname=sni if first_tls else None)
+            if send_proxy:
+                writer.write(PROXY_LOCAL)
+                if tls is not None:
+                    await writer.start_tls(tls, server_hostname=sni)
             if spec.type == "tcp":
                 ok, detail = True, "connected"
             elif spec.type == "tls":

@@ -12,6 +12,7 @@ import logging
 import time
 
 from frontgate.config import App, Server
+from mux_router import backend_proxy
 
 log = logging.getLogger("mux-router")
 
@@ -93,7 +94,9 @@ class BackendPool:
                 conn.abort()
         return None
 
-    async def connect(self, server: Server, timeout: float) -> BackendConnection:
+    async def connect(self, server: Server, timeout: float, greeting: bytes = b"") -> BackendConnection:
+        """A new connection; `greeting`: what it starts with (backend_proxy: a PROXY header, which
+        makes the connection its client's own: `release` never pools it)."""
         address = server.address
         loop = asyncio.get_running_loop()
         conn = BackendConnection(server)
@@ -102,12 +105,14 @@ class BackendPool:
                 await loop.create_unix_connection(lambda: conn, address.path)
             else:
                 await loop.create_connection(lambda: conn, address.host, address.port)
+        if greeting:
+            conn.transport.write(greeting)
         return conn
 
     def release(self, conn: BackendConnection, reusable: bool) -> None:
         """Done with a connection; `reusable`: its response was complete and the server keeps it."""
         conn.client = None
-        if not reusable or not conn.usable():
+        if not reusable or conn.server.send_proxy or not conn.usable():
             conn.abort()
             return
         idle = self._idle.get(conn.server.address.text)
@@ -207,7 +212,9 @@ async def _connect(router, client, app: App, servers: list[Server], slot, t_queu
             conn = None if fresh else router.backends.take_idle(server)
             try:
                 if conn is None:
-                    conn = await router.backends.connect(server, config.timeouts.connect)
+                    peer = client.peer
+                    greeting = backend_proxy.greeting(server, *peer.client, peer.address, peer.sni)
+                    conn = await router.backends.connect(server, config.timeouts.connect, greeting)
                 slot.refused_in_row = 0
                 break
             except (OSError, TimeoutError) as e:

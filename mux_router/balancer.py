@@ -81,3 +81,10 @@ class Hashed:
             scored.append((-server.weight / math.log(u), server))
         scored.sort(key=lambda x: x[0], reverse=True)
         return [s for _, s in scored]
+
+
+def for_app(app, active: Callable[[Server], int]) -> RoundRobin | LeastConn | Hashed:
+    """A fresh balancer of the app's kind; `active` counts a server's requests in flight (leastconn)."""
+    if app.balance == "leastconn":
+        return LeastConn(app.servers, active)
+    return RoundRobin(app.servers) if app.balance == "roundrobin" else Hashed(app.servers)

@@ -148,14 +148,14 @@ class ClientProtocol(BackendSide, asyncio.Protocol):
     def abort_client(self) -> None:
         self.transport.abort()
 
-    def start_tunnel(self) -> None:
+    def start_tunnel(self, client_sent: bytes, backend_sent: bytes) -> None:
         """The exchange answered a WebSocket upgrade with the backend's 101: from now on the bytes
         move by the tunnel's callbacks, with the sweep's idle deadline instead of the timers."""
         conn = self.backend
         self.timer.cancel()
         self.server_timer.cancel()
         self.client_reading(True, "buffer")
-        self.tunnel = Tunnel(self, self.exchange, conn.transport)
+        self.tunnel = Tunnel(self, self.exchange, conn.transport, client_sent, backend_sent)
         self.tunnel.start(self.exchange.client_eof, conn.done)
 
     def start_h2(self, data: bytes) -> None:

@@ -7,7 +7,9 @@ tests an in-memory peer): bytes for the client or the backend, a backend wanted 
 deadlines to arm, the connection to close, a tunnel to start, a request to log. It owns the PROXY
 header intake, request heads (http1), the one decision (routing.decide), the heads written
 (forwarding), request and response body framing, 1xx, keep-alive on both sides, upgrades,
-pipelining, the router's own answers, termination states and the access-log record.
+pipelining, the router's own answers, termination states and the access-log record. Two bases
+hold a side each: request_body.RequestBodySide (the body on its way) and response.ResponseSide
+(the backend's response).
 
 The `io` interface (all calls are made synchronously; `dispatch` may call back at once):
   to_client(data), to_backend(data)
@@ -19,7 +21,8 @@ The `io` interface (all calls are made synchronously; `dispatch` may call back a
   client_reading(on)             pause/resume reading the client (bytes piled up)
   client_deadline(s), server_deadline(s)   arm (seconds) or clear (None) the two timers
   close_client(linger), abort_client()
-  start_tunnel()                 after a 101: bytes both ways, then tunnel_ended()
+  start_tunnel(client_sent, backend_sent)   after a 101: bytes both ways, then tunnel_ended();
+                                 the arguments: what already passed each way after the two heads
   start_h2(data)                 the PROXY header says ALPN h2: HTTP/2's driver takes the connection
   log(fields)                    an access-log record (access_log.record's arguments)
 """
@@ -32,6 +35,7 @@ from frontgate import proxy_protocol
 from mux_router import forwarding
 from mux_router.http1 import ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser
 from mux_router.peer import Peer
+from mux_router.request_body import RequestBodySide
 from mux_router.request_trailers import TrailerFilter
 from mux_router.response import CLOSED, DISPATCH, EXCHANGE, IDLE, PROXY, TUNNEL, ResponseSide
 from mux_router.routing import Refusal, client_cert_line, decide
@@ -43,7 +47,7 @@ PIPELINE_LIMIT = 64 * 1024      # client bytes held while they cannot be used ye
 __all__ = ["Exchange", "PROXY", "IDLE", "DISPATCH", "EXCHANGE", "TUNNEL", "CLOSED"]
 
 
-class Exchange(ResponseSide):
+class Exchange(RequestBodySide, ResponseSide):
     """One client connection. `router` gives `config`, `listeners` and `stopping` (read when
     needed: a reload or a shutdown applies from the next decision on)."""
 
@@ -144,18 +148,6 @@ class Exchange(ResponseSide):
             if not self.complete:
                 io.backend_reading(True)
                 self._server_deadline()
-
-    def backend_write_paused(self, paused: bool) -> None:
-        """The backend takes the request body slower than the client sends it (the transport stops
-        reading the client meanwhile): the server's pace is what is waited for then."""
-        if self.body is None or self.state is not EXCHANGE:
-            return
-        if paused:
-            self.io.client_deadline(None)
-            self.io.server_deadline(self.config.timeouts.server)
-        else:
-            self.io.server_deadline(None)
-            self.io.client_deadline(self.config.timeouts.client)
 
     def client_timeout(self) -> None:
         """Nothing came (or was taken) from the client in time."""
@@ -266,7 +258,7 @@ class Exchange(ResponseSide):
             self.app = app.app
             self.route = f"{app.app.name}/-" if app.app is not None else app.route
             self._answer(app.status, app.detail, location=app.location, termination=app.termination,
-                         close=app.close)
+                         close=app.close, page=app.page)
             return
         self.app = app
         self.route = f"{app.name}/-"
@@ -311,74 +303,20 @@ class Exchange(ResponseSide):
         if self.body is None and not self.client_paused:
             self.io.server_deadline(self.config.timeouts.server)
 
-    # ---- the request body
-
-    def _upload(self) -> None:
-        data, body = self.buf, self.body
-        if data:
-            if type(body) is int:
-                take = data[:body] if len(data) > body else data
-                self.buf = data[len(take):]
-                self.body = body = body - len(take)
-                out = take
-            else:
-                try:
-                    out, used = body.feed(data)
-                    if self.body_limit and body.decoder.body_bytes > self.body_limit:
-                        raise HttpError(413, f"the body is larger than {self.body_limit} bytes")
-                except HttpError as e:
-                    self._bad_body(e)
-                    return
-                self.buf = data[used:]
-                if body.done:
-                    self.body = body = 0
-            self.body_in += len(out)
-            if out:
-                self.io.to_backend(out)
-            if self.reading_paused:         # piled up while the backend was being found
-                self.reading_paused = False
-                self.io.client_reading(True)
-        if body == 0:
-            self.body = None
-            self.io.client_deadline(None)
-            if self.complete:
-                self._end(keep=self.keep)
-            elif self.resp is None:
-                self._server_deadline()
-        elif self.client_eof:
-            self._client_gone("client closed in the middle of the request body")
-        elif not self.complete:
-            self.io.client_deadline(self.config.timeouts.client)
-
-    def _bad_body(self, error: HttpError) -> None:
-        self.note = f"bad request body: {error.reason}"
-        if self.resp is None and not self.sent:
-            self._release(False)
-            self._answer(error.status, error.reason, termination="PD")
-        else:
-            self.termination = "PD"
-            self._end(keep=False)
-
-    def _client_gone(self, reason: str) -> None:
-        """The client stopped sending its body (closed or too slow)."""
-        if self.resp is None and not self.sent:
-            self.status = 499
-        self.note, self.termination = "client went away during the request body", "CD"
-        log.debug("%s: %s", self.route, reason)
-        self._end(keep=False)
-
     # ---- endings
 
     def _answer(self, status: int, detail: str = "", location: str | None = None, termination: str | None = None,
-                close: bool = False) -> None:
-        """The router's own answer instead of a backend's."""
+                close: bool = False, page=None) -> None:
+        """The router's own answer instead of a backend's; `page`: its body, when not an error page
+        (an ACME challenge's answer)."""
         head, cfg = self.head, self.config
         keep = head.keep_alive and self.body is None and not close and not self.router.stopping
         self.status = status
         self.note = self.note or detail
         if termination is not None:
             self.termination = termination
-        page = forwarding.error_page(status, self.app.error_pages if self.app is not None else {}, cfg.error_pages)
+        page = page or forwarding.error_page(status, self.app.error_pages if self.app is not None else {},
+                                             cfg.error_pages)
         self._send(forwarding.simple_response(status, close=not keep, detail=detail if status >= 400 else "",
                                               location=location, with_body=head.method != "HEAD", page=page,
                                               retry_after=cfg.retry_after))

@@ -34,7 +34,7 @@ class StreamIO(BackendSide):
 
     def __init__(self, conn, stream_id: int):
         self.conn, self.stream_id = conn, stream_id
-        self.router = conn.router
+        self.router, self.peer = conn.router, conn.peer
         self._init_backend_side()
         self.exchange: Exchange | None = None
         self.reader: ResponseReader | None = None
@@ -196,7 +196,7 @@ class StreamIO(BackendSide):
         """The client did not take the response within timeouts.client (its windows stayed shut)."""
         self.conn.stream_stalled(self)
 
-    def start_tunnel(self) -> None:     # pragma: no cover - no upgrade reaches the machine over HTTP/2
+    def start_tunnel(self, client_sent: bytes, backend_sent: bytes) -> None:     # pragma: no cover - no upgrade reaches the machine over HTTP/2
         self.reset(ErrorCodes.INTERNAL_ERROR)
 
     # ---- the exchange's io: reading, timers, the log

@@ -5,10 +5,11 @@ and the current settings of the listener it came in on. Pure state, computed onc
 from __future__ import annotations
 
 from frontgate import proxy_protocol
+from frontgate.addresses import parse_ip
 from frontgate.config import App, Listener, RouterConfig
 from mux_router import forwarding
 from mux_router.http1 import RequestHead
-from mux_router.routing import ip_in, parse_ip, sni_host
+from mux_router.routing import ip_in, sni_host
 
 
 class Peer:

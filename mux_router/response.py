@@ -133,8 +133,9 @@ class ResponseSide:
         self._send(forwarding.client_response_head(resp, keep_alive=False, client_version=head.version))
         if rest:
             self._send(rest)
-        if self.buf:
-            self.io.to_backend(self.buf)
+        client_sent = self.buf
+        if client_sent:
+            self.io.to_backend(client_sent)
             self.buf = b""
         # A tunnel can be held for hours, thousands at once: of the head, only what the log line needs.
         self.head_size = len(head.raw)
@@ -143,7 +144,7 @@ class ResponseSide:
         self.state = TUNNEL
         self.io.client_deadline(None)
         self.io.server_deadline(None)
-        self.io.start_tunnel()
+        self.io.start_tunnel(client_sent, rest)
 
     def tunnel_ended(self, note: str, to_client: int, from_client: int) -> None:
         self.sent += to_client

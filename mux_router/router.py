@@ -8,17 +8,17 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import stat
 
 from frontgate.config import Address, ConfigError, Listener, RouterConfig, load_router_config
 from frontgate.health_state import StateFollower
 from frontgate.process_status import ProcessStatus
 from frontgate.restart_keys import admin_changes, refuse_restart_changes
+from frontgate.sockets import inherited_unix_listener, remove_stale_socket
 from frontgate.sweep import Sweep, interval_for
 from mux_router import access_log
 from mux_router.backends import BackendPool
 from mux_router.client import ClientProtocol
+from mux_router.live_routes import LiveRoutes
 from mux_router.servers import ServerSlots
 from mux_router.stats import RouterAdmin, RouterStats
 from mux_router.tunnel import HALF_CLOSED_GRACE
@@ -30,6 +30,8 @@ STATE_REFRESH_INTERVAL = 0.5   # how often the health state file is stat'ed
 
 class Router(ServerSlots):
     def __init__(self, config: RouterConfig, status: ProcessStatus | None = None):
+        self.routes = LiveRoutes(config)           # dynamic routes: served after the static apps
+        config = self.routes.merge(config)
         self.config = config
         self.status = status or ProcessStatus(None, "mux-router", config.path)   # reload outcomes
         self.health = StateFollower(config.state_file, config.state_stale_after)
@@ -82,7 +84,7 @@ class Router(ServerSlots):
                 # Binding it here would take the path from the worker that bound it first.
                 raise OSError(f"{address} is shared by {self.config.workers} workers only as a socket "
                               "supervisord passes them (fcgi-program, as `frontgate supervisord-conf` writes it)")
-            _remove_stale_socket(address.path)
+            remove_stale_socket(address.path)
             return await loop.create_unix_server(new_connection, address.path, backlog=1024)
         # SO_REUSEPORT: several worker processes (supervisord numprocs) share the port, and a
         # restarted worker can bind while the old one still drains.
@@ -95,6 +97,7 @@ class Router(ServerSlots):
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)      # logrotate moved the file
         refresher = asyncio.create_task(self._follow_health())
+        self._spawn(self.routes.follow(self))
         await self._stop.wait()
         refresher.cancel()
         await self.shutdown()
@@ -177,6 +180,7 @@ class Router(ServerSlots):
                     log.info("listener %s changed, for new connections: %s", address, listener_settings(listener))
             self.listeners = by_address
             self.admin.admin = new.admin        # `refresh`; the rest is refused above unless unchanged
+            new = self.routes.merge(new)
             self._set_apps(new.apps)
             self.backends.idle_timeout = new.timeouts.keep_alive
             self.tunnel_sweep.interval = self._tunnel_sweep_interval(new)
@@ -192,9 +196,6 @@ class Router(ServerSlots):
         log.error("reload failed, keeping the running config: %s", problem)
         self.status.reloaded(error=f"keeping the running config: {problem}")
 
-    # ---- helpers for connections
-
-
 def listener_settings(listener: Listener) -> str:
     """A listener's settings for the log: its name, scheme and what it requires."""
     text = f"{listener.name}, {listener.scheme}"
@@ -202,31 +203,3 @@ def listener_settings(listener: Listener) -> str:
         text += ", PROXY v2 required" + ("" if listener.sni_host_check else ", no SNI host check")
     return text
 
-
-def inherited_unix_listener(path: str) -> socket.socket | None:
-    """The listening unix socket bound to `path` that this process got as its stdin, if it did:
-    that is how supervisord's fcgi-program hands one socket to all the processes of a program. The
-    kernel spreads a TCP port over workers (SO_REUSEPORT) but not a unix socket path, so several
-    router workers can share a unix listener only this way."""
-    try:
-        if not stat.S_ISSOCK(os.fstat(0).st_mode):
-            return None
-        sock = socket.socket(fileno=os.dup(0))
-    except OSError:
-        return None
-    try:
-        if (sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
-                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                and os.path.normpath(sock.getsockname()) == os.path.normpath(path)):
-            sock.setblocking(False)
-            return sock
-    except OSError:
-        pass
-    sock.close()
-    return None
-
-
-def _remove_stale_socket(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)

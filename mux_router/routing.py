@@ -3,30 +3,17 @@ the config dataclasses; the server gives them what it parsed."""
 from __future__ import annotations
 
 import functools
-import ipaddress
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
 from frontgate import client_auth, names
-from frontgate.config import App, Network, RedirectRule, RouterConfig
+from frontgate.addresses import IPAddress
+from frontgate.config import App, ErrorPage, Network, RedirectRule, RouterConfig
+from mux_router import acme_challenge
 
 if TYPE_CHECKING:
     from mux_router.http1 import RequestHead
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Headers = tuple[tuple[bytes, bytes], ...]
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    """A socket or PROXY header address as an ip_address; IPv4-mapped IPv6 (a dual-stack socket's
-    view of an IPv4 client) becomes the IPv4 address so that IPv4 CIDRs match it. None for
-    anything that is not an IP address (a unix socket peer)."""
-    try:
-        ip = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def ip_in(ip: IPAddress | None, networks: Iterable[Network]) -> bool:
@@ -198,6 +185,7 @@ class Refusal(NamedTuple):
     app: App | None = None             # the app chosen, for its error pages
     close: bool = False
     location: str | None = None
+    page: ErrorPage | None = None      # the body to send (an ACME challenge's answer)
 
 
 def decide(cfg: RouterConfig, head: RequestHead, *, listener: str, client_ip: IPAddress | None,
@@ -207,6 +195,10 @@ def decide(cfg: RouterConfig, head: RequestHead, *, listener: str, client_ip: IP
     listener checks it), redirects, the app, its client-certificate rule (`sni`: the connection's
     SNI whatever the listener, `cert_verified`: the PROXY header's word), its ACL, its body limit."""
     host = head.host
+    if cfg.acme_challenge_dir is not None and acme_challenge.wanted(head.path, head.method):
+        challenge = _acme_challenge(cfg, head, listener)
+        if challenge is not None:
+            return challenge
     if misdirected(sni_check, host):
         # This connection is not for that host: whatever the terminator checked for the SNI name
         # (a client certificate) says nothing about the other one. Closed: the client is to open
@@ -229,6 +221,18 @@ def decide(cfg: RouterConfig, head: RequestHead, *, listener: str, client_ip: IP
     if app.max_body and (head.content_length or 0) > app.max_body:
         return Refusal(413, f"the body is larger than {app.max_body} bytes", app=app)
     return app
+
+
+def _acme_challenge(cfg: RouterConfig, head: RequestHead, listener: str) -> Refusal | None:
+    """An http-01 validation on a plain-HTTP listener: the key authorization, or 404. None on a
+    TLS listener (the request is routed as any other)."""
+    if not any(l.name == listener and l.scheme == "http" for l in cfg.listeners):
+        return None
+    body = acme_challenge.answer(cfg.acme_challenge_dir, head.path)
+    if body is None:
+        return Refusal(404, "no such ACME challenge token", route="<acme-challenge>")
+    return Refusal(200, termination="LR", route="<acme-challenge>",
+                   page=ErrorPage(body, acme_challenge.CONTENT_TYPE))
 
 
 def client_cert_line(cfg: RouterConfig, app: App, sni: str | None, line: bytes | None,

@@ -11,7 +11,7 @@ import time
 
 from frontgate.config import App, Server
 from mux_router.backends import QueueFull
-from mux_router.balancer import Hashed, LeastConn, RoundRobin
+from mux_router.balancer import Hashed, LeastConn, RoundRobin, for_app
 
 log = logging.getLogger("mux-router")
 
@@ -37,8 +37,8 @@ class ServerSlot:
 
 class ServerSlots:
     """The router's part that follows its servers (a base of Router): `slots`, `balancers` and
-    `queues` by app, kept across reloads for unchanged apps and servers. Needs `config` and
-    `health` (a StateFollower) from the router."""
+    `queues` by app, kept across reloads for unchanged apps and servers. Needs `health` (a
+    StateFollower) from the router."""
 
     slots: dict[str, ServerSlot]
     balancers: dict
@@ -61,10 +61,8 @@ class ServerSlots:
             old = self.balancers.get(app.name)
             if old is not None and old.servers == app.servers and type(old) is kinds[app.balance]:
                 balancers[app.name] = old
-            elif app.balance == "leastconn":
-                balancers[app.name] = LeastConn(app.servers, lambda s, app=app: self.slots[app.server_key(s)].active)
             else:
-                balancers[app.name] = kinds[app.balance](app.servers)
+                balancers[app.name] = for_app(app, lambda s, app=app: self.slots[app.server_key(s)].active)
         self.balancers = balancers
         self.queues = {app.name: self.queues.get(app.name, collections.deque()) for app in apps}
 
@@ -86,11 +84,8 @@ class ServerSlots:
         """A server marked down for refusing connects comes back when the checker has seen it up
         since (its `since` is later), or after PASSIVE_RETRY when the checker does not say down
         (no checker running, or it never noticed the outage)."""
-        state = self.health.state
         now = time.time()
-        entry = None
-        if state is not None and now - state.written_at <= self.config.state_stale_after:
-            entry = state.servers.get(key)
+        entry = self.health.entry(key)
         if entry is not None and entry.state != "up":
             return True
         if (entry is not None and entry.since > slot.down_since) or now - slot.down_since >= PASSIVE_RETRY:

@@ -10,7 +10,9 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from frontgate.metrics import AdminEndpoint, Family, Values
+from frontgate import package_version
+from frontgate.admin_http import AdminEndpoint
+from frontgate.metrics import Family, Values
 
 if TYPE_CHECKING:
     from mux_router.router import Router
@@ -39,8 +41,12 @@ FAMILIES = (
     Family("server_active_requests", "gauge", "requests in flight per server", ("app", "server")),
     Family("server_up", "gauge", "1 when the server takes traffic, 0 when the health state or passive "
            "checks mark it down (as seen by the answering process)", ("app", "server"), merge="own"),
+    Family("server_flapping", "gauge", "1 while the health checker holds the server down for flapping (flap "
+           "damping), else 0", ("app", "server"), merge="own"),
     Family("state_file_age_seconds", "gauge", "age of the health state file's last write; -1 when there is none",
            merge="own"),
+    Family("routes_version", "gauge", "version of the dynamic route table this process serves", merge="own"),
+    Family("routes", "gauge", "dynamic routes this process serves (apps named route:HOST/PATH)", merge="own"),
 )
 
 
@@ -113,16 +119,21 @@ class RouterAdmin(AdminEndpoint):
         values = router.stats.values()
         values["active_connections"] = {(): len(router.connections)}
         values["queue_length"] = {(name,): len(q) for name, q in router.queues.items()}
-        active, up = {}, {}
+        active, up, flapping = {}, {}, {}
+        state = router.health.state
         for app in router.config.apps:
             for server in app.servers:
                 label = (app.name, str(server.address))
                 slot = router.slots.get(app.server_key(server))
                 active[label] = slot.active if slot is not None else 0
                 up[label] = 0 if router.is_down(app, server) else 1
+                entry = router.health.entry(app.server_key(server))
+                flapping[label] = 1 if entry is not None and entry.flapping else 0
         values["server_active_requests"] = active
         values["server_up"] = up
-        state = router.health.state
+        values["routes_version"] = {(): router.routes.table.version}
+        values["routes"] = {(): len(router.routes.table)}
+        values["server_flapping"] = flapping
         values["state_file_age_seconds"] = {(): round(time.time() - state.written_at, 3) if state else -1}
         return values
 
@@ -141,11 +152,7 @@ def router_page_data(router: "Router", merged: Values, rates: Values, processes:
                      started: float) -> dict:
     """What /stats.json shows and /stats renders: per app its servers (state, sessions, counts by
     status class, errors, rate), the app's totals, and the router's own answers."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        ver = version("frontgate")
-    except PackageNotFoundError:
-        ver = "?"
+    ver = package_version()
     now = time.time()
     requests = merged.get("requests_total", {})
     errors = merged.get("backend_connect_errors_total", {})
@@ -161,7 +168,10 @@ def router_page_data(router: "Router", merged: Values, rates: Values, processes:
             slot = router.slots.get(key)
             entry = state.servers.get(key) if fresh else None
             if router.health.is_down(key):
-                status, since, why = "DOWN", entry.since, entry.last_check.get("detail")
+                status = "FLAPPING" if entry.flapping else "DOWN"
+                since, why = entry.since, entry.last_check.get("detail")
+                if entry.flapping:
+                    why = f"held down for changing state too often (last check: {why})"
             elif slot is not None and slot.down_since is not None and router.is_down(app, server):
                 status, since, why = "DOWN", slot.down_since, "passively down: refused connects"
             else:
@@ -203,6 +213,8 @@ def router_page_data(router: "Router", merged: Values, rates: Values, processes:
         "state_file": str(router.health.path),
         "state_file_age": merged.get("state_file_age_seconds", {}).get((), -1),
         "state_fresh": fresh,
+        "routes_version": router.routes.table.version,
+        "routes": len(router.routes.table),
         "apps": apps,
         "unrouted": {"requests": _sum(requests, app="-"),
                      "codes": {c: _sum(requests, app="-", code=c) for c in CODE_CLASSES}},

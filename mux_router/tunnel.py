@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from mux_router import ws_keepalive
+
 HALF_CLOSED_GRACE = 10.0        # a tunnel with one side closed waits at most this for the other
 
 
@@ -14,14 +16,21 @@ class Tunnel(asyncio.Protocol):
     protocol from its start; at its end it aborts that transport."""
 
     __slots__ = ("client", "exchange", "backend", "router", "idle_limit", "deadline", "client_done",
-                 "backend_done", "bytes_to_client", "bytes_from_client", "ended")
+                 "backend_done", "bytes_to_client", "bytes_from_client", "ended", "keepalive")
 
-    def __init__(self, client, exchange, backend: asyncio.Transport):
+    def __init__(self, client, exchange, backend: asyncio.Transport, client_sent: bytes = b"",
+                 backend_sent: bytes = b""):
+        """`client_sent`, `backend_sent`: what already passed each way after the two heads."""
         self.client, self.exchange, self.backend = client, exchange, backend
         self.router = client.router
         self.idle_limit = exchange.config.timeouts.tunnel
         self.client_done = self.backend_done = self.ended = False
         self.bytes_to_client = self.bytes_from_client = 0
+        # >>> ws_keepalive hook (tunnel_ping): the router's pings, and the client's pongs to them
+        interval = ws_keepalive.ping_interval(exchange.config, exchange.app)
+        self.keepalive = (ws_keepalive.Keepalive(interval, client.loop.time(), client_sent, backend_sent)
+                          if interval else None)
+        # <<< ws_keepalive hook
 
     def start(self, client_done: bool, backend_done: bool) -> None:
         self.router.stats.tunnels += 1
@@ -43,6 +52,13 @@ class Tunnel(asyncio.Protocol):
     def sweep(self, now: float) -> bool:
         if self.ended:
             return False
+        if self.keepalive is not None and not (self.client_done or self.backend_done):  # ws_keepalive hook
+            due = self.keepalive.due(now)
+            if due == ws_keepalive.DEAD:
+                self.end(due)
+                return False
+            if due:
+                self.client.transport.write(due)
         if now < self.deadline:
             return True
         self.end("" if (self.client_done or self.backend_done) else "tunnel idle timeout")
@@ -52,7 +68,10 @@ class Tunnel(asyncio.Protocol):
 
     def from_client(self, data: bytes) -> None:
         self.bytes_from_client += len(data)
-        self.backend.write(data)
+        if self.keepalive is not None:          # ws_keepalive hook: our pongs stop here
+            data = self.keepalive.client_data(data, self.client.loop.time())
+        if data:
+            self.backend.write(data)
         self._activity()
 
     def client_eof(self) -> None:
@@ -76,6 +95,8 @@ class Tunnel(asyncio.Protocol):
         if self.ended:
             return
         self.bytes_to_client += len(data)
+        if self.keepalive is not None:          # ws_keepalive hook: frame boundaries for the pings
+            self.keepalive.backend_data(data)
         self.client.transport.write(data)
         self._activity()
 

@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 BIN=.venv/bin
 CONF=supervisord.conf
-STAGES=(tls-terminator mux-router health-checker)
+STAGES=(tls-terminator mux-router health-checker cert-manager)
 PROGRAMS=("${STAGES[@]}" demo:coltrane demo:maps)
 DEPLOYED=run/deployed
 WAIT_SECONDS=${DEPLOY_WAIT_SECONDS:-30}

@@ -90,6 +90,9 @@ heartbeat = 1
 interval = 0.5
 rise = 1
 """)
+        # cert-manager with no names (no app is marked acme = true): it idles, orders nothing from
+        # anyone, and follows the router's file like the checker.
+        (self.configs / "cert-manager.toml").write_text('[cert_manager]\nrouter_config = "mux-router.toml"\n')
 
     # ---- lifecycle
 
@@ -106,7 +109,7 @@ rise = 1
         subprocess.run([str(BIN / "supervisord"), "-c", str(self.conf)], check=True, timeout=30)
         self.supervisor = Supervisor(self.conf)
         wait_until(lambda: all(p.state == "RUNNING" for p in self.supervisor.processes())
-                   and len(self.supervisor.processes()) == 3 + self.router_workers + self.terminator_workers,
+                   and len(self.supervisor.processes()) == 4 + self.router_workers + self.terminator_workers,
                    timeout=30, interval=0.2, what="every program RUNNING")
         wait_until(lambda: self.get("maps.localhost")[0] == 200, timeout=15, what="traffic through the pipeline")
 

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 
-from frontgate.metrics import AdminEndpoint, Family, Values
+from frontgate import package_version
+from frontgate.admin_http import AdminEndpoint
+from frontgate.metrics import Family, Values
 
 if TYPE_CHECKING:
     from tls_terminator.terminator import Terminator
@@ -142,11 +144,7 @@ class TerminatorAdmin(AdminEndpoint):
 
 def terminator_page_data(terminator: "Terminator", merged: Values, rates: Values, processes: list[dict],
                          started: float) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        ver = version("frontgate")
-    except PackageNotFoundError:
-        ver = "?"
+    ver = package_version()
     now = time.time()
     now_dt = datetime.datetime.now(datetime.timezone.utc)
     one = lambda name: sum(merged.get(name, {}).values())      # noqa: E731

@@ -9,13 +9,11 @@ import logging
 import os
 import signal
 import socket
-import stat
 
 from OpenSSL import SSL
 
 from frontgate import names
 from frontgate.config import (
-    Address,
     ConfigError,
     PassthroughRoute,
     TerminatorConfig,
@@ -24,6 +22,7 @@ from frontgate.config import (
 from frontgate.memory import release_free_memory
 from frontgate.process_status import ProcessStatus
 from frontgate.restart_keys import admin_changes, refuse_restart_changes
+from frontgate.sockets import open_listener
 from frontgate.sweep import Sweep, interval_for
 from tls_terminator.certificate_files import files_fingerprint
 from tls_terminator.certs import CertStore
@@ -39,36 +38,7 @@ log = logging.getLogger("tls-terminator")
 
 DRAIN_RECHECK = 0.5        # ... and the open ones are looked at again this often, until the grace ends
 ACCEPT_BATCH = 64          # accepted per wake-up: a burst of new clients cannot starve open connections
-BACKLOG = 1024             # the kernel's queue of unaccepted clients (where they wait at max_connections)
 TRIM_INTERVAL = 5.0        # at most this often, free pages go back to the system (frontgate.memory)
-
-
-def open_listener(address: Address) -> socket.socket:
-    """A non-blocking listening socket. SO_REUSEPORT: several workers (supervisord numprocs) share
-    the port, and a restarted worker binds while the others keep serving."""
-    if address.is_unix:
-        path = address.path
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)          # a stale socket from a previous run
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: object = path
-    else:
-        family, _, _, _, target = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
-                                                     flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(target)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class Terminator:

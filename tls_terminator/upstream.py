@@ -3,11 +3,11 @@ header's addresses, and the RouterSide protocol that relays the answer back to t
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from frontgate.addresses import parse_ip
 from frontgate.config import Address
 
 if TYPE_CHECKING:
@@ -45,10 +45,7 @@ def client_addresses(peer, sock) -> tuple[str, tuple[str, int] | None, tuple[str
         return "UNSPEC", None, None          # unix socket listener: no client address to tell
     if ":" not in peer[0] and ":" not in sock[0]:
         return "TCP4", peer[:2], sock[:2]    # an IPv4 listener: the loop's dotted quads as they are
-    src = ipaddress.ip_address(peer[0].split("%", 1)[0])
-    dst = ipaddress.ip_address(sock[0].split("%", 1)[0])
-    if src.version == 6 and src.ipv4_mapped and dst.version == 6 and dst.ipv4_mapped:
-        src, dst = src.ipv4_mapped, dst.ipv4_mapped
+    src, dst = parse_ip(peer[0]), parse_ip(sock[0])      # both ends of a socket: both mapped or neither
     family = "TCP4" if src.version == 4 else "TCP6"
     return family, (str(src), peer[1]), (str(dst), sock[1])
 

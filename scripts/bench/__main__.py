@@ -15,7 +15,7 @@ import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from scripts.bench import chart
+from scripts.bench import chart, history
 from scripts.bench.harness import SYSTEMS, Run, Settings
 from scripts.bench.report import Results, busy_warning, machine_info, markdown
 from scripts.bench.scenarios import SCENARIOS, MeasurementError
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", default="",
                    help=f"only these systems, comma-separated, of: {', '.join(SYSTEMS)} (default: all)")
     p.add_argument("--workers", type=int, default=None,
-                   help="frontgate's `workers` per daemon (default: the number of CPUs)")
+                   help="frontgate's `workers` per daemon (default: \"auto\", as shipped: one per CPU)")
     p.add_argument("--terminator-workers", type=int, default=None,
                    help="the terminator's `workers`, when it should differ from --workers")
     p.add_argument("--haproxy-threads", type=int, default=None, help="HAProxy nbthread (default: the number of CPUs)")
@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     cpus = os.cpu_count() or 1
     settings = Settings(duration=args.duration, rounds=args.rounds or (1 if args.smoke else 3), smoke=args.smoke,
-                        fg_workers=args.workers or cpus,
-                        terminator_workers=args.terminator_workers or args.workers or cpus, haproxy_threads=args.haproxy_threads or cpus,
-                        ws_tunnels=args.ws_tunnels, keep_workdir=args.keep)
+                        fg_workers=args.workers, terminator_workers=args.terminator_workers,
+                        haproxy_threads=args.haproxy_threads or cpus, ws_tunnels=args.ws_tunnels, keep_workdir=args.keep)
     scenarios = [SCENARIOS[i] for i in args.scenario_ids]
     scenarios = [replace(sc, systems=tuple(s for s in sc.systems if s.key in args.system_keys)) for sc in scenarios]
     scenarios = [sc for sc in scenarios if sc.systems]
@@ -128,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_outputs(record: dict, out_dir: Path | None) -> None:
     """results.md, results.png and results.json (everything needed to write the first two again,
     with `--from-json`) into `out_dir`; the table goes to stdout in any case."""
-    # Records from before --terminator-workers ran both stages with fg_workers.
-    settings = Settings(**{"terminator_workers": record["settings"]["fg_workers"], **record["settings"]})
+    settings = Settings(**record["settings"])
     results = Results.from_json(record["results"])
     scenarios = [replace(SCENARIOS[i], systems=tuple(s for s in SCENARIOS[i].systems if s.key in record["systems"]))
                  for i in record["scenarios"]]
@@ -146,7 +144,8 @@ def write_outputs(record: dict, out_dir: Path | None) -> None:
     if out_dir is None:
         print(f"bench: partial or smoke run: {HERE / 'results.md'} left as it was (--out DIR to write one)")
         return
-    (out_dir / "results.md").write_text(text)
+    md = out_dir / "results.md"
+    md.write_text(history.with_history(text, md.read_text() if md.exists() else None))
     (out_dir / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"bench: wrote results.md, results.json" + (f" and {png_name}" if png_name else "") + f" in {out_dir}")
 

@@ -149,9 +149,7 @@ def render(results, scenarios, path: Path) -> Path | None:
     rows = comparisons(results, scenarios)
     if not rows:
         return None
-    bars = [(f"{c.scenario.id}. {c.metric.label}: " + (f"vs {c.ref.short}" if c.ours.key == "frontgate"
-                                                      else f"{c.ours.short} vs {c.ref.short}"), c.advantage)
-            for c in rows]
+    bars = [(f"{c.scenario.id}. {c.metric.label}: {c.ours.short} vs {c.ref.short}", c.advantage) for c in rows]
     png = bar_chart("frontgate vs stunnel + HAProxy, same machine",
                     "times better than the reference, log scale (right of x1: frontgate wins)", bars)
     path.write_bytes(png)

@@ -1,5 +1,6 @@
 """Config files for every process of the benchmark, as text: nginx (the static backend), HAProxy,
-stunnel (two variants), and frontgate's tls-terminator and mux-router. Pure functions of ports and
+stunnel (seed 004's literal config, and tuned as a user who benchmarks it would run it), and
+frontgate's tls-terminator and mux-router (as shipped, and with the access log off). Pure functions of ports and
 paths, so both stacks provably get the same routes and the unit tests can read what we run.
 
 Routes, identical on both stacks (Host header, port stripped):
@@ -103,29 +104,35 @@ backend ws
 {sleepy_backend}"""
 
 
-def stunnel_conf(workdir: Path, name: str, pem: Path, accept: int, connect: int, timeout_close_zero: bool) -> str:
+def stunnel_conf(workdir: Path, name: str, pem: Path, accept: int, connect: int, tuned: bool) -> str:
     """Seed 004's stunnel.conf (pid, cert, fips, one [https] service), with our ports and paths and
     `foreground = yes` so that we can supervise it. Seed 004 sets no TIMEOUTclose, so stunnel's
-    default (60 s waiting for the peer's close_notify) applies; variant B adds `TIMEOUTclose = 0`,
-    the usual fix."""
-    lines = [f"; frontgate bench: stunnel as in seed 004{' + TIMEOUTclose = 0' if timeout_close_zero else ''}",
+    default (60 s waiting for the peer's close_notify) applies, and logs at its default level,
+    notice: a line per connection. `tuned` is how a user who benchmarks stunnel runs it (the
+    reference the ratios are stated against): `TIMEOUTclose = 0`, TCP_NODELAY on the accepted
+    (`l:`) and the outgoing (`r:`) socket, and `debug = warning`. stunnel(8): `debug` is a global
+    option, `socket` and `TIMEOUTclose` are service options."""
+    lines = [f"; frontgate bench: stunnel as in seed 004{' + tuned' if tuned else ''}",
              f"pid = {workdir}/{name}.pid",
              f"cert = {pem}",
              "fips = no",
-             "foreground = yes",
-             "[https]",
-             f"accept = 127.0.0.1:{accept}",
-             f"connect = 127.0.0.1:{connect}"]
-    if timeout_close_zero:
-        lines.append("TIMEOUTclose = 0")
+             "foreground = yes"]
+    if tuned:
+        lines.append("debug = warning")
+    lines += ["[https]",
+              f"accept = 127.0.0.1:{accept}",
+              f"connect = 127.0.0.1:{connect}"]
+    if tuned:
+        lines += ["TIMEOUTclose = 0", "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1"]
     return "\n".join(lines) + "\n"
 
 
 def router_toml(workdir: Path, public_port: int | None, from_terminator: str | None,
-                backends: Backends, workers: int) -> str:
+                backends: Backends, workers: int | None = None, access_log_file: Path | None = None) -> str:
     """mux-router with the same three routes as HAProxy; no redirects (the benchmark's clients are
-    all local, and HAProxy above has none either) and no access log (HAProxy above logs nothing).
-    `from_terminator`: its address (`unix:/path` or `host:port`)."""
+    all local, and HAProxy above has none either). `workers`: None is the shipped "auto".
+    `access_log_file`: the shipped access log (`all`, httplog) into that file; None: the log off,
+    like HAProxy's. `from_terminator`: its address (`unix:/path` or `host:port`)."""
     listeners = ""
     if public_port is not None:
         listeners += f"""
@@ -149,13 +156,15 @@ name = "sleepy"
 hosts = ["{HOST_SLEEPY}"]
 servers = [{servers}]
 """
+    log = ('access_log = "all"\naccess_log_format = "httplog"\n'
+           f'access_log_file = "{access_log_file}"') if access_log_file else 'access_log = "off"'
     return f"""\
 # frontgate bench: mux-router
 [router]
-workers = {workers}
+workers = {workers_value(workers)}
 state_file = "{workdir}/health.json"
 trusted_sources = ["127.0.0.1/32", "::1/128"]
-access_log = "off"
+{log}
 {listeners}
 [timeouts]
 http_request = 10
@@ -176,13 +185,14 @@ servers = ["127.0.0.1:{backends.nginx}"]
 """
 
 
-def terminator_toml(pem: Path, listen_port: int, forward_to: str, workers: int) -> str:
+def terminator_toml(pem: Path, listen_port: int, forward_to: str, workers: int | None = None) -> str:
+    """`workers`: None is the shipped "auto"."""
     return f"""\
 # frontgate bench: tls-terminator
 [terminator]
 listen = "127.0.0.1:{listen_port}"
 forward_to = "{forward_to}"
-workers = {workers}
+workers = {workers_value(workers)}
 handshake_timeout = 10
 idle_timeout = 3600
 max_connections = 20000
@@ -190,3 +200,8 @@ max_connections = 20000
 [[certificate]]
 cert = "{pem}"
 """
+
+
+def workers_value(workers: int | None) -> str:
+    """A `workers` setting as TOML: a number, or None for the shipped \"auto\"."""
+    return '"auto"' if workers is None else str(workers)

@@ -13,12 +13,13 @@ import shutil
 import socket
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from frontgate.config import load_router_config, load_terminator_config
 from scripts.bench import certs, configs
-from scripts.bench.procs import Processes, free_port
+from scripts.bench.procs import Processes, free_port, thread_count
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,23 +32,34 @@ class System:
     tls: bool                     # reached over HTTPS (terminator / stunnel) or plain HTTP (router / HAProxy)
     frontgate: bool               # frontgate's side of the comparison
     diagnostic: bool = False      # a measuring stick beside the comparison (the relay floors), not a rival
+    secondary: bool = False       # a second reference row: in its scenario's table, not in the summary
+    access_log: bool = False      # frontgate as shipped: the router writes its access log to a file
 
 
-FRONTGATE = System("frontgate", "frontgate (tls-terminator + mux-router)", "frontgate", tls=True, frontgate=True)
+FRONTGATE = System("frontgate", "frontgate as shipped (terminator + router, access log on)", "frontgate (log on)",
+                   tls=True, frontgate=True, access_log=True)
+FRONTGATE_NOLOG = System("frontgate_nolog", "frontgate, access log off (terminator + router)", "frontgate (log off)",
+                         tls=True, frontgate=True)
+# THE reference of the TLS scenarios: stunnel as a user who benchmarks it runs it.
+REF_TUNED = System("ref_tuned", "stunnel (tuned) + HAProxy", "stunnel(tuned)+HAProxy", tls=True, frontgate=False)
 REF_SEED = System("ref_seed", "stunnel (seed 004 config) + HAProxy", "stunnel(seed)+HAProxy", tls=True,
-                  frontgate=False)
-REF_CLOSE0 = System("ref_close0", "stunnel (TIMEOUTclose = 0) + HAProxy", "stunnel(TIMEOUTclose=0)+HAProxy",
-                    tls=True, frontgate=False)
-ROUTER = System("router", "mux-router alone (plain HTTP)", "mux-router", tls=False, frontgate=True)
+                  frontgate=False, secondary=True)
+ROUTER = System("router", "mux-router alone as shipped (plain HTTP, access log on)", "mux-router (log on)",
+                tls=False, frontgate=True, access_log=True)
+ROUTER_NOLOG = System("router_nolog", "mux-router alone, access log off (plain HTTP)", "mux-router (log off)",
+                      tls=False, frontgate=True)
 HAPROXY = System("haproxy", "HAProxy alone (plain HTTP)", "HAProxy", tls=False, frontgate=False)
-DIRECT = System("direct", "direct to one backend (plain HTTP)", "one backend direct", tls=False, frontgate=False)
+DIRECT = System("direct", "direct to one backend (plain HTTP)", "one backend direct", tls=False, frontgate=False,
+                secondary=True)
 # Scenario 4's floors (scripts/bench/floor.py): what Python, uvloop and the sockets cost without
 # the router's HTTP work, and with only its two head parsers.
 FLOOR = System("floor", "uvloop relay, no HTTP work (floor)", "relay floor", tls=False, frontgate=False,
                diagnostic=True)
 FLOOR_PARSERS = System("floor_parsers", "uvloop relay + the router's head parsers (floor)", "relay+parsers",
                        tls=False, frontgate=False, diagnostic=True)
-SYSTEMS = {s.key: s for s in (FRONTGATE, REF_SEED, REF_CLOSE0, ROUTER, HAPROXY, DIRECT, FLOOR, FLOOR_PARSERS)}
+SYSTEMS = {s.key: s for s in (FRONTGATE, FRONTGATE_NOLOG, REF_TUNED, REF_SEED, ROUTER, ROUTER_NOLOG, HAPROXY, DIRECT,
+                              FLOOR, FLOOR_PARSERS)}
+RUN_WIDE = 0                      # the notes key of facts about the whole run (not one scenario)
 
 
 @dataclass(frozen=True)
@@ -55,8 +67,8 @@ class Settings:
     duration: float = 10.0         # seconds per timed load run
     rounds: int = 3
     smoke: bool = False
-    fg_workers: int = 1            # processes per frontgate daemon (their `workers` setting)
-    terminator_workers: int = 1    # ... of the terminator, which may differ
+    fg_workers: int | None = None  # processes per frontgate daemon; None: their shipped `workers = "auto"`
+    terminator_workers: int | None = None    # ... of the terminator, when it should differ
     haproxy_threads: int = 2
     ws_tunnels: int = 5000
     ws_active: int = 100
@@ -67,9 +79,12 @@ class Settings:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a started stack listens, and whose memory is its memory."""
+    """Where a started stack listens, whose memory is its memory, and which processes make each of
+    its stages: "tls" (terminator or stunnel) and "http" (router, HAProxy or a relay floor)."""
     port: int
     pids: tuple[int, ...]
+    stages: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    access_log: Path | None = None   # the router's access log file, when it writes one
 
 
 class Run:
@@ -155,9 +170,9 @@ class Run:
                 if not self.backends.sleepy:
                     raise RuntimeError("the direct system needs the sleepy backends")
                 yield Endpoint(self.backends.sleepy[0], ())
-            elif system in (FRONTGATE, ROUTER):
-                yield self._start_frontgate(procs, tag, tls=system.tls, cert=cert)
-            elif system in (REF_SEED, REF_CLOSE0, HAPROXY):
+            elif system.frontgate:
+                yield self._start_frontgate(procs, tag, system, cert=cert)
+            elif system in (REF_TUNED, REF_SEED, HAPROXY):
                 yield self._start_reference(procs, tag, system, cert=cert)
             elif system in (FLOOR, FLOOR_PARSERS):
                 yield self._start_floor(procs, tag, parsers=system is FLOOR_PARSERS)
@@ -165,57 +180,67 @@ class Run:
                 raise ValueError(system)
             procs.check_alive()     # a daemon that died under load makes the measurement void
 
-    def _start_frontgate(self, procs: Processes, tag: str, tls: bool, cert: str) -> Endpoint:
-        """`fg_workers` routers and `terminator_workers` terminators, the way supervisord runs them in
-        a deploy (the daemons do not fork workers themselves): TCP ports shared with SO_REUSEPORT
-        (numprocs), and the routers' unix socket from the terminators bound once here and passed to
-        each router as its stdin, as supervisord's fcgi-program does."""
-        pids: list[int] = []
-        if not tls:
+    def _start_frontgate(self, procs: Processes, tag: str, system: System, cert: str) -> Endpoint:
+        """As many routers and terminators as their `workers` say (the shipped "auto": one per CPU,
+        unless --workers gives a number), the way supervisord runs them in a deploy (the daemons do
+        not fork workers themselves): TCP ports shared with SO_REUSEPORT (numprocs), and the
+        routers' unix socket from the terminators bound once here and passed to each router as its
+        stdin, as supervisord's fcgi-program does. The shipped router writes its access log to a file."""
+        s = self.settings
+        log_file = self.workdir / f"{tag}-access.log" if system.access_log else None
+        if not system.tls:
             port = free_port()
-            rcfg = self.write(f"{tag}-mux-router.toml",
-                              configs.router_toml(self.workdir, port, None, self.backends, workers=1))
-            for i in range(self.settings.fg_workers):
-                pids.append(procs.start(f"{tag}-mux-router-{i}", [str(self.bin / "mux-router"), "--config", str(rcfg)],
-                                        ports=(port,)).pid)
-            return Endpoint(port, tuple(pids))
+            rcfg = self.write(f"{tag}-mux-router.toml", configs.router_toml(
+                self.workdir, port, None, self.backends, workers=s.fg_workers, access_log_file=log_file))
+            routers = self._start_routers(procs, tag, rcfg, ports=(port,))
+            self.note(RUN_WIDE, f"{system.label}: {len(routers)} mux-router processes")
+            return Endpoint(port, routers, {"http": routers}, log_file)
         path = self.workdir / f"{tag}-router.sock"
         shared = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         shared.bind(str(path))
         shared.listen(1024)
         rcfg = self.write(f"{tag}-mux-router.toml", configs.router_toml(
-            self.workdir, None, f"unix:{path}", self.backends, workers=self.settings.fg_workers))
+            self.workdir, None, f"unix:{path}", self.backends, workers=s.fg_workers, access_log_file=log_file))
         with shared:        # the routers hold it from here on
-            for i in range(self.settings.fg_workers):
-                pids.append(procs.start(f"{tag}-mux-router-{i}", [str(self.bin / "mux-router"), "--config", str(rcfg)],
-                                        stdin=shared, ready_line=f"listening on unix:{path}").pid)
+            routers = self._start_routers(procs, tag, rcfg, stdin=shared, ready_line=f"listening on unix:{path}")
         tls_port = free_port()
-        tcfg = self.write(f"{tag}-tls-terminator.toml",
-                          configs.terminator_toml(self.pems[cert], tls_port, f"unix:{path}", workers=1))
-        for i in range(self.settings.terminator_workers):
-            pids.append(procs.start(f"{tag}-tls-terminator-{i}",
-                                    [str(self.bin / "tls-terminator"), "--config", str(tcfg)], ports=(tls_port,)).pid)
-        return Endpoint(tls_port, tuple(pids))
+        tcfg = self.write(f"{tag}-tls-terminator.toml", configs.terminator_toml(
+            self.pems[cert], tls_port, f"unix:{path}", workers=s.terminator_workers or s.fg_workers))
+        count = load_terminator_config(tcfg).workers
+        terminators = tuple(procs.start(f"{tag}-tls-terminator-{i}", [str(self.bin / "tls-terminator"), "--config",
+                                                                      str(tcfg)], ports=(tls_port,)).pid
+                            for i in range(count))
+        self.note(RUN_WIDE, f"{system.label}: {count} tls-terminator and {len(routers)} mux-router processes")
+        return Endpoint(tls_port, routers + terminators, {"tls": terminators, "http": routers}, log_file)
+
+    def _start_routers(self, procs: Processes, tag: str, config: Path, **start) -> tuple[int, ...]:
+        """The config's `workers` routers, counted by frontgate's own loader ("auto" included)."""
+        count = load_router_config(config).workers
+        return tuple(procs.start(f"{tag}-mux-router-{i}", [str(self.bin / "mux-router"), "--config", str(config)],
+                                 **start).pid for i in range(count))
 
     def _start_floor(self, procs: Processes, tag: str, parsers: bool) -> Endpoint:
         """As many relay processes as routers, sharing a port (SO_REUSEPORT), in front of nginx."""
         port = free_port()
         argv = [str(self.bin / "python"), "-m", "scripts.bench.floor", "--port", str(port),
                 "--backend", str(self.backends.nginx), *(["--parsers"] if parsers else [])]
-        pids = [procs.start(f"{tag}-{i}", argv, ports=(port,)).pid for i in range(self.settings.fg_workers)]
-        return Endpoint(port, tuple(pids))
+        count = self.settings.fg_workers or len(os.sched_getaffinity(0))
+        pids = tuple(procs.start(f"{tag}-{i}", argv, ports=(port,)).pid for i in range(count))
+        return Endpoint(port, pids, {"http": pids})
 
     def _start_reference(self, procs: Processes, tag: str, system: System, cert: str) -> Endpoint:
+        threads = self.settings.haproxy_threads
         haproxy_port = free_port()
-        hcfg = self.write(f"{tag}-haproxy.cfg",
-                          configs.haproxy_cfg(haproxy_port, self.backends, self.settings.haproxy_threads))
+        hcfg = self.write(f"{tag}-haproxy.cfg", configs.haproxy_cfg(haproxy_port, self.backends, threads))
         # -db: foreground, no daemon, no master process: one process whose memory we read.
         haproxy = procs.start(f"{tag}-haproxy", ["haproxy", "-db", "-f", str(hcfg)], ports=(haproxy_port,))
+        running = thread_count(haproxy.pid)
+        self.note(RUN_WIDE, f"HAProxy: `nbthread {threads}`, {running} threads running")
         if system is HAPROXY:
-            return Endpoint(haproxy_port, (haproxy.pid,))
+            return Endpoint(haproxy_port, (haproxy.pid,), {"http": (haproxy.pid,)})
         tls_port = free_port()
         scfg = self.write(f"{tag}-stunnel.conf",
                           configs.stunnel_conf(self.workdir, f"{tag}-stunnel", self.pems[cert], tls_port,
-                                               haproxy_port, timeout_close_zero=system is REF_CLOSE0))
+                                               haproxy_port, tuned=system is REF_TUNED))
         stunnel = procs.start(f"{tag}-stunnel", ["stunnel", str(scfg)], ports=(tls_port,))
-        return Endpoint(tls_port, (haproxy.pid, stunnel.pid))
+        return Endpoint(tls_port, (haproxy.pid, stunnel.pid), {"tls": (stunnel.pid,), "http": (haproxy.pid,)})

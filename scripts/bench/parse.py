@@ -145,3 +145,22 @@ def ratio(ours: Summary | None, theirs: Summary | None) -> float | None:
     if ours is None or theirs is None or theirs.median == 0:
         return None
     return ours.median / theirs.median
+
+
+def cpu_us_per_request(before_s: float, after_s: float, requests: int) -> float:
+    """CPU microseconds per request of a stage over a measured window (NaN without requests)."""
+    if requests <= 0:
+        return math.nan
+    return (after_s - before_s) * 1e6 / requests
+
+
+# The request line httplog quotes at the end of an entry (an optional " (note)" follows).
+_LOGGED_TARGET = re.compile(r'"[A-Z]+ (\S+) HTTP/\d\.\d"(?: \(.*\))?$', re.M)
+_THREAD_ID = re.compile(r"[?&]t=(\d+)(?:&|$)")
+
+
+def logged_variety(access_log: str) -> tuple[int, int, set[str]]:
+    """Of the httplog lines whose target names a wrk thread (`t=`: the varied requests; the lines
+    of the run before may come late): (distinct targets, lines, thread ids)."""
+    varied = [(t, m.group(1)) for t in _LOGGED_TARGET.findall(access_log) if (m := _THREAD_ID.search(t))]
+    return len({t for t, _ in varied}), len(varied), {thread for _, thread in varied}

@@ -171,6 +171,27 @@ def tree_rss(pids: list[int]) -> int:
     return total
 
 
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system CPU these processes have used so far, every thread of each (/proc/PID/stat
+    counts a whole thread group). A process that has gone counts nothing: the caller checks the
+    stack is still alive after its measurement."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def thread_count(pid: int) -> int:
+    try:
+        return psutil.Process(pid).num_threads()
+    except psutil.NoSuchProcess:
+        return 0
+
+
 def run_tool(argv: list[str], timeout: float, cwd: Path | None = None) -> str:
     """Run a load generator to completion, bounded by `timeout`; returns stdout+stderr.
     A non-zero exit is an error carrying the output."""

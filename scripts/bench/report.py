@@ -13,7 +13,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from scripts.bench.harness import REPO, Settings, System
+from scripts.bench.configs import workers_value
+from scripts.bench.harness import REPO, RUN_WIDE, Settings, System
 from scripts.bench.parse import Summary, ratio, summarize
 from scripts.bench.scenarios import Metric, Scenario
 
@@ -59,15 +60,19 @@ def ratio_text(r: float | None) -> str:
 
 def pairs(sc: Scenario) -> list[tuple[System, System]]:
     """(frontgate side, reference) comparisons of a scenario: HAProxy alone is compared with the
-    router alone, every other reference with the whole frontgate pipeline."""
+    router alone (as shipped and with its log off), every other reference with the whole frontgate
+    pipeline (both rows when both ran)."""
     ours = [s for s in sc.systems if s.frontgate]
     out = []
     for ref in (s for s in sc.systems if not s.frontgate):
-        mine = next((s for s in ours if s.tls == ref.tls), None) if ref.key == "haproxy" else None
-        mine = mine or next((s for s in ours if s.tls), None) or (ours[0] if ours else None)
-        if mine is not None:
-            out.append((mine, ref))
+        mine = [s for s in ours if not s.tls] if ref.key == "haproxy" else [s for s in ours if s.tls]
+        out += [(m, ref) for m in (mine or ours)]
     return out
+
+
+def _rival(system: System) -> bool:
+    """A reference the summary states ratios against (not a floor, not a second reference row)."""
+    return not system.frontgate and not system.diagnostic and not system.secondary
 
 
 def advantage(metric: Metric, ours: Summary | None, ref: Summary | None) -> float | None:
@@ -103,8 +108,8 @@ def comparisons(results: Results, scenarios: list[Scenario]) -> list[Comparison]
         for m in sc.metrics:
             if m.headline:
                 for ours, ref in pairs(sc):
-                    if ref.diagnostic:
-                        continue        # a measuring stick, in its scenario's table only
+                    if not _rival(ref):
+                        continue        # a measuring stick or a second row, in its scenario's table only
                     out.append(Comparison(sc, m, ours, ref, results.summary(sc.id, ours.key, m.key),
                                           results.summary(sc.id, ref.key, m.key)))
     return out
@@ -117,14 +122,33 @@ def _ratio_note(results: Results, sc: Scenario, a: System, b: System, metric: Me
 
 def floor_notes(results: Results, sc: Scenario) -> list[str]:
     """What the diagnostic systems (the relay floors) reach against each real reference."""
-    refs = [s for s in sc.systems if not s.frontgate and not s.diagnostic]
+    refs = [s for s in sc.systems if _rival(s)]
     return [_ratio_note(results, sc, d, ref, sc.first_metric) for d in sc.systems if d.diagnostic for ref in refs]
 
 
 def metric_notes(results: Results, sc: Scenario) -> list[str]:
     """The ratios of a scenario's `noted` metrics, frontgate's side against each real reference."""
     return [_ratio_note(results, sc, ours, ref, m)
-            for m in sc.metrics if m.noted for ours, ref in pairs(sc) if not ref.diagnostic]
+            for m in sc.metrics if m.noted for ours, ref in pairs(sc) if _rival(ref)]
+
+
+def _stack_cpu(results: Results, sc: Scenario, system: System) -> float | None:
+    """CPU µs per request of all of a system's stages (the sum of their medians)."""
+    stages = [results.summary(sc.id, system.key, m.key) for m in sc.metrics if m.key.startswith("cpu_")]
+    known = [s.median for s in stages if s is not None]
+    return sum(known) if known and len(known) == len(stages) else None
+
+
+def cpu_notes(results: Results, sc: Scenario) -> list[str]:
+    """CPU per request of the whole stack, frontgate's side over each real reference: what the
+    rates would be on CPUs given to the proxies alone, and less swayed by a busy machine."""
+    out = []
+    for ours, ref in pairs(sc):
+        mine, theirs = _stack_cpu(results, sc, ours), _stack_cpu(results, sc, ref)
+        if _rival(ref) and mine is not None and theirs:
+            out.append(f"CPU µs per request, all stages: {ours.label} {mine:,.1f}, {ref.label} {theirs:,.1f} "
+                       f"(frontgate / reference {mine / theirs:.2f}; lower is better)")
+    return out
 
 
 # --------------------------------------------------------------------------- tables
@@ -135,27 +159,37 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def target_text(metric: Metric, r: float | None) -> str:
+    """The issue's target for frontgate / reference, and whether this run met it."""
+    if metric.target_ratio is None or r is None:
+        return metric.target
+    return f"{metric.target}: {'met' if r >= metric.target_ratio else '**not met**'}"
+
+
 def summary_table(results: Results, scenarios: list[Scenario], rounds: int) -> str:
     rows = []
     for c in comparisons(results, scenarios):
         better = "higher is better" if c.metric.higher_is_better else "lower is better"
         rows.append([str(c.scenario.id), f"{c.metric.label} ({better})", c.ours.label,
                      cell(c.ours_summary, c.metric.fmt, rounds), c.ref.label, cell(c.ref_summary, c.metric.fmt, rounds),
-                     ratio_text(c.ratio)])
+                     ratio_text(c.ratio), target_text(c.metric, c.ratio)])
     return _table(["#", "metric", "frontgate side", "median (min–max)", "reference", "median (min–max)",
-                   "frontgate / reference"], rows)
+                   "frontgate / reference", "target"], rows)
 
 
 def scenario_table(results: Results, sc: Scenario, rounds: int) -> str:
+    """Every system's every metric, and each frontgate-side row's ratio over it (first metric)."""
     first = sc.first_metric
-    counterpart = {ref.key: ours for ours, ref in pairs(sc)}
-    header = ["system", *[m.label for m in sc.metrics], f"frontgate / this ({first.label})"]
+    compared = set((ours.key, ref.key) for ours, ref in pairs(sc))
+    ours_rows = [s for s in sc.systems if s.frontgate]
+    header = ["system", *[m.label for m in sc.metrics], *[f"{o.short} / this ({first.label})" for o in ours_rows]]
     rows = []
     for system in sc.systems:
         row = [system.label, *[cell(results.summary(sc.id, system.key, m.key), m.fmt, rounds) for m in sc.metrics]]
-        ours = counterpart.get(system.key)
-        row.append("" if ours is None else ratio_text(ratio(results.summary(sc.id, ours.key, first.key),
-                                                            results.summary(sc.id, system.key, first.key))))
+        for ours in ours_rows:
+            row.append(ratio_text(ratio(results.summary(sc.id, ours.key, first.key),
+                                        results.summary(sc.id, system.key, first.key)))
+                       if (ours.key, system.key) in compared else "")
         rows.append(row)
     return _table(header, rows)
 
@@ -230,38 +264,50 @@ def markdown(results: Results, scenarios: list[Scenario], settings: Settings, no
            "## Machine", "",
            _table(["", ""], [[k, v] for k, v in machine.items()]), "",
            "## Setup", "",
-           (f"- frontgate: tls-terminator and mux-router, `workers = {settings.fg_workers}` each; "
-            if settings.terminator_workers == settings.fg_workers else
-            f"- frontgate: mux-router with `workers = {settings.fg_workers}`, tls-terminator with "
-            f"`workers = {settings.terminator_workers}`; ") +
-           "the terminator passes PROXY v2 to the router's `from_terminator` listener, a unix socket that the "
-           "routers share (bound once and passed to each as its stdin, as supervisord's fcgi-program does).",
-           f"- reference: stunnel 5 as seed 004 configures it (`pid`, `cert`, `fips = no`, one `[https]` service, "
-           "no TIMEOUTclose, so stunnel's default of 60 s) and the same with `TIMEOUTclose = 0`, in front of "
-           f"HAProxy 2.6 in HTTP mode (`nbthread {settings.haproxy_threads}`, `option http-keep-alive`, "
-           "`option forwardfor`, `balance roundrobin`, no logging).",
-           "- backend: nginx, 1 worker, static 1 KiB and 64 KiB files, access log off; a Python WebSocket echo "
-           "server; for scenario 6, three Python HTTP/1.0 servers sleeping 50 ms per request, 4 at a time.",
+           f"- frontgate, two rows: **as shipped** (`workers = {workers_value(settings.fg_workers)}` in both daemons' "
+           "configs, the router's access log on, httplog lines appended to `router.access_log_file`, as "
+           "`configs/mux-router.toml` ships it) and **access log off** (`access_log = \"off\"`, the same otherwise), "
+           "the like-for-like row beside HAProxy, which logs nothing here. "
+           + (f"The terminator runs `workers = {settings.terminator_workers}`. " if settings.terminator_workers
+              and settings.terminator_workers != settings.fg_workers else "") +
+           "The harness starts as many processes as each config's `workers` (read by frontgate's own loader), as "
+           "supervisord's `numprocs` does; the terminator passes PROXY v2 to the router's `from_terminator` "
+           "listener, a unix socket that the routers share (bound once and passed to each as its stdin, as "
+           "supervisord's fcgi-program does).",
+           "- reference, **the one every ratio is stated against**: stunnel 5 tuned as a user who benchmarks it "
+           "runs it: seed 004's config (`pid`, `cert`, `fips = no`, one `[https]` service) plus `TIMEOUTclose = 0`, "
+           "`socket = l:TCP_NODELAY=1`, `socket = r:TCP_NODELAY=1` and `debug = warning` (stunnel 5.68 already "
+           "sets TCP_NODELAY on both sides by default: `stunnel -sockets`), in front of HAProxy 2.6 in HTTP mode "
+           f"(`nbthread {settings.haproxy_threads}`: every CPU; `option http-keep-alive`, `option forwardfor`, "
+           "`balance roundrobin`, no logging). A second row runs seed 004's stunnel config as it is (no "
+           "TIMEOUTclose, so stunnel's default of 60 s; logging at its default level, notice: a line per "
+           "connection); its ratios are in its scenario's table only.",
+           "- backend: nginx, 1 worker, static 1 KiB and 64 KiB files (a query string is ignored: the same file), "
+           "access log off; a Python WebSocket echo server; for scenario 6, three Python HTTP/1.0 servers "
+           "sleeping 50 ms per request, 4 at a time.",
            "- same routes on both stacks (by Host), same certificate (ECDSA P-256 unless said), clients do not "
            "verify it. Both negotiate TLS 1.3; note the TLS libraries differ (see Machine): frontgate uses the "
            "OpenSSL that comes with pyOpenSSL/cryptography, stunnel and HAProxy Debian's.",
+           "- every request different (the headline of scenarios 1, 2 and 4, and scenario 3's resumed "
+           "connections): a wrk script gives each request its own query string and its own cookie "
+           "(`/1k.bin?t=THREAD&n=N`, `Cookie: session=THREAD-N`), unique across wrk's threads too; the shipped "
+           "router's access log is checked to hold each target once. The same request byte for byte (plain "
+           "wrk) is measured too, on the same fresh stack just before, and given in the notes.",
+           "- CPU µs per request: user + system time of each stage's processes (`/proc/PID/stat`, every "
+           "thread) over the varied wrk run, divided by the requests wrk completed. The TLS stage is the "
+           "terminators or stunnel, the HTTP stage the routers or HAProxy (or the relay floor).",
            "- scenario 4 also runs two measuring sticks beside the router, as many processes as routers "
            "(`scripts/bench/floor.py`): a uvloop relay that does no HTTP work (a backend connection per client "
            "connection, heads sent on as they came, bodies framed by Content-Length), and the same relay with the "
            "router's two head parsers. Not rivals: they show what the router's other HTTP work costs.",
-           "- logging: stunnel logs every connection at its default level (seed 004: to syslog; here to a file); "
-           "HAProxy logs nothing (seed 004 logs to a syslog nobody runs here), and so mux-router runs with "
-           "`access_log = \"off\"` (a line per request costs it about 8 µs of CPU).",
-           "- wrk sends one request byte for byte again and again, which mux-router's memo of parsed heads "
-           "serves from memory; scenario 4 also measures every system with every request different (a wrk "
-           "script adds a new query string to each).",
+           *[f"- {fact}" for fact in notes.get(RUN_WIDE, [])],
            "- every daemon's output, and the configs, are in the work dir kept with `--keep`.", ""]
     if chart:
         out += [f"![frontgate advantage per headline metric]({chart})", ""]
     out += ["## Summary", "", summary_table(results, scenarios, settings.rounds), ""]
     for sc in scenarios:
         out += [f"## {sc.id}. {sc.title}", "", scenario_table(results, sc, settings.rounds), ""]
-        lines = metric_notes(results, sc) + floor_notes(results, sc) + notes.get(sc.id, [])
+        lines = metric_notes(results, sc) + cpu_notes(results, sc) + floor_notes(results, sc) + notes.get(sc.id, [])
         out += [f"- {n}" for n in lines] + ([""] if lines else [])
     if results.failures:
         out += ["## Failed measurements", "", "These are left out of the medians above.", ""]

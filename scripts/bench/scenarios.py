@@ -3,6 +3,10 @@
 A scenario's `measure(run, system)` starts the system fresh, drives load with an external client
 (wrk, ab, or our WebSocket client), and returns {metric key: value}. Smoke mode shrinks every
 duration and count so the whole harness runs in seconds; its numbers mean nothing.
+
+The request-rate scenarios (1, 2, 4) measure every system with every request different (its own
+query string and cookie) as their headline, with the CPU each stage spends per request over that
+run; the same request again and again (wrk without a script) stays as a noted second metric.
 """
 from __future__ import annotations
 
@@ -10,16 +14,18 @@ import json
 import math
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from scripts.bench import configs
-from scripts.bench.harness import (DIRECT, FLOOR, FLOOR_PARSERS, FRONTGATE, HAPROXY, REF_CLOSE0, REF_SEED, ROUTER, Run,
-                                   System)
-from scripts.bench.parse import AbResult, WrkResult, parse_ab, parse_s_client_session, parse_wrk
-from scripts.bench.procs import run_tool
+from scripts.bench.harness import (DIRECT, FLOOR, FLOOR_PARSERS, FRONTGATE, FRONTGATE_NOLOG, HAPROXY, REF_SEED,
+                                   REF_TUNED, ROUTER, ROUTER_NOLOG, Endpoint, Run, System)
+from scripts.bench.parse import (AbResult, WrkResult, cpu_us_per_request, logged_variety, parse_ab,
+                                 parse_s_client_session, parse_wrk)
+from scripts.bench.procs import cpu_seconds, run_tool
 
-TLS_SYSTEMS = (FRONTGATE, REF_SEED, REF_CLOSE0)
+TLS_SYSTEMS = (FRONTGATE, FRONTGATE_NOLOG, REF_TUNED, REF_SEED)
 SLEEPY_CAPACITY = 3 * 4 / 0.050          # 3 backends x 4 workers / 50 ms = 240 requests/s
 
 
@@ -31,6 +37,8 @@ class Metric:
     fmt: str = "{:,.0f}"
     headline: bool = False            # shown in the summary table and the chart
     noted: bool = False               # its ratios against the references in the scenario's notes
+    target: str = ""                  # what frontgate / reference should be (issue 20), for the summary
+    target_ratio: float | None = None  # ... as a number to check, when it is one
 
 
 @dataclass(frozen=True)
@@ -58,36 +66,92 @@ def _url(port: int, path: str, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"
 
 
-# A wrk script that makes every request different: a new query string each time, so that no
-# request head is one the proxy has seen before (wrk alone repeats one request byte for byte).
-EVERY_REQUEST_DIFFERENT = """\
+# Every request different, as browsers' are: its own query string and its own cookie, unique
+# across wrk's threads too. wrk runs one Lua state per thread; setup() runs in the main one and
+# gives each thread its id (a global in that thread's state). wrk.format with a header table sends
+# only those headers (and Host), so the command line's others (`Connection: close`) are copied in.
+VARIED_REQUESTS = """\
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+
 local n = 0
-request = function()
+function request()
   n = n + 1
-  return wrk.format(nil, wrk.path .. "?n=" .. n)
+  local headers = {}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["Cookie"] = "session=" .. id .. "-" .. n
+  return wrk.format(nil, wrk.path .. "?t=" .. id .. "&n=" .. n, headers)
 end
 """
+WRK_THREADS = 2
 
 
 def wrk(run: Run, port: int, path: str, tls: bool, connections: int, host: str = configs.HOST_STATIC,
-        close: bool = False, script: str | None = None) -> WrkResult:
-    """`script`: a wrk Lua script's text."""
+        close: bool = False, varied: bool = False) -> WrkResult:
+    """`varied`: every request different (VARIED_REQUESTS); else one request byte for byte."""
     s = run.settings
     duration = 1 if s.smoke else max(1, round(s.duration))
-    argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--latency", "--timeout", "5s",
-            "-H", f"Host: {host}"]
+    argv = ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{duration}s", "--latency",
+            "--timeout", "5s", "-H", f"Host: {host}"]
     if close:
         argv += ["-H", "Connection: close"]
-    if script is not None:
-        path_of_script = run.workdir / f"wrk-{abs(hash(script))}.lua"
-        path_of_script.write_text(script)
-        argv += ["-s", str(path_of_script)]
+    if varied:
+        script = run.workdir / "wrk-varied.lua"
+        script.write_text(VARIED_REQUESTS)
+        argv += ["-s", str(script)]
     result = parse_wrk(run_tool([*argv, _url(port, path, tls)], timeout=duration + 30))
     if result.requests == 0:
         raise MeasurementError(f"wrk completed no request against {_url(port, path, tls)}")
     if result.errors:
         raise MeasurementError(f"wrk saw errors: {result.non_2xx_3xx} non-2xx/3xx, socket {result.socket_errors}")
     return result
+
+
+@dataclass(frozen=True)
+class Rate:
+    varied: WrkResult                 # every request different: the headline
+    same: WrkResult                   # one request again and again: the note
+    cpu_us: dict[str, float]          # "cpu_tls", "cpu_http": CPU µs per request of each stage, varied run
+
+
+def rate(run: Run, sid: int, system: System, path: str, connections: int = 64) -> Rate:
+    """Both wrk runs on one fresh stack, the same request first (it also warms the pools), then
+    every request different, over which each stage's CPU time is read. When the router writes its
+    access log, the varied run's lines there must all differ (and come from every wrk thread)."""
+    with run.stack(system) as ep:
+        same = wrk(run, ep.port, path, tls=system.tls, connections=connections)
+        log_from = _log_size(ep)
+        before = {stage: cpu_seconds(pids) for stage, pids in ep.stages.items()}
+        varied = wrk(run, ep.port, path, tls=system.tls, connections=connections, varied=True)
+        after = {stage: cpu_seconds(pids) for stage, pids in ep.stages.items()}
+        if ep.access_log:
+            _check_variety(run, sid, ep, log_from)
+    return Rate(varied, same, {f"cpu_{stage}": cpu_us_per_request(before[stage], after[stage], varied.requests)
+                               for stage in ep.stages})
+
+
+def _log_size(ep: Endpoint) -> int:
+    if ep.access_log is None:
+        return 0
+    time.sleep(0.2)                   # the routers write their log once per event-loop pass
+    return ep.access_log.stat().st_size
+
+
+def _check_variety(run: Run, sid: int, ep: Endpoint, offset: int) -> None:
+    """The proof that wrk sent what VARIED_REQUESTS says: the router logged each target once."""
+    time.sleep(0.2)
+    with open(ep.access_log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    distinct, logged, threads = logged_variety(text)
+    run.count(sid, "every request different: distinct request targets among those the shipped router "
+                   "logged (all rounds)", distinct, logged)
+    if not logged or distinct != logged or len(threads) != WRK_THREADS:
+        raise MeasurementError(f"the varied requests were not all different: {distinct} distinct of {logged} "
+                               f"logged, from wrk threads {sorted(threads)}")
 
 
 def ab(run: Run, port: int, path: str, tls: bool, concurrency: int, requests: int | None = None,
@@ -135,15 +199,15 @@ def session_reuse(port: int, attempts: int = 6) -> tuple[str, int, int]:
 # --------------------------------------------------------------------------- scenarios
 
 def _s1(run: Run, system: System) -> dict[str, float]:
-    with run.stack(system) as ep:
-        r = wrk(run, ep.port, "/1k.bin", tls=True, connections=64)
-    return {"rps": r.requests_per_s, "p50": r.latency_ms[50], "p99": r.latency_ms[99]}
+    r = rate(run, 1, system, "/1k.bin")
+    return {"rps": r.varied.requests_per_s, "p50": r.varied.latency_ms[50], "p99": r.varied.latency_ms[99],
+            **r.cpu_us, "rps_same": r.same.requests_per_s}
 
 
 def _s2(run: Run, system: System) -> dict[str, float]:
-    with run.stack(system) as ep:
-        r = wrk(run, ep.port, "/64k.bin", tls=True, connections=64)
-    return {"mibps": r.requests_per_s * 64 / 1024, "p99": r.latency_ms[99]}
+    r = rate(run, 2, system, "/64k.bin")
+    return {"mibps": r.varied.requests_per_s * 64 / 1024, "p99": r.varied.latency_ms[99], **r.cpu_us,
+            "mibps_same": r.same.requests_per_s * 64 / 1024}
 
 
 def _s3(run: Run, system: System) -> dict[str, float]:
@@ -159,16 +223,14 @@ def _s3(run: Run, system: System) -> dict[str, float]:
             # offers the session it last received: every connection after a thread's first tries to
             # resume. What the server accepts is its business (see the note above).
             out[f"resumed_{cert}"] = wrk(run, ep.port, "/1k.bin", tls=True, connections=32,
-                                         close=True).requests_per_s
+                                         close=True, varied=True).requests_per_s
     return out
 
 
 def _s4(run: Run, system: System) -> dict[str, float]:
-    with run.stack(system) as ep:
-        r = wrk(run, ep.port, "/1k.bin", tls=False, connections=64)
-        varied = wrk(run, ep.port, "/1k.bin", tls=False, connections=64, script=EVERY_REQUEST_DIFFERENT)
-    return {"rps": r.requests_per_s, "p50": r.latency_ms[50], "p99": r.latency_ms[99],
-            "rps_varied": varied.requests_per_s}
+    r = rate(run, 4, system, "/1k.bin")
+    return {"rps": r.varied.requests_per_s, "p50": r.varied.latency_ms[50], "p99": r.varied.latency_ms[99],
+            **r.cpu_us, "rps_same": r.same.requests_per_s}
 
 
 def _ws_client(run: Run, *args: str, timeout: float) -> dict:
@@ -210,38 +272,49 @@ def _s6(run: Run, system: System) -> dict[str, float]:
 
 
 _MS = "{:,.2f}"
+_US = "{:,.1f}"
+NO_WORSE = "no worse than before"
+CPU_TLS = Metric("cpu_tls", "CPU µs/request, TLS stage (terminator or stunnel)", False, _US)
+CPU_HTTP = Metric("cpu_http", "CPU µs/request, HTTP stage (router or HAProxy)", False, _US)
 SCENARIOS: dict[int, Scenario] = {s.id: s for s in (
-    Scenario(1, "HTTPS keep-alive, 1 KiB responses, 64 connections (wrk)", TLS_SYSTEMS, (
-        Metric("rps", "requests/s", True, headline=True),
+    Scenario(1, "HTTPS keep-alive, 1 KiB responses, 64 connections, every request different (wrk)", TLS_SYSTEMS, (
+        Metric("rps", "requests/s", True, headline=True, target="≥ 1.0", target_ratio=1.0),
         Metric("p50", "p50 ms", False, _MS),
-        Metric("p99", "p99 ms", False, _MS, headline=True)), _s1),
-    Scenario(2, "HTTPS keep-alive, 64 KiB responses, 64 connections (wrk)", TLS_SYSTEMS, (
-        Metric("mibps", "MiB/s (body)", True, "{:,.1f}", headline=True),
-        Metric("p99", "p99 ms", False, _MS)), _s2),
+        Metric("p99", "p99 ms", False, _MS, headline=True),
+        CPU_TLS, CPU_HTTP,
+        Metric("rps_same", "requests/s, the same request again and again", True, noted=True)), _s1),
+    Scenario(2, "HTTPS keep-alive, 64 KiB responses, 64 connections, every request different (wrk)", TLS_SYSTEMS, (
+        Metric("mibps", "MiB/s (body)", True, "{:,.1f}", headline=True, target="≥ 1.1", target_ratio=1.1),
+        Metric("p99", "p99 ms", False, _MS),
+        CPU_TLS, CPU_HTTP,
+        Metric("mibps_same", "MiB/s (body), the same request again and again", True, "{:,.1f}", noted=True)), _s2),
     Scenario(3, "A new TLS connection per request (1 KiB): full handshakes (ab, 32 concurrent), "
-                "then resumed from session tickets (wrk with `Connection: close`, 32 connections)", TLS_SYSTEMS, (
-        Metric("full_ecdsa", "full handshake, ECDSA P-256: conn/s", True, headline=True),
-        Metric("full_rsa", "full handshake, RSA-2048: conn/s", True, headline=True),
-        Metric("resumed_ecdsa", "with tickets, ECDSA P-256: conn/s", True, headline=True),
-        Metric("resumed_rsa", "with tickets, RSA-2048: conn/s", True, headline=True)), _s3),
-    Scenario(4, "Plain HTTP keep-alive through the router alone, 1 KiB, 64 connections (wrk)",
-             (ROUTER, HAPROXY, FLOOR, FLOOR_PARSERS), (
-        Metric("rps", "requests/s", True, headline=True),
+                "then resumed from session tickets (wrk with `Connection: close`, 32 connections, "
+                "every request different)", TLS_SYSTEMS, (
+        Metric("full_ecdsa", "full handshake, ECDSA P-256: conn/s", True, headline=True, target=NO_WORSE),
+        Metric("full_rsa", "full handshake, RSA-2048: conn/s", True, headline=True, target=NO_WORSE),
+        Metric("resumed_ecdsa", "with tickets, ECDSA P-256: conn/s", True, headline=True, target=NO_WORSE),
+        Metric("resumed_rsa", "with tickets, RSA-2048: conn/s", True, headline=True, target=NO_WORSE)), _s3),
+    Scenario(4, "Plain HTTP keep-alive through the router alone, 1 KiB, 64 connections, every request "
+                "different (wrk)", (ROUTER, ROUTER_NOLOG, HAPROXY, FLOOR, FLOOR_PARSERS), (
+        Metric("rps", "requests/s", True, headline=True, target="≥ 0.8", target_ratio=0.8),
         Metric("p50", "p50 ms", False, _MS),
         Metric("p99", "p99 ms", False, _MS),
-        Metric("rps_varied", "requests/s, every request different", True, noted=True)), _s4),
-    Scenario(5, "WebSocket over TLS: idle tunnels held, then echo round trips on 100 active tunnels", TLS_SYSTEMS, (
-        Metric("rss_per_tunnel_kib", "RSS per idle tunnel, KiB", False, "{:,.1f}", headline=True),
+        CPU_HTTP,
+        Metric("rps_same", "requests/s, the same request again and again", True, noted=True)), _s4),
+    Scenario(5, "WebSocket over TLS: idle tunnels held, then echo round trips on 100 active tunnels",
+             (FRONTGATE, REF_TUNED, REF_SEED), (
+        Metric("rss_per_tunnel_kib", "RSS per idle tunnel, KiB", False, "{:,.1f}", headline=True, target=NO_WORSE),
         Metric("rss_held_mib", "RSS with the tunnels held, MiB", False, "{:,.1f}"),
         Metric("open_per_s", "tunnels opened/s", True),
         Metric("echo_p50", "echo p50 ms", False, _MS),
         Metric("echo_p99", "echo p99 ms", False, _MS, headline=True),
         Metric("echo_rate", "echo round trips/s", True)), _s5),
     Scenario(6, "Seed 001: 3 backends sleeping 50 ms (4 workers each, 240 req/s in all); "
-                "`ab -n1000 -c100`, a new connection per request", (FRONTGATE, REF_SEED, REF_CLOSE0, ROUTER, HAPROXY,
-                                                                   DIRECT), (
+                "`ab -n1000 -c100`, a new connection per request",
+             (FRONTGATE, REF_TUNED, REF_SEED, ROUTER, HAPROXY, DIRECT), (
         Metric("rps", "requests/s", True),
-        Metric("share", "% of 240/s capacity", True, "{:,.1f}", headline=True),
+        Metric("share", "% of 240/s capacity", True, "{:,.1f}", headline=True, target=NO_WORSE),
         Metric("p50", "p50 ms", False),
         Metric("p99", "p99 ms", False)), _s6),
 )}

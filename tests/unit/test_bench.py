@@ -8,8 +8,8 @@ import pytest
 
 from frontgate.config import load_router_config, load_terminator_config
 from scripts.bench import configs
-from scripts.bench.parse import (BenchParseError, parse_ab, parse_s_client_session, parse_wrk, percentile,
-                                 ratio, summarize)
+from scripts.bench.parse import (BenchParseError, cpu_us_per_request, logged_variety, parse_ab,
+                                 parse_s_client_session, parse_wrk, percentile, ratio, summarize)
 
 FIXTURES = Path(__file__).parent / "bench_fixtures"
 
@@ -139,6 +139,7 @@ def test_router_config_is_valid_and_routes_like_haproxy(tmp_path):
         assert f"-i {host}" in haproxy
     for port in (18080, 18081, 18091, 18092, 18093):
         assert f"127.0.0.1:{port}" in haproxy
+    assert "nbthread 2" in haproxy
 
 
 def test_router_config_for_one_listener_and_no_sleepy_backends(tmp_path):
@@ -151,25 +152,99 @@ def test_router_config_for_one_listener_and_no_sleepy_backends(tmp_path):
     assert "use_backend sleepy" not in configs.haproxy_cfg(17000, backends, nbthread=1)
 
 
-def test_terminator_config_is_valid(tmp_path):
+@pytest.mark.parametrize("log_file, access_log", [("access.log", "all"), (None, "off")])
+def test_router_config_as_shipped_and_with_its_log_off(tmp_path, log_file, access_log):
+    """As shipped: workers "auto" (one per usable CPU) and the httplog into a file; or the log off."""
+    import os
+    path = tmp_path / "mux-router.toml"
+    log_path = tmp_path / log_file if log_file else None
+    path.write_text(configs.router_toml(tmp_path, None, "unix:/run/fg/router.sock", BACKENDS,
+                                        access_log_file=log_path))
+    cfg = load_router_config(path)
+    assert cfg.workers == len(os.sched_getaffinity(0))
+    assert (cfg.access_log, cfg.access_log_format) == (access_log, "httplog")
+    if log_path:
+        assert cfg.access_log_file == log_path
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_terminator_config_is_valid(tmp_path, workers):
+    import os
     pem = tmp_path / "bench.pem"
     pem.write_text("placeholder")
     path = tmp_path / "tls-terminator.toml"
-    path.write_text(configs.terminator_toml(pem, 18443, "unix:/run/fg/router.sock", workers=2))
+    path.write_text(configs.terminator_toml(pem, 18443, "unix:/run/fg/router.sock", workers=workers))
     cfg = load_terminator_config(path)
-    assert (cfg.listen.port, cfg.forward_to.path, cfg.workers) == (18443, "/run/fg/router.sock", 2)
+    assert (cfg.listen.port, cfg.forward_to.path) == (18443, "/run/fg/router.sock")
+    assert cfg.workers == (workers or len(os.sched_getaffinity(0)))
     assert cfg.certificates[0].cert == pem
 
 
-def test_stunnel_variants_differ_only_in_timeout_close(tmp_path):
-    seed = configs.stunnel_conf(tmp_path, "s", tmp_path / "c.pem", 1, 2, timeout_close_zero=False)
-    fixed = configs.stunnel_conf(tmp_path, "s", tmp_path / "c.pem", 1, 2, timeout_close_zero=True)
-    assert "TIMEOUTclose" not in seed
-    assert "TIMEOUTclose = 0" in fixed
-    strip = lambda text: [l for l in text.splitlines() if "TIMEOUTclose" not in l and not l.startswith(";")]
-    assert strip(seed) == strip(fixed)
-    for line in ("fips = no", "[https]", "accept = 127.0.0.1:1", "connect = 127.0.0.1:2"):
-        assert line in seed
+def _stunnel_sections(text: str) -> tuple[list[str], list[str]]:
+    """(global lines, [https] lines), comments left out."""
+    lines = [l for l in text.splitlines() if l and not l.startswith(";")]
+    at = lines.index("[https]")
+    return lines[:at], lines[at + 1:]
+
+
+def test_stunnel_seed_config_and_the_tuned_one(tmp_path):
+    seed = configs.stunnel_conf(tmp_path, "s", tmp_path / "c.pem", 1, 2, tuned=False)
+    tuned = configs.stunnel_conf(tmp_path, "s", tmp_path / "c.pem", 1, 2, tuned=True)
+    seed_global, seed_service = _stunnel_sections(seed)
+    tuned_global, tuned_service = _stunnel_sections(tuned)
+    for line in ("fips = no", f"cert = {tmp_path / 'c.pem'}"):
+        assert line in seed_global
+    assert seed_service == ["accept = 127.0.0.1:1", "connect = 127.0.0.1:2"]
+    assert not any(k in seed for k in ("TIMEOUTclose", "socket", "debug"))
+    # stunnel(8): debug is a global option; socket and TIMEOUTclose belong to the service.
+    assert tuned_global == seed_global + ["debug = warning"]
+    assert tuned_service == seed_service + ["TIMEOUTclose = 0", "socket = l:TCP_NODELAY=1",
+                                            "socket = r:TCP_NODELAY=1"]
+
+
+# --------------------------------------------------------------------------- every request different
+
+def test_the_varied_requests_script_gives_each_thread_an_id_and_keeps_the_command_line_headers():
+    from scripts.bench.scenarios import VARIED_REQUESTS
+    assert 'thread:set("id", threads)' in VARIED_REQUESTS
+    # wrk.format with a header table sends only those: wrk's own (-H Host) must be copied in.
+    assert "for name, value in pairs(wrk.headers) do headers[name] = value end" in VARIED_REQUESTS
+    assert 'headers["Cookie"] = "session=" .. id .. "-" .. n' in VARIED_REQUESTS
+    assert 'wrk.format(nil, wrk.path .. "?t=" .. id .. "&n=" .. n, headers)' in VARIED_REQUESTS
+    assert "local id" not in VARIED_REQUESTS        # a local would hide the id setup() gives the thread
+
+
+def _httplog(target: str, note: str = "") -> str:
+    line = (f'127.0.0.1:5 [06/Dec/2026:02:47:23.093] public static/127.0.0.1:1 0/0/0/0/1 200 1254 - - -- '
+            f'1/1/0/0/0 0/0 "GET {target} HTTP/1.1"')
+    return line + (f" ({note})" if note else "")
+
+
+@pytest.mark.parametrize("targets, expected", [
+    (["/1k.bin?t=1&n=1", "/1k.bin?t=2&n=1", "/1k.bin?t=1&n=2"], (3, 3, {"1", "2"})),
+    (["/1k.bin?t=1&n=1", "/1k.bin?t=1&n=1"], (1, 2, {"1"})),                  # the same twice
+    (["/1k.bin", "/1k.bin"], (0, 0, set())),                                   # plain wrk
+    (["/1k.bin", "/1k.bin?t=1&n=1", "/1k.bin"], (1, 1, {"1"})),               # late lines of the run before
+    (["/1k.bin?n=1&t=12"], (1, 1, {"12"})),
+    ([], (0, 0, set())),
+])
+def test_logged_variety(targets, expected):
+    assert logged_variety("\n".join(_httplog(t) for t in targets) + "\n") == expected
+
+
+def test_logged_variety_reads_lines_with_a_note_and_skips_other_lines():
+    text = "\n".join([_httplog("/a?t=1&n=1", note="retried"), "router started", _httplog("/a?t=2&n=1")])
+    assert logged_variety(text) == (2, 2, {"1", "2"})
+
+
+@pytest.mark.parametrize("before, after, requests, expected", [
+    (1.0, 1.5, 10_000, 50.0),
+    (0.0, 0.0, 10, 0.0),
+    (2.0, 3.0, 0, None),
+])
+def test_cpu_us_per_request(before, after, requests, expected):
+    got = cpu_us_per_request(before, after, requests)
+    assert math.isnan(got) if expected is None else got == pytest.approx(expected)
 
 
 # --------------------------------------------------------------------------- report and chart
@@ -178,54 +253,90 @@ def _results():
     from scripts.bench.report import Results
     r = Results()
     for fg, ref in ((3000.0, 1500.0), (3300.0, 1400.0), (2900.0, 1600.0)):
-        r.add(1, "frontgate", {"rps": fg, "p50": 2.0, "p99": 10.0})
-        r.add(1, "ref_seed", {"rps": ref, "p50": 4.0, "p99": 40.0})
-    r.add(1, "ref_close0", {"rps": 1000.0, "p50": 4.0, "p99": 20.0})
-    r.fail(1, "ref_close0", 1, "wrk exited with 1:\nsome detail\nConnectionRefusedError")
+        r.add(1, "frontgate", {"rps": fg, "p50": 2.0, "p99": 10.0, "rps_same": 4000.0})
+        r.add(1, "ref_tuned", {"rps": ref, "p50": 4.0, "p99": 40.0, "rps_same": 1600.0})
+    r.add(1, "ref_seed", {"rps": 1000.0, "p50": 4.0, "p99": 20.0})
+    r.fail(1, "ref_seed", 1, "wrk exited with 1:\nsome detail\nConnectionRefusedError")
     return r
 
 
 def test_pairs_compare_haproxy_with_the_router_and_the_rest_with_the_pipeline():
     from scripts.bench.report import pairs
     from scripts.bench.scenarios import SCENARIOS
+    assert [(a.key, b.key) for a, b in pairs(SCENARIOS[1])] == [
+        ("frontgate", "ref_tuned"), ("frontgate_nolog", "ref_tuned"),
+        ("frontgate", "ref_seed"), ("frontgate_nolog", "ref_seed")]
     assert [(a.key, b.key) for a, b in pairs(SCENARIOS[6])] == [
-        ("frontgate", "ref_seed"), ("frontgate", "ref_close0"), ("router", "haproxy"), ("frontgate", "direct")]
+        ("frontgate", "ref_tuned"), ("frontgate", "ref_seed"), ("router", "haproxy"), ("frontgate", "direct")]
     assert [(a.key, b.key) for a, b in pairs(SCENARIOS[4])] == [
-        ("router", "haproxy"), ("router", "floor"), ("router", "floor_parsers")]
+        ("router", "haproxy"), ("router_nolog", "haproxy"), ("router", "floor"), ("router_nolog", "floor"),
+        ("router", "floor_parsers"), ("router_nolog", "floor_parsers")]
 
 
-def test_the_relay_floors_stay_out_of_the_summary_and_are_set_against_haproxy():
+def test_the_rate_scenarios_run_every_frontgate_row_and_the_tuned_reference():
+    from scripts.bench.scenarios import SCENARIOS
+    for sid in (1, 2, 3):
+        assert [s.key for s in SCENARIOS[sid].systems] == ["frontgate", "frontgate_nolog", "ref_tuned", "ref_seed"]
+    assert [s.key for s in SCENARIOS[4].systems][:3] == ["router", "router_nolog", "haproxy"]
+    for sid in (1, 2, 4):
+        metrics = [m.key for m in SCENARIOS[sid].metrics]
+        assert "cpu_http" in metrics and [m.key for m in SCENARIOS[sid].metrics if m.noted][0].endswith("_same")
+
+
+def test_the_relay_floors_and_the_seed_stunnel_stay_out_of_the_summary():
     from scripts.bench.harness import Settings
     from scripts.bench.report import Results, comparisons, markdown
     from scripts.bench.scenarios import SCENARIOS
     r = Results()
-    for system, rps, varied in (("router", 1000.0, 700.0), ("haproxy", 2000.0, 1900.0), ("floor", 2400.0, 2300.0),
-                                ("floor_parsers", 1700.0, 1500.0)):
-        r.add(4, system, {"rps": rps, "p50": 1.0, "p99": 2.0, "rps_varied": varied})
-    assert [(c.ours.key, c.ref.key) for c in comparisons(r, [SCENARIOS[4]])] == [("router", "haproxy")]
+    for system, rps, same in (("router", 700.0, 1000.0), ("router_nolog", 900.0, 1100.0), ("haproxy", 1000.0, 2000.0),
+                              ("floor", 2400.0, 2300.0), ("floor_parsers", 1700.0, 1500.0)):
+        r.add(4, system, {"rps": rps, "p50": 1.0, "p99": 2.0, "cpu_http": 30.0, "rps_same": same})
+    assert [(c.ours.key, c.ref.key) for c in comparisons(r, [SCENARIOS[4]])] == [
+        ("router", "haproxy"), ("router_nolog", "haproxy")]
     text = markdown(r, [SCENARIOS[4]], Settings(rounds=1), {}, {"cpus": "2"}, 60.0, None)
     summary = text.split("## Summary")[1].split("## 4.")[0]
-    assert "floor" not in summary and "different" not in summary
-    assert "| uvloop relay, no HTTP work (floor) | 2,400 | 1.00 | 2.00 | 2,300 | 0.42 |" in text    # router / floor
+    assert "floor" not in summary and "again and again" not in summary
+    assert "| 0.70 | ≥ 0.8: **not met** |" in summary and "| 0.90 | ≥ 0.8: met |" in summary
+    # router / floor, router (log off) / floor
+    assert "| uvloop relay, no HTTP work (floor) | 2,400 | 1.00 | 2.00 | 30.0 | 2,300 | 0.29 | 0.38 |" in text
     # The noted metric: against the real reference only, in the notes.
-    assert ("- mux-router alone (plain HTTP) / HAProxy alone (plain HTTP) (requests/s, every request different): "
-            "0.37") in text
-    assert text.count("every request different): ") == 1
-    assert "- uvloop relay, no HTTP work (floor) / HAProxy alone (plain HTTP) (requests/s): 1.20" in text
-    assert "- uvloop relay + the router's head parsers (floor) / HAProxy alone (plain HTTP) (requests/s): 0.85" in text
+    assert ("- mux-router alone as shipped (plain HTTP, access log on) / HAProxy alone (plain HTTP) "
+            "(requests/s, the same request again and again): 0.50") in text
+    assert text.count("again and again): ") == 2
+    assert "- uvloop relay, no HTTP work (floor) / HAProxy alone (plain HTTP) (requests/s): 2.40" in text
+    assert ("- CPU µs per request, all stages: mux-router alone, access log off (plain HTTP) 30.0, HAProxy alone "
+            "(plain HTTP) 30.0 (frontgate / reference 1.00; lower is better)") in text
+    assert text.count("CPU µs per request, all stages") == 2           # the floors are no rivals
+
+
+def test_cpu_of_the_whole_stack_sums_its_stages():
+    from scripts.bench.harness import Settings
+    from scripts.bench.report import Results, markdown
+    from scripts.bench.scenarios import SCENARIOS
+    r = Results()
+    r.add(1, "frontgate_nolog", {"rps": 1.0, "cpu_tls": 40.0, "cpu_http": 50.0})
+    r.add(1, "ref_tuned", {"rps": 1.0, "cpu_tls": 60.0, "cpu_http": 30.0})
+    r.add(1, "frontgate", {"rps": 1.0, "cpu_tls": 40.0})            # a stage not measured: no sum
+    text = markdown(r, [SCENARIOS[1]], Settings(rounds=1), {}, {"cpus": "2"}, 60.0, None)
+    assert ("- CPU µs per request, all stages: frontgate, access log off (terminator + router) 90.0, "
+            "stunnel (tuned) + HAProxy 90.0 (frontgate / reference 1.00; lower is better)") in text
+    assert text.count("CPU µs per request, all stages") == 1
 
 
 def test_markdown_medians_ratios_and_failures():
-    from scripts.bench.harness import Settings
+    from scripts.bench.harness import RUN_WIDE, Settings
     from scripts.bench.report import markdown
     from scripts.bench.scenarios import SCENARIOS
-    text = markdown(_results(), [SCENARIOS[1]], Settings(rounds=3), {1: ["a note"]}, {"cpus": "2"}, 60.0,
-                    "results.png", warning="busy!")
-    assert "| 1 | requests/s (higher is better) | frontgate (tls-terminator + mux-router) | 3,000 (2,900–3,300) |" in text
-    assert "| 2.00 |" in text                         # 3000 / 1500
-    assert "1,000 [1 of 3 rounds]" in text             # a failed round is visible next to the number
+    text = markdown(_results(), [SCENARIOS[1]], Settings(rounds=3), {1: ["a note"], RUN_WIDE: ["a fact"]},
+                    {"cpus": "2"}, 60.0, "results.png", warning="busy!")
+    assert ("| 1 | requests/s (higher is better) | frontgate as shipped (terminator + router, access log on) | "
+            "3,000 (2,900–3,300) | stunnel (tuned) + HAProxy | 1,500 (1,400–1,600) | 2.00 | ≥ 1.0: met |") in text
+    assert "seed 004 config) + HAProxy |" not in text.split("## Summary")[1].split("## 1.")[0]
+    assert "| stunnel (seed 004 config) + HAProxy | 1,000 [1 of 3 rounds] |" in text    # its table row
     assert "round 2: wrk exited with 1: … ConnectionRefusedError" in text
-    assert "- a note" in text and "busy!" in text and "![" in text
+    assert "(requests/s, the same request again and again): 2.50" in text
+    assert "- a note" in text and "- a fact" in text.split("## Summary")[0] and "busy!" in text and "![" in text
+    assert 'workers = "auto"' in text
 
 
 def test_chart_is_a_png_with_one_bar_per_comparison(tmp_path):
@@ -236,7 +347,7 @@ def test_chart_is_a_png_with_one_bar_per_comparison(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
-    assert width > 600 and height == 80 + 30 * 4 + 60     # rps and p99, against two references
+    assert width > 600 and height == 80 + 30 * 4 + 60     # rps and p99, both frontgate rows, one reference
     # Nothing measured yet: every comparison still gets its row, marked "not measured".
     assert render(type(_results())(), [SCENARIOS[1]], tmp_path / "none.png") is not None
 
@@ -250,12 +361,38 @@ def test_results_survive_json_and_re_render(tmp_path, capsys):
     results = _results()
     again = Results.from_json(json.loads(json.dumps(results.to_json())))
     assert again.samples == results.samples and again.failures == results.failures
-    record = {"settings": asdict(Settings(rounds=3)), "scenarios": [1], "systems": ["frontgate", "ref_seed"],
+    record = {"settings": asdict(Settings(rounds=3)), "scenarios": [1], "systems": ["frontgate", "ref_tuned"],
               "notes": {"1": ["a note"]}, "machine": {"cpus": "2"}, "elapsed": 60.0, "load": [0.1, 0.2],
               "generated": "2026-01-01 00:00 UTC", "results": results.to_json()}
     (tmp_path / "results.json").write_text(json.dumps(record))
     assert main(["--from-json", str(tmp_path / "results.json")]) == 0
     text = (tmp_path / "results.md").read_text()
     assert "on 2026-01-01 00:00 UTC" in text and "- a note" in text
-    assert "stunnel (TIMEOUTclose = 0)" not in text          # only the systems that were run
+    assert "stunnel (seed 004 config)" not in text          # only the systems that were run
     assert (tmp_path / "results.png").exists()
+    # Writing the same run again keeps the diary at the end of results.md, and adds nothing to it.
+    from scripts.bench.history import HEADING, MARKER
+    diary = f"{MARKER}\n\n{HEADING}\n\n- an earlier run\n"
+    (tmp_path / "results.md").write_text(text + "\n" + diary)
+    assert main(["--from-json", str(tmp_path / "results.json")]) == 0
+    again = (tmp_path / "results.md").read_text()
+    assert again == text.rstrip() + "\n\n" + diary
+
+
+def test_a_new_run_of_record_puts_the_one_it_replaces_into_the_history():
+    from scripts.bench.history import HEADING, MARKER, with_history
+    old_run = ("# results\n\nGenerated by `scripts/bench/run` on 2026-12-05 15:06 UTC in 22.5 min.\n\n"
+               "## Machine\n\n| frontgate | e2cc945 |\n\n## Summary\n\n| a | table |\n\n## 1. Scenario\n\nrows\n")
+    new_run = old_run.replace("2026-12-05 15:06", "2026-12-24 10:00").replace("e2cc945", "abc1234")
+    entry = ("### Run of record of 2026-12-05 15:06 UTC, on e2cc945\n\n"
+             "Generated by `scripts/bench/run` on 2026-12-05 15:06 UTC in 22.5 min.\n\n| a | table |")
+    # The first time: the old run starts the history.
+    first = with_history(new_run, old_run)
+    assert first == f"{new_run.rstrip()}\n\n{MARKER}\n\n{HEADING}\n\n{entry}\n"
+    # Then the next run: newest first, the older entries kept below.
+    newer = new_run.replace("2026-12-24 10:00", "2026-12-25 10:00")
+    second = with_history(newer, first)
+    assert second.index("Run of record of 2026-12-24 10:00 UTC, on abc1234") < second.index(entry)
+    assert second.count(MARKER) == 1 and second.count(HEADING) == 1 and second.count("## 1. Scenario") == 1
+    assert with_history(new_run, None) == new_run
+    assert with_history("Generated by x on a in b", "no summary here") == "Generated by x on a in b"

@@ -29,8 +29,9 @@ def copy_configs(tmp_path: Path) -> Path:
 def test_fingerprints_follow_what_each_stage_reads(tmp_path):
     configs = copy_configs(tmp_path)
     deployed = Deployed(tmp_path / "run" / "deployed")
-    assert deployed.changed(configs) == ["tls-terminator", "mux-router", "health-checker"]   # nothing recorded
-    for stage in ("tls-terminator", "mux-router", "health-checker"):
+    stages = ["tls-terminator", "mux-router", "health-checker", "cert-manager"]
+    assert deployed.changed(configs) == stages   # nothing recorded
+    for stage in stages:
         deployed.record(stage, configs)
     assert deployed.changed(configs) == []
     router = configs / "mux-router.toml"
@@ -39,6 +40,12 @@ def test_fingerprints_follow_what_each_stage_reads(tmp_path):
     assert deployed.changed(configs) == ["mux-router", "health-checker"]
     deployed.record("mux-router", configs)
     deployed.record("health-checker", configs)
+    deployed.record("tls-terminator", configs)
+    # cert-manager reads its own file (and the router's only with router_config: not as shipped).
+    manager = configs / "cert-manager.toml"
+    manager.write_text(manager.read_text() + "\n# changed\n")
+    assert deployed.changed(configs) == ["cert-manager"]
+    deployed.record("cert-manager", configs)
     (tmp_path / "certs" / "dev.pem").write_text("a renewed certificate\n")
     assert deployed.changed(configs) == ["tls-terminator"]
     deployed.record("tls-terminator", configs)

@@ -299,10 +299,23 @@ def test_a_websocket_upgrade_becomes_a_tunnel(config):
     ex.backend_ready("web/s", False)
     assert b"Connection: Upgrade" in io.backend and b"Upgrade: websocket" in io.backend
     ex.backend_data(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nframe")
-    assert ex.state is TUNNEL and io.named("start_tunnel") == [()]
+    assert ex.state is TUNNEL and io.named("start_tunnel") == [(b"", b"frame")]
     assert io.client.endswith(b"\r\n\r\nframe")
     ex.tunnel_ended("", 10, 20)
     assert io.logged[-1][2] == 101 and io.logged[-1][-1] > 20
+
+
+def test_a_tunnel_starts_with_what_already_passed_each_way(config):
+    """The bytes after the two heads (a client's frame sent with its upgrade, the backend's first
+    frame with its 101) are the tunnel's prelude: its keepalive counts frames from their start."""
+    ex, io = machine(config)
+    ex.client_data(get("/ws", extra="Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n")
+                   + b"\x81\x02hi")
+    ex.backend_ready("web/s", False)
+    ex.backend_data(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                    b"\x81\x01x")
+    assert io.named("start_tunnel") == [(b"\x81\x02hi", b"\x81\x01x")]
+    assert io.backend.endswith(b"\r\n\r\n\x81\x02hi")
 
 
 def test_a_101_without_an_upgrade_request_is_502(config):

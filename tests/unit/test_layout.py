@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DAEMONS_AND_TOOLS = {"tls_terminator", "mux_router", "health_checker", "frontgate_ops"}
+DAEMONS_AND_TOOLS = {"tls_terminator", "mux_router", "health_checker", "cert_manager", "frontgate_ops"}
 
 
 def imported_packages(path: Path) -> set[str]:

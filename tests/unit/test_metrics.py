@@ -15,9 +15,9 @@ from OpenSSL import SSL
 from prometheus_client.parser import text_string_to_metric_families
 
 from frontgate.config import ConfigError, load_router_config, load_terminator_config
-from frontgate.metrics import (AdminRequestError, Family, RateMeter, decode_values, encode_values, http_response,
-                               merge, merge_rates, parse_admin_request, read_snapshots, render_prometheus,
-                               snapshot_doc)
+from frontgate.admin_http import AdminRequestError, http_response, parse_admin_request
+from frontgate.metrics import (Family, RateMeter, decode_values, encode_values, merge, merge_rates, read_snapshots,
+                               render_prometheus, snapshot_doc)
 from frontgate.stats_page import DOWN_COLOUR, UP_COLOUR, render
 from mux_router.stats import FAMILIES as ROUTER_FAMILIES, RouterStats, code_class
 from tls_terminator.stats import TerminatorStats, handshake_failure_reason, names_label

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from frontgate.config import Address, App, RedirectRule, Server
-from mux_router.routing import any_host_matches, find_redirect, ip_in, misdirected, parse_ip, select_app, sni_host
+from frontgate.addresses import parse_ip
+from mux_router.routing import any_host_matches, find_redirect, ip_in, misdirected, select_app, sni_host
 
 
 def app(name, hosts, prefix="/"):

@@ -1,0 +1,204 @@
+"""cert-manager against a real Pebble, through the real router and terminator: a name gets a
+certificate by http-01 (the router answers the CA on its plain listener, before its https
+redirect), the terminator serves it and `openssl s_client` verifies the chain against Pebble's
+root; with Pebble stopped at renewal time the old certificate keeps being served while
+cert-manager backs off; Pebble back, the certificate is renewed. Pebble's bad-nonce rejections
+are survived. Everything on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography import x509
+
+from tests.helpers import daemon_output, free_port, start_daemon, stop_daemon, wait_until
+from tests.pebble import Pebble, require_pebble
+
+NAME = "shop.frontgate.test"
+
+
+class Stack:
+    """router + terminator + cert-manager in `root`, cert-manager pointed at `pebble`."""
+
+    def __init__(self, root: Path, pebble: Pebble, plain_port: int):
+        self.root, self.pebble, self.plain_port = root, pebble, plain_port
+        self.tls_port, self.proxy_port, self.admin_port = free_port(), free_port(), free_port()
+        self.configs = root / "configs"
+        self.certs = root / "certs" / "live"
+        self.challenges = root / "state" / "acme-challenges"
+        self.state = root / "state" / "acme"
+        self.procs: dict[str, subprocess.Popen] = {}
+        for d in (self.configs, self.certs, self.challenges):
+            d.mkdir(parents=True, exist_ok=True)
+        fallback = trustme.CA().issue_cert("fallback.test")
+        fallback.private_key_and_cert_chain_pem.write_to_path(str(self.configs / "fallback.pem"))
+        (self.configs / "fallback.pem").chmod(0o600)
+        (self.configs / "mux-router.toml").write_text(f"""
+[router]
+state_file = "../state/health.json"
+access_log_file = "-"
+acme_challenge_dir = "../state/acme-challenges"
+[listen.public]
+address = "127.0.0.1:{plain_port}"
+[listen.from_terminator]
+address = "127.0.0.1:{self.proxy_port}"
+proxy_protocol = true
+scheme = "https"
+[[redirect]]
+listener = "public"
+to_scheme = "https"
+[[app]]
+name = "shop"
+hosts = ["{NAME}"]
+servers = ["127.0.0.1:{free_port()}"]
+acme = true
+""")
+        (self.configs / "tls-terminator.toml").write_text(f"""
+[terminator]
+listen = "127.0.0.1:{self.tls_port}"
+forward_to = "127.0.0.1:{self.proxy_port}"
+certs_dir = "../certs/live"
+certs_poll_interval = 1
+[[certificate]]
+cert = "fallback.pem"
+default = true
+""")
+        (self.configs / "cert-manager.toml").write_text(f"""
+[cert_manager]
+directory_url = "{pebble.directory_url}"
+contact = ["mailto:ops@frontgate.test"]
+ca_bundle = "{pebble.ca_pem}"
+router_config = "mux-router.toml"
+retry_min = 1
+retry_max = 3
+order_timeout = 30
+[admin]
+address = "127.0.0.1:{self.admin_port}"
+""")
+
+    def start(self) -> "Stack":
+        self.procs["router"] = start_daemon(["mux-router", "--config", str(self.configs / "mux-router.toml")],
+                                            wait_for=("127.0.0.1", self.plain_port))
+        self.procs["terminator"] = start_daemon(["tls-terminator", "--config", str(self.configs / "tls-terminator.toml")],
+                                                wait_for=("127.0.0.1", self.tls_port))
+        self.procs["cert-manager"] = start_daemon(["cert-manager", "--config", str(self.configs / "cert-manager.toml")],
+                                                  wait_for=("127.0.0.1", self.admin_port))
+        return self
+
+    def stop(self) -> dict[str, str]:
+        return {name: stop_daemon(proc) for name, proc in self.procs.items()}
+
+    def cert_file(self) -> Path:
+        return self.certs / f"{NAME}.pem"
+
+    def installed_serial(self) -> int | None:
+        try:
+            return x509.load_pem_x509_certificate(self.cert_file().read_bytes()).serial_number
+        except (OSError, ValueError):
+            return None
+
+    def state_doc(self) -> dict:
+        try:
+            return json.loads((self.state / f"{NAME}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def s_client(self, root_pem: bytes) -> tuple[int | None, str]:
+        """(serial of the certificate served for NAME, s_client's verify line) against `root_pem`."""
+        ca = self.root / "pebble-root.pem"
+        ca.write_bytes(root_pem)
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{self.tls_port}", "-servername", NAME,
+                              "-CAfile", str(ca), "-verify_hostname", NAME],
+                             input="", capture_output=True, text=True, timeout=20).stdout
+        verify = re.search(r"Verify return code: .*", out)
+        pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
+        serial = x509.load_pem_x509_certificate(pem.group(0).encode()).serial_number if pem else None
+        return serial, verify.group(0) if verify else out
+
+
+def metric(text: str, family: str) -> float:
+    m = re.search(rf"^frontgate_cert_manager_{family}\{{name=\"{re.escape(NAME)}\"\}} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.fixture
+def plain_port():
+    return free_port()
+
+
+@pytest.mark.timeout(180)
+def test_issue_serve_back_off_while_pebble_is_down_then_renew(tmp_path, plain_port):
+    require_pebble()
+    pebble = Pebble(tmp_path / "pebble", plain_port, validity=40).start()
+    stack = Stack(tmp_path, pebble, plain_port)
+    logs: dict[str, str] = {}
+    try:
+        stack.start()
+        # 1. Issued end to end: installed whole, mode 0600; the terminator serves it and the chain
+        #    verifies against Pebble's root.
+        first = wait_until(stack.installed_serial, timeout=60, interval=0.2, what="the first certificate")
+        assert stack.cert_file().stat().st_mode & 0o777 == 0o600
+        root = pebble.root_pem()
+        served = wait_until(lambda: (s := stack.s_client(root))[0] == first and s, timeout=15, interval=0.3,
+                            what="the terminator serving the new certificate")
+        assert served[1] == "Verify return code: 0 (ok)", served
+        # The CA's validation went through the router (the token answered 200 on the plain listener
+        # despite its https redirect), and the token is gone now that the order has ended.
+        router_log = daemon_output(stack.procs["router"])
+        assert re.search(r"GET /\.well-known/acme-challenge/[A-Za-z0-9_-]+ HTTP/1\.1\"?.*", router_log), router_log
+        assert re.search(r" 200 .*<acme-challenge>|<acme-challenge>.* 200 ", router_log), router_log
+        assert list(stack.challenges.iterdir()) == []
+        assert metric(stack.metrics(), "issued_total") == 1
+        # 2. Pebble stops; renewal comes due (a third of 40 s left) and fails, again and again, with
+        #    back-off; the certificate in use is untouched and still served.
+        pebble.stop()
+        wait_until(lambda: stack.state_doc().get("failures", 0) >= 2, timeout=60, interval=0.3,
+                   what="two failed renewals")
+        doc = stack.state_doc()
+        assert doc["last_error"] and doc["next_attempt"] > doc["last_error_at"]
+        assert stack.installed_serial() == first
+        assert stack.s_client(root) == (first, "Verify return code: 0 (ok)")
+        text = stack.metrics()
+        assert metric(text, "failures_total") >= 2 and metric(text, "consecutive_failures") >= 2
+        # 3. Pebble back (a new CA, which has forgotten the account): renewed, served, verified.
+        pebble.start()
+        second = wait_until(lambda: (s := stack.installed_serial()) != first and s, timeout=30, interval=0.2,
+                            what="the renewed certificate")
+        new_root = pebble.root_pem()
+        served = wait_until(lambda: (s := stack.s_client(new_root))[0] == second and s, timeout=15, interval=0.3,
+                            what="the terminator serving the renewed certificate")
+        assert served[1] == "Verify return code: 0 (ok)"
+        assert stack.state_doc()["failures"] == 0
+        assert metric(stack.metrics(), "renewed_total") == 1
+    finally:
+        logs = stack.stop()
+        pebble.stop()
+    assert "order failed" in logs["cert-manager"] and "renewed" in logs["cert-manager"], logs["cert-manager"]
+
+
+@pytest.mark.timeout(120)
+def test_bad_nonce_rejections_are_survived(tmp_path, plain_port):
+    """Pebble refusing 40% of good nonces: each POST is retried until one is taken, so the first
+    order succeeds (the library alone retries once: an order of some 20 POSTs would fail)."""
+    require_pebble()
+    pebble = Pebble(tmp_path / "pebble", plain_port, nonce_reject=40).start()
+    stack = Stack(tmp_path, pebble, plain_port)
+    try:
+        stack.start()
+        wait_until(stack.installed_serial, timeout=60, interval=0.2, what="a certificate")
+        text = stack.metrics()
+        assert metric(text, "issued_total") == 1
+        assert metric(text, "failures_total") == 0, stack.state_doc()
+        assert float(re.search(r"^frontgate_cert_manager_bad_nonces_total (\S+)$", text, re.M).group(1)) > 0
+    finally:
+        stack.stop()
+        pebble.stop()
