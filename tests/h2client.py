@@ -15,10 +15,10 @@ import h2.settings
 from frontgate import proxy_protocol
 
 
-def proxy_header(sni: str | None = "coltrane.localhost", src: str = "203.0.113.20") -> bytes:
+def proxy_header(sni: str | None = "coltrane.localhost", src: str = "203.0.113.20", alpn: str | None = "h2") -> bytes:
     return proxy_protocol.encode(proxy_protocol.ProxyHeader(
         command="PROXY", family="TCP4", src=(src, 40000), dst=("127.0.0.1", 443), authority=sni,
-        alpn="h2", tls_version="TLSv1.3"))
+        alpn=alpn, tls_version="TLSv1.3"))
 
 
 class Response:
