@@ -82,6 +82,7 @@ class Exchange(RequestBodySide, ResponseSide):
     def __init__(self, router, peer: Peer, io, need_proxy: bool, clock=time.monotonic):
         self.router, self.peer, self.io, self.clock = router, peer, io, clock
         self.state = PROXY if need_proxy else IDLE
+        self.relayed = need_proxy       # a PROXY header comes first (the terminator's connection)
         self.buf = b""                  # client bytes not yet used
         self.parser: RequestHeadParser | None = None    # a head that came in pieces
         self.requests = 0
@@ -102,8 +103,11 @@ class Exchange(RequestBodySide, ResponseSide):
 
     @property
     def idle(self) -> bool:
-        """Between requests with nothing of the next one: a shutdown may close it at once."""
-        return self.state is IDLE and not self.buf and self.parser is None
+        """Between requests with nothing of the next one: a shutdown may close it at once. Not a
+        relayed connection between its PROXY header and its first request: the terminator sends
+        the header as a client's handshake ends, so that client's request is on its way."""
+        return (self.state is IDLE and not self.buf and self.parser is None
+                and (self.requests > 0 or not self.relayed))
 
     def client_data(self, data: bytes) -> None:
         self.buf = self.buf + data if self.buf else data

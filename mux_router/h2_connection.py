@@ -53,6 +53,7 @@ class H2Connection(asyncio.Protocol):
         self.limits = h2_limits.ConnectionLimits(0.0)
         self.transport_paused = self.lost = self.closing = False
         self.last_stream = MAX_STREAM_ID        # after a final GOAWAY: the last stream served
+        self.served = 0                         # streams taken
 
     # ---- asyncio callbacks
 
@@ -156,6 +157,7 @@ class H2Connection(asyncio.Protocol):
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
         self.idle_timer.clear()
+        self.served += 1
         stream = self.streams[sid] = StreamIO(self, sid)
         stream.request(event.headers, event.stream_ended is not None)
 
@@ -233,7 +235,9 @@ class H2Connection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return not self.streams
+        """No stream in flight, and not a fresh connection: its first request is on its way (the
+        terminator relays the client as its handshake ends), so a shutdown drains it instead."""
+        return not self.streams and self.served > 0
 
     def close(self) -> None:
         if not self.closing and not self.lost:

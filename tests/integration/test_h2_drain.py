@@ -61,3 +61,20 @@ def test_sigterm_sends_goaway_and_finishes_the_streams_in_flight(env):
     assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in after), frames
     assert "END_STREAM" in [f for f in frames if isinstance(f, DataFrame) and f.stream_id == 1][-1].flags
     env.proc.wait(10)
+
+
+def test_sigterm_right_after_the_handshake_still_serves_the_first_request(env):
+    """A fresh connection (PROXY header and preface in, no stream yet) is drained, not closed: the
+    client's first request, on its way, is answered."""
+    sock = socket.create_connection(("127.0.0.1", env.proxied), timeout=10)
+    sock.sendall(proxy_header() + PREFACE + SettingsFrame(0).serialize())
+    time.sleep(0.3)
+    env.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "https"), (":authority", "coltrane.localhost"),
+                                    (":path", "/first")])
+    sock.sendall(HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+    frames = frames_until_eof(sock)
+    sock.close()
+    assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames), frames
+    assert [g.last_stream_id for g in frames if isinstance(g, GoAwayFrame)][-1] == 1, frames

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 
 import pytest
 
@@ -37,6 +38,16 @@ def test_route_add_serves_without_reload_and_rm_stops(node, backends):
     frontgate(node.configs, "route", "rm", "blog.example.net")
     wait_until(lambda: node.get("blog.example.net")[0] == 404, BOUND, what="route removed")
     assert "reload" not in daemon_output(node.proc).lower()
+
+
+def test_a_reload_keeps_serving_the_routes(node, backends):
+    """SIGHUP re-reads the static config; the routes are merged into it, not dropped until the
+    table changes next."""
+    frontgate(node.configs, "route", "add", "blog.example.net", backends["blog"].address)
+    wait_until(lambda: node.serves("blog.example.net", "/", "blog"), BOUND, what="route served")
+    node.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded" in daemon_output(node.proc), BOUND, what="reload logged")
+    assert node.serves("blog.example.net", "/", "blog")
 
 
 def test_a_kept_alive_connection_keeps_working_across_table_swaps(node, backends):

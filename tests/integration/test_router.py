@@ -897,6 +897,37 @@ def test_sigterm_with_only_idle_keep_alive_clients_exits_at_once(small_router):
         c.close()
 
 
+def test_sigterm_keeps_a_relayed_connection_whose_request_is_on_its_way(tmp_path):
+    """The terminator sends the PROXY header as its client's handshake ends, the request a moment
+    later: a shutdown in between waits for that request (closing would drop it: a fresh client
+    does not retry)."""
+    loop = LoopThread()
+    backend = Backend("one")
+    loop.run(backend.start())
+    port = free_port()
+    config = tmp_path / "mux-router.toml"
+    config.write_text(SMALL_TOML.format(port=port, name="one", host="one.localhost", backend=backend.address)
+                      .replace('grace = 2', 'grace = 2\ntrusted_sources = ["127.0.0.1/32"]')
+                      .replace('address = "127.0.0.1:%d"' % port, 'address = "127.0.0.1:%d"\nproxy_protocol = true' % port))
+    proc = start_daemon(["mux-router", "--config", str(config)], wait_for=("127.0.0.1", port))
+    try:
+        client = RawClient(port)
+        client.send(proxy_protocol.encode(proxy_protocol.ProxyHeader(
+            command="PROXY", family="TCP4", src=("203.0.113.7", 40000), dst=("127.0.0.1", 443))))
+        time.sleep(0.2)     # the router reads the header (nothing shows it; a slow one only weakens the test)
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: not _accepts(port), what="the listener closed")
+        client.send(b"GET / HTTP/1.1\r\nHost: one.localhost\r\n\r\n")
+        status, headers, body = client.response()
+        assert status == 200 and headers.get("connection") == "close"
+        assert proc.wait(TIMEOUT) == 0
+        client.close()
+    finally:
+        stop_daemon(proc)
+        loop.run(backend.kill())
+        loop.stop()
+
+
 def test_sigterm_cuts_a_request_still_running_when_the_grace_from_the_toml_ends(small_router):
     proc, port, config, backend = small_router
     client = RawClient(port)

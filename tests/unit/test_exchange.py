@@ -349,3 +349,21 @@ def test_proxy_header_intake(config, peer, data, outcome):
     else:
         assert status_line(io.client).split(b" ")[1] == outcome.encode()
         assert ex.state is CLOSED
+
+
+@pytest.mark.parametrize("listener,data,idle", [
+    ("public", b"", True),                                          # never sent a byte: closed at a shutdown
+    ("public", get(host="nowhere.localhost"), True),                # answered, between requests
+    ("public", b"GET / HT", False),                                 # a head on its way
+    ("tls", b"", False),                                            # the PROXY header not in yet
+    ("tls", header(), False),                                       # the header in: the request follows
+    ("tls", header() + get(), True),                                # answered, between requests
+])
+def test_what_a_shutdown_may_close_at_once(config, listener, data, idle):
+    ex, io = machine(config, listener=listener)
+    if data:
+        ex.client_data(data)
+    if io.named("dispatch"):                # a backend's answer, the connection kept
+        ex.backend_ready("web/s", True)
+        ex.backend_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert ex.state is not CLOSED and ex.idle is idle
