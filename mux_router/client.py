@@ -7,7 +7,7 @@ import asyncio
 
 from mux_router import access_log
 from mux_router.backend_side import BackendSide
-from mux_router.deadline import Deadline
+from mux_router.deadline import Deadline, ExchangeDeadlines
 from mux_router.exchange import Exchange
 from mux_router.h2_connection import H2Connection
 from mux_router.peer import Peer
@@ -17,7 +17,7 @@ LINGER_TIME = 2.0              # reading (and dropping) a client's unread input 
 LINGER_BYTES = 256 * 1024      # ... so that the kernel does not RST away our last answer
 
 
-class ClientProtocol(BackendSide, asyncio.Protocol):
+class ClientProtocol(BackendSide, ExchangeDeadlines, asyncio.Protocol):
 
     def __init__(self, router, listener):
         self.router = router
@@ -117,18 +117,6 @@ class ClientProtocol(BackendSide, asyncio.Protocol):
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
-
-    def client_deadline(self, seconds: float | None) -> None:
-        if seconds is None:
-            self.timer.clear()
-        else:
-            self.timer.set(seconds)
-
-    def server_deadline(self, seconds: float | None) -> None:
-        if seconds is None:
-            self.server_timer.clear()
-        else:
-            self.server_timer.set(seconds)
 
     def close_client(self, linger: bool) -> None:
         """Close; `linger`: the client may still be sending, so shut our side and drop its input

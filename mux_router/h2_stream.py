@@ -19,7 +19,7 @@ from h2.exceptions import ProtocolError
 
 from mux_router import access_log
 from mux_router.backend_side import BackendSide
-from mux_router.deadline import Deadline
+from mux_router.deadline import Deadline, ExchangeDeadlines
 from mux_router.exchange import Exchange
 from mux_router.h2_fields import Malformed, chunk, last_chunk, request_head
 from mux_router.h2_response import ResponseReader
@@ -28,7 +28,7 @@ from mux_router.http1 import RequestHead
 log = logging.getLogger("mux-router")
 
 
-class StreamIO(BackendSide):
+class StreamIO(BackendSide, ExchangeDeadlines):
     """`conn` is the connection's driver (h2_connection.H2Connection): its `h2` state machine,
     `router`, `peer`, `loop`, and the connection-wide decisions (writes, stalls, the end)."""
 
@@ -205,18 +205,6 @@ class StreamIO(BackendSide):
         if on and self.unacked:
             unacked, self.unacked = self.unacked, 0
             self.conn.acknowledge(unacked, self.stream_id)
-
-    def client_deadline(self, seconds: float | None) -> None:
-        if seconds is None:
-            self.timer.clear()
-        else:
-            self.timer.set(seconds)
-
-    def server_deadline(self, seconds: float | None) -> None:
-        if seconds is None:
-            self.server_timer.clear()
-        else:
-            self.server_timer.set(seconds)
 
     def _client_timed_out(self) -> None:
         if self.closing:
