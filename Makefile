@@ -25,8 +25,8 @@ $(SSLYZE):
 	touch $@
 
 # The benchmark's Debian tools (command:package), installed only when one is missing. The suite's
-# smoke test of the benchmark harness needs them too.
-BENCH_TOOLS := haproxy:haproxy stunnel:stunnel4 nginx:nginx wrk:wrk ab:apache2-utils
+# smoke test of the benchmark harness needs them too; the HTTP/2 tests need nghttp and h2load.
+BENCH_TOOLS := haproxy:haproxy stunnel:stunnel4 nginx:nginx wrk:wrk ab:apache2-utils h2load:nghttp2-client nghttp:nghttp2-client
 bench-tools:
 	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; for t in $(BENCH_TOOLS); do \
 	  command -v "$${t%%:*}" >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \

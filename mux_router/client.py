@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from mux_router import access_log, backends
-from mux_router.deadline import Deadline
+from mux_router import access_log
+from mux_router.backend_side import BackendSide
+from mux_router.deadline import Deadline, ExchangeDeadlines
 from mux_router.exchange import Exchange
+from mux_router.h2_connection import H2Connection
 from mux_router.peer import Peer
 from mux_router.tunnel import Tunnel
 
@@ -15,18 +17,15 @@ LINGER_TIME = 2.0              # reading (and dropping) a client's unread input 
 LINGER_BYTES = 256 * 1024      # ... so that the kernel does not RST away our last answer
 
 
-class ClientProtocol(asyncio.Protocol):
+class ClientProtocol(BackendSide, ExchangeDeadlines, asyncio.Protocol):
 
     def __init__(self, router, listener):
         self.router = router
         self.listener = listener        # as of the accept; the connection follows reloads of its address
-        self.backend: backends.BackendConnection | None = None
-        self.app = self.servers = self.slot = None     # the backend's app, servers in order, slot
-        self.waiting: asyncio.Task | None = None    # a dispatch that waits (queue, connect)
+        self._init_backend_side()
         self.tunnel: Tunnel | None = None
         self.write_paused = self.lost = False
         self.lingering = -1             # bytes dropped since the linger began; -1: not lingering
-        self._paused_by: set[str] = set()       # why the client's reading is paused
 
     # ---- asyncio callbacks
 
@@ -65,9 +64,7 @@ class ClientProtocol(asyncio.Protocol):
         self.lost = True
         self.timer.cancel()
         self.server_timer.cancel()
-        if self.waiting is not None:
-            self.waiting.cancel()       # it gives its server slot back
-            self.waiting = None
+        self.stop_waiting()
         if self.tunnel is not None:
             self.tunnel.client_lost(exc)
         else:
@@ -114,73 +111,12 @@ class ClientProtocol(asyncio.Protocol):
     def to_client(self, data: bytes) -> None:
         self.transport.write(data)
 
-    def to_backend(self, data: bytes) -> None:
-        self.backend.transport.write(data)
-
-    def dispatch(self, app, hash_key: bytes) -> None:
-        backends.dispatch(self.router, self, app, hash_key)
-
-    def attach(self, conn: backends.BackendConnection, app, servers, slot) -> None:
-        """The backend connection (and server slot) the exchange's request goes on; `servers`: the
-        balancer's order, for a retry."""
-        self.backend, self.app, self.servers, self.slot = conn, app, servers, slot
-        conn.client = self
-        if self.write_paused:
-            conn.transport.pause_reading()
-
-    def redo_fresh(self) -> None:
-        conn, self.backend = self.backend, None
-        conn.client = None
-        conn.abort()
-        backends.redo_fresh(self.router, self, self.app, self.servers, self.slot)
-
-    def release_backend(self, reusable: bool) -> None:
-        conn, self.backend = self.backend, None
-        if conn is not None:
-            if reusable and self.write_paused:
-                conn.transport.resume_reading()
-            self.router.backends.release(conn, reusable)
-            if "backend" in self._paused_by:
-                self.client_reading(True, "backend")
-        self.router.release_slot(self.app, self.slot)
-        self.app = self.servers = self.slot = None
-
-    def backend_reading(self, on: bool) -> None:
-        if self.backend is not None:
+    def _reading(self, on: bool) -> None:
+        if not self.lost:
             if on:
-                self.backend.transport.resume_reading()
-            else:
-                self.backend.transport.pause_reading()
-
-    def backend_write_paused(self, paused: bool) -> None:
-        """The backend takes the request body slower than the client sends it."""
-        self.client_reading(not paused, "backend")
-        self.exchange.backend_write_paused(paused)
-
-    def client_reading(self, on: bool, why: str = "buffer") -> None:
-        paused = self._paused_by
-        was = bool(paused)
-        if on:
-            paused.discard(why)
-        else:
-            paused.add(why)
-        if was != bool(paused) and not self.lost:
-            if paused:
-                self.transport.pause_reading()
-            else:
                 self.transport.resume_reading()
-
-    def client_deadline(self, seconds: float | None) -> None:
-        if seconds is None:
-            self.timer.clear()
-        else:
-            self.timer.set(seconds)
-
-    def server_deadline(self, seconds: float | None) -> None:
-        if seconds is None:
-            self.server_timer.clear()
-        else:
-            self.server_timer.set(seconds)
+            else:
+                self.transport.pause_reading()
 
     def close_client(self, linger: bool) -> None:
         """Close; `linger`: the client may still be sending, so shut our side and drop its input
@@ -209,6 +145,20 @@ class ClientProtocol(asyncio.Protocol):
         self.client_reading(True, "buffer")
         self.tunnel = Tunnel(self, self.exchange, conn.transport, client_sent, backend_sent)
         self.tunnel.start(self.exchange.client_eof, conn.done)
+
+    def start_h2(self, data: bytes) -> None:
+        """The client chose HTTP/2: its driver (h2_connection) takes the transport from here on."""
+        self.timer.cancel()
+        self.server_timer.cancel()
+        self.router.connections.discard(self)
+        driver = H2Connection(self.router, self.peer)
+        self.transport.set_protocol(driver)
+        driver.connection_made(self.transport)
+        if data:
+            driver.data_received(data)
+
+    def drain(self) -> None:
+        """Shutdown: nothing to say, each exchange ends its connection after its response."""
 
     def log(self, *fields) -> None:
         access_log.record(self.router, self.peer, *fields)

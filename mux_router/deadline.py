@@ -48,3 +48,20 @@ class Deadline:
             return
         self.when = None
         self._callback()
+
+
+class ExchangeDeadlines:
+    """The two timers of an exchange machine's `io` (`timer`: the client's, `server_timer`: the
+    backend's), as the machine arms them: seconds, or None to clear. Shared by its drivers."""
+
+    def client_deadline(self, seconds: float | None) -> None:
+        if seconds is None:
+            self.timer.clear()
+        else:
+            self.timer.set(seconds)
+
+    def server_deadline(self, seconds: float | None) -> None:
+        if seconds is None:
+            self.server_timer.clear()
+        else:
+            self.server_timer.set(seconds)

@@ -23,6 +23,7 @@ The `io` interface (all calls are made synchronously; `dispatch` may call back a
   close_client(linger), abort_client()
   start_tunnel(client_sent, backend_sent)   after a 101: bytes both ways, then tunnel_ended();
                                  the arguments: what already passed each way after the two heads
+  start_h2(data)                 the PROXY header says ALPN h2: HTTP/2's driver takes the connection
   log(fields)                    an access-log record (access_log.record's arguments)
 """
 from __future__ import annotations
@@ -206,6 +207,11 @@ class Exchange(RequestBodySide, ResponseSide):
         self.buf = self.buf[consumed:]
         self.peer.take_proxy_header(header)
         self.state = IDLE
+        if header.alpn == "h2":         # the client chose HTTP/2 by ALPN: its driver takes over
+            self.state, rest, self.buf = CLOSED, self.buf, b""
+            self.io.client_deadline(None)
+            self.io.start_h2(rest)
+            return False
         return True
 
     def _head(self):

@@ -444,6 +444,8 @@ class RequestHeadParser(_HeadParser):
         self._check_start(*m.groups())
 
     def _check_start(self, method: bytes, target: bytes, version: bytes) -> None:
+        if method == b"PRI":        # the HTTP/2 preface: cleartext h2c is not served (only h2 by ALPN)
+            raise HttpError(400, "HTTP/2 without TLS (h2c) is not served")
         if version not in _SUPPORTED_VERSIONS:
             raise HttpError(505, f"{version.decode()} is not supported")
         if method == b"CONNECT":

@@ -127,6 +127,7 @@ class Router(ServerSlots):
             if conn.idle:
                 conn.close()
             else:
+                conn.drain()            # HTTP/2: GOAWAY, no new stream
                 busy[conn.closed] = conn
         log.info("stopping: %d connections in flight", len(busy))
         if busy:

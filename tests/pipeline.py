@@ -17,7 +17,7 @@ import trustme
 
 from tests.certmaker import make_leaf
 
-from tests.helpers import BIN, REPO, free_port, start_daemon, stop_daemon, wait_until
+from tests.helpers import BIN, REPO, daemon_output, free_port, start_daemon, stop_daemon, wait_until
 
 
 class Pipeline:
@@ -171,6 +171,10 @@ fall = 3
 
     def curl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20)
+
+    def router_output(self) -> str:
+        """What the router has printed so far (its access log goes to stdout here)."""
+        return daemon_output(self.procs["mux-router"])
 
     def pid(self, name: str) -> int:
         return self.procs[name].pid

@@ -32,7 +32,6 @@ INTERMEDIATE_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_C
 # Its key exchange groups, preferred first. OpenSSL's own default list adds X448, secp521r1, the
 # ffdhe groups and (OpenSSL 3.5+) the hybrid X25519MLKEM768; scanners flag the first ones.
 INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
-ALPN_HTTP11 = b"http/1.1"
 # The same on every context: OpenSSL checks that a resumed session belongs to this context.
 # Contexts that ask for client certificates use their own (see certs.CertStore).
 SESSION_ID_CONTEXT = b"frontgate"
@@ -43,10 +42,18 @@ _VERSIONS = {"TLSv1": SSL.TLS1_VERSION, "TLSv1.1": SSL.TLS1_1_VERSION, "TLSv1.2"
              "TLSv1.3": SSL.TLS1_3_VERSION}
 
 
-def select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:
-    # The router speaks HTTP/1.1 only. A client that offers ALPN without it (h2-only) gets no ALPN
-    # at all rather than a failed handshake: it may still manage, and that is its call.
-    return ALPN_HTTP11 if ALPN_HTTP11 in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+def alpn_selector(protocols: tuple[str, ...]) -> Callable[[SSL.Connection, list[bytes]], bytes]:
+    """The ALPN choice for [terminator] alpn: ours in our order of preference, the first the client
+    offers too. A client that offers none of them gets no ALPN at all rather than a failed
+    handshake: it may still manage (HTTP/1.1), and that is its call."""
+    ours = [p.encode() for p in protocols]
+
+    def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+        for protocol in ours:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+    return select
 
 
 def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> None:
@@ -76,7 +83,7 @@ def apply_policy(ctx: SSL.Context, policy: TlsPolicy, cfg_path: object = "") -> 
     ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
     ctx.set_session_id(SESSION_ID_CONTEXT)
     ctx.set_timeout(policy.session_timeout)
-    ctx.set_alpn_select_callback(select_alpn)
+    ctx.set_alpn_select_callback(alpn_selector(policy.alpn))
 
 
 def set_groups(ctx: SSL.Context, groups: tuple[str, ...], cfg_path: object = "") -> None:

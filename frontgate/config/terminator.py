@@ -23,6 +23,7 @@ TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")    # in order
 
 
 SERVER_CIPHER_ORDER = ("tls1.2", "always", "never")
+ALPN_PROTOCOLS = ("h2", "http/1.1")     # what the router speaks to clients; the default offer, in order
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TlsPolicy:
     prefer_server_ciphers: str = "tls1.2"
     session_tickets: bool = True          # stateless tickets; false: server-side session cache only
     session_timeout: int = 3600           # seconds a session (ticket or cache entry) can be resumed
+    alpn: tuple[str, ...] = ALPN_PROTOCOLS  # [terminator] alpn: offered by ALPN, preferred first
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def _build_terminator(root: Table, require_files: bool) -> TerminatorConfig:
         grace=t.positive_seconds("grace", 10.0),
         router_config=t.path("router_config", None),
     )
+    alpn = _alpn(t)
     router_config = cfg_args["router_config"]
     if require_files and cfg_args["certs_dir"] is not None and not cfg_args["certs_dir"].is_dir():
         raise t.error("certs_dir", f"{str(cfg_args['certs_dir'])!r} is not a directory")
@@ -126,6 +129,7 @@ def _build_terminator(root: Table, require_files: bool) -> TerminatorConfig:
         prefer_server_ciphers=tt.str("prefer_server_ciphers", "tls1.2", SERVER_CIPHER_ORDER),
         session_tickets=tt.bool("session_tickets", True),
         session_timeout=tt.int("session_timeout", 3600, 1, 7 * 86400),
+        alpn=alpn,
     )
     if TLS_VERSIONS.index(tls.min_version) > TLS_VERSIONS.index(tls.max_version):
         raise tt.error("min_version", f"{tls.min_version} is above max_version {tls.max_version}")
@@ -151,6 +155,21 @@ def _build_terminator(root: Table, require_files: bool) -> TerminatorConfig:
     admin = admin_table(root, (root.file.parent / "../state/stats").resolve())
     return TerminatorConfig(path=root.file, certificates=tuple(certs), tls=tls, client_auth=client_auth_rules,
                             passthrough=tuple(passthrough), admin=admin, **cfg_args)
+
+
+def _alpn(t: Table) -> tuple[str, ...]:
+    """[terminator] alpn: the protocols offered to clients by ALPN, preferred first (the router
+    learns the choice from the PROXY header): "h2" and "http/1.1", each once, at least one."""
+    values = t.str_list("alpn", list(ALPN_PROTOCOLS))
+    if not values:
+        raise t.error("alpn", f"offer at least one of {', '.join(map(repr, ALPN_PROTOCOLS))}")
+    for value in values:
+        if value not in ALPN_PROTOCOLS:
+            raise t.error("alpn", f"{value!r} is not a protocol the router speaks "
+                                  f"({', '.join(map(repr, ALPN_PROTOCOLS))})")
+    if len(set(values)) != len(values):
+        raise t.error("alpn", "a protocol is named twice")
+    return values
 
 
 def _tls_groups(t: Table) -> tuple[str, ...] | None:

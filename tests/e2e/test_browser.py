@@ -1,5 +1,6 @@
 """A real browser through the whole pipeline: headless Chromium loads a page from
-https://maps.localhost:PORT (terminator -> router -> an in-test app), and the page's JavaScript opens
+https://maps.localhost:PORT (terminator -> router -> an in-test app) over HTTP/2, with many
+sub-resources on that one connection (the page reports each one's nextHopProtocol), then opens
 wss://maps.localhost:PORT/socket, exchanges messages with the app's echo, closes, and reports what
 it saw (open = the 101, the echo, the clean close) back to the app with a GET /report?d=JSON.
 
@@ -35,6 +36,8 @@ function report() {
   document.title = "done";
   fetch("/report?d=" + encodeURIComponent(JSON.stringify(seen)));
 }
+const SUBRESOURCES = 40;
+function openSocket() {
 const ws = new WebSocket("wss://" + location.host + "/socket");
 const messages = ["hello from chromium", "x".repeat(70000), "bye"];
 let sent = 0;
@@ -45,6 +48,13 @@ ws.onmessage = (e) => {
 };
 ws.onerror = () => log("error");
 ws.onclose = (e) => { log("close:" + e.code + ":" + e.wasClean); report(); };
+}
+Promise.all([...Array(SUBRESOURCES).keys()].map((i) => fetch("/sub/" + i).then((r) => r.text())))
+  .then((bodies) => {
+    seen.subresources = bodies.filter((b, i) => b === "sub " + i).length;
+    seen.protocols = performance.getEntries().map((e) => e.nextHopProtocol).filter((p) => p);
+    openSocket();
+  }, (e) => { log("fetch failed: " + e); report(); });
 setTimeout(() => { log("timeout"); report(); }, 15000);
 </script></body></html>
 """
@@ -70,6 +80,10 @@ class PageApp:
         if path == "/report":
             self.reports.append(json.loads(urllib.parse.parse_qs(query)["d"][0]))
             return Response(204, "No Content", Headers([("Content-Length", "0")]), b"")
+        if path.startswith("/sub/"):
+            body = f"sub {path[5:]}".encode()
+            return Response(200, "OK", Headers([("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]),
+                            body)
         if path == "/":
             body = PAGE.encode()
             return Response(200, "OK", Headers([("Content-Type", "text/html; charset=utf-8"),
@@ -139,6 +153,14 @@ def test_chromium_loads_a_page_and_talks_websocket_through_the_pipeline(setup, t
     assert app.reports, f"the page never reported back ({took:.1f}s); chromium said:\n{err.decode(errors='replace')[-3000:]}"
     seen = app.reports[0]
     assert seen["protocol"] == "https:"
+    # The page and its 40 sub-resources came over HTTP/2, on one connection: one TLS connection to
+    # the terminator, so one client port in every access-log line of theirs.
+    assert seen["subresources"] == 40 and len(seen["protocols"]) >= 41, seen
+    assert set(seen["protocols"]) == {"h2"}, seen
+    lines = [line for line in p.router_output().splitlines() if '"GET /sub/' in line]
+    assert len(lines) == 40 and all(line.endswith(' HTTP/2.0"') for line in lines), lines
+    assert len({line.split(" [")[0] for line in lines}) == 1, lines
+    # The WebSocket went on HTTP/1.1, on a connection of its own (no RFC 8441 offered).
     assert seen["events"] == ["open", "echo:ok:19", "echo:ok:70000", "echo:ok:3", "close:1000:true"], seen
     # The page and the upgrade went through the terminator and the router (https, forwarded for).
     page_headers = dict((k.lower(), v) for k, v in next(h for path, h in app.requests if path == "/").items())

@@ -283,7 +283,7 @@ def test_openssl_s_client_gets_the_sni_certificate(pki, terminator):
         return r.stdout + r.stderr
     out = s_client("-servername", "app.test", "-alpn", "h2,http/1.1")
     assert "CN = app" in out and "Verify return code: 0 (ok)" in out, out
-    assert "ALPN protocol: http/1.1" in out and "TLSv1.3" in out, out
+    assert "ALPN protocol: h2" in out and "TLSv1.3" in out, out
     out = s_client("-servername", "x.wild.test")
     assert "CN = wild" in out, out
     out = s_client("-noservername")
@@ -295,11 +295,11 @@ def test_proxy_header_carries_client_address_sni_alpn_and_tls(pki, router, termi
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     with connect(terminator.port, ctx, "app.test", source="127.0.0.3") as s:
         assert echo_once(s) == b"ping"
-        assert s.selected_alpn_protocol() == "http/1.1"
+        assert s.selected_alpn_protocol() == "h2"
         header = router.header_for(s.getsockname()[1])
         assert header == ProxyHeader(command="PROXY", family="TCP4", src=s.getsockname(),
                                      dst=("127.0.0.1", terminator.port), authority="app.test",
-                                     alpn="http/1.1", tls_version=s.version(), tls_cipher=s.cipher()[0])
+                                     alpn="h2", tls_version=s.version(), tls_cipher=s.cipher()[0])
 
 
 def test_tls12_and_no_sni_no_alpn(pki, router, terminator):
@@ -312,9 +312,9 @@ def test_tls12_and_no_sni_no_alpn(pki, router, terminator):
         assert header.authority is None and header.alpn is None
 
 
-def test_alpn_without_http11_is_not_a_handshake_failure(pki, router, terminator):
+def test_alpn_without_a_protocol_of_ours_is_not_a_handshake_failure(pki, router, terminator):
     ctx = pki.client_context()
-    ctx.set_alpn_protocols(["h2"])
+    ctx.set_alpn_protocols(["spdy/3"])
     with connect(terminator.port, ctx, "app.test") as s:
         assert s.selected_alpn_protocol() is None
         assert echo_once(s) == b"ping"

@@ -18,7 +18,7 @@ from tests.certmaker import DAY, make_leaf
 from tls_terminator.cert_report import check_certificates, describe_certificates, format_certificates
 from tls_terminator.certificate_files import files_fingerprint, load_certificate, scan_certs_dir
 from tls_terminator.certs import CertStore, choose
-from tls_terminator.tls import Front, select_alpn as _select_alpn
+from tls_terminator.tls import Front, alpn_selector
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,16 @@ def test_check_certificates_lists_every_problem(ca, tmp_path):
     assert check_certificates(config(tmp_path, good)) == []
 
 
-def test_alpn_choice():
-    assert _select_alpn(None, [b"h2", b"http/1.1"]) == b"http/1.1"
-    assert _select_alpn(None, [b"h2"]) is SSL.NO_OVERLAPPING_PROTOCOLS
+@pytest.mark.parametrize("ours, offered, chosen", [
+    (("h2", "http/1.1"), [b"h2", b"http/1.1"], b"h2"),
+    (("h2", "http/1.1"), [b"http/1.1", b"h2"], b"h2"),          # our preference wins
+    (("h2", "http/1.1"), [b"http/1.1"], b"http/1.1"),
+    (("http/1.1",), [b"h2", b"http/1.1"], b"http/1.1"),
+    (("http/1.1",), [b"h2"], SSL.NO_OVERLAPPING_PROTOCOLS),      # no ALPN rather than a failed handshake
+    (("h2", "http/1.1"), [b"spdy/3"], SSL.NO_OVERLAPPING_PROTOCOLS),
+])
+def test_alpn_choice(ours, offered, chosen):
+    assert alpn_selector(ours)(None, offered) == chosen
 
 
 def test_warnings(ca, tmp_path):
@@ -199,10 +206,12 @@ def test_store_picks_the_certificate_by_sni(ca, tmp_path):
     assert [cn(n) for n in ("app.test", "x.wild.test", "a.b.wild.test", "nope.test", None)] == [
         "app", "wild", "fallback", "fallback", "fallback"]
 
-    _, client, server = handshake(store, ca, "app.test", alpn=["h2", "http/1.1"])
+    _, client, server = handshake(store, ca, "app.test", alpn=["http/1.1"])
     assert client.selected_alpn_protocol() == "http/1.1" and server.get_alpn_proto_negotiated() == b"http/1.1"
     assert server.get_servername() == b"app.test" and server.get_protocol_version_name() == "TLSv1.3"
     _, client, server = handshake(store, ca, "app.test", alpn=["h2"])
+    assert client.selected_alpn_protocol() == "h2" and server.get_alpn_proto_negotiated() == b"h2"
+    _, client, server = handshake(store, ca, "app.test", alpn=["spdy/3"])
     assert client.selected_alpn_protocol() is None and server.get_alpn_proto_negotiated() == b""
 
 

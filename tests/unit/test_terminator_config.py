@@ -22,7 +22,7 @@ def test_defaults(tmp_path):
     assert cfg.tls == TlsPolicy() and cfg.tls.min_version == "TLSv1.2" and cfg.tls.session_tickets
     assert cfg.certs_dir is None and cfg.certs_poll_interval == 5 and not cfg.allow_loose_key_permissions
     assert (cfg.user, cfg.group, cfg.chroot, cfg.client_auth, cfg.passthrough) == (None, None, None, (), ())
-    assert cfg.grace == 10
+    assert cfg.grace == 10 and cfg.tls.alpn == ("h2", "http/1.1")
 
 
 # Client certificates are declared once, on the router's apps; the terminator follows them.
@@ -56,6 +56,7 @@ allow_loose_key_permissions = true
 user = "nobody"
 group = "nogroup"
 chroot = "/var/empty"
+alpn = ["http/1.1"]
 [tls]
 min_version = "TLSv1.3"
 ciphers = "ECDHE+AESGCM"
@@ -74,7 +75,8 @@ proxy_protocol = true
     assert (cfg.user, cfg.group, cfg.chroot) == ("nobody", "nogroup", Path("/var/empty"))
     assert cfg.tls == TlsPolicy(min_version="TLSv1.3", max_version="TLSv1.3", ciphers="ECDHE+AESGCM",
                                 ciphersuites="TLS_AES_256_GCM_SHA384", prefer_server_ciphers="always",
-                                session_tickets=False, session_timeout=600, groups=("X25519", "secp384r1"))
+                                session_tickets=False, session_timeout=600, groups=("X25519", "secp384r1"),
+                                alpn=("http/1.1",))
     assert [(r.sni, r.verify, r.ca) for r in cfg.client_auth] == [
         (("secure.test", "*.secure.test"), "required", tmp_path / "clients.pem"),
         (("opt.test",), "optional", tmp_path / "opt.pem")]
@@ -91,6 +93,10 @@ proxy_protocol = true
     ('certs_dir = "."\ncerts_poll_interval = -1\n', "terminator.certs_poll_interval", "out of range"),
     ('certs_dir = "."\ngrace = -1\n', "terminator.grace", "positive number of seconds"),
     ('certs_dir = "."\ngrace = true\n', "terminator.grace", "expected a number, got a boolean"),
+    ('certs_dir = "."\nalpn = []\n', "terminator.alpn", "at least one"),
+    ('certs_dir = "."\nalpn = "h2"\n', "terminator.alpn", "expected an array"),
+    ('certs_dir = "."\nalpn = ["h2", "spdy/3"]\n', "terminator.alpn", "'spdy/3' is not a protocol the router speaks"),
+    ('certs_dir = "."\nalpn = ["h2", "h2"]\n', "terminator.alpn", "named twice"),
     ('certs_dir = "."\n[tls]\nmin_version = "SSLv3"\n', "tls.min_version", "is not one of"),
     ('certs_dir = "."\n[tls]\nmin_version = "TLSv1.3"\nmax_version = "TLSv1.2"\n', "tls.min_version", "above"),
     ('certs_dir = "."\n[tls]\nsesion_tickets = false\n', "tls.sesion_tickets", "unknown key"),
