@@ -252,14 +252,16 @@ def test_privileges_are_dropped_after_binding(ca, router, tmp_path):
     t = start(tmp_path, router, '[[certificate]]\ncert = "app.pem"\n', user='"nobody"', group='"nogroup"',
               chroot=f'"{jail}"')
     try:
+        # The port listens from the bind on; connections are accepted only once privileges are
+        # dropped: a served client means the drop is done (however slow the machine).
+        with client_ctx(ca).wrap_socket(socket.create_connection(("127.0.0.1", t.port), timeout=10),
+                                        server_hostname="app.test") as s:
+            assert echo_once(s) == b"ping"
         status = Path(f"/proc/{t.proc.pid}/status").read_text()
         uid = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         gid = next(line for line in status.splitlines() if line.startswith("Gid:")).split()[1:]
         assert uid == ["65534"] * 4 and gid == ["65534"] * 4, status
         assert os.readlink(f"/proc/{t.proc.pid}/root") == str(jail)
-        with client_ctx(ca).wrap_socket(socket.create_connection(("127.0.0.1", t.port), timeout=10),
-                                        server_hostname="app.test") as s:
-            assert echo_once(s) == b"ping"
     finally:
         t.stop()
 
