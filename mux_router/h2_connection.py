@@ -127,7 +127,18 @@ class H2Connection(asyncio.Protocol):
         self.write()
 
     def eof_received(self) -> bool:
-        return False                    # HTTP/2 has GOAWAY for a clean end: EOF is the end
+        """The client's side is done: the terminator half-closes an h2 connection as it drains
+        (SIGTERM), where a close would race the client's next request. GOAWAY names the last
+        stream taken, so the client retries the rest on a new connection; those taken finish
+        (their responses still go out), then the connection closes."""
+        if self.closing:
+            return False
+        if self.last_stream == MAX_STREAM_ID:
+            self.last_stream = self.h2.highest_inbound_stream_id
+            self._raw_goaway(self.last_stream)
+        self.idle_timer.cancel()
+        self._close_when_done()
+        return not self.closing
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = self.closing = True

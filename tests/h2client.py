@@ -9,8 +9,10 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
+from hyperframe.frame import Frame, GoAwayFrame
 
 from frontgate import proxy_protocol
 
@@ -40,8 +42,13 @@ class Response:
 
 class H2Client:
     def __init__(self, sock: socket.socket, *, preamble: bytes = b"", settings: dict | None = None,
-                 auto_ack: bool = True):
+                 auto_ack: bool = True, past_goaway: bool = False):
         self.sock = sock
+        # past_goaway: a GOAWAY is kept here (a GoAwayFrame) and not given to the h2 library,
+        # whose state machine refuses every frame after one, so the streams it promised can
+        # still be read to their end, as RFC 9113 6.8 wants.
+        self.past_goaway = past_goaway
+        self.unparsed = b""
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False,
             validate_inbound_headers=False))
@@ -107,7 +114,7 @@ class H2Client:
         if not data:
             self.closed = True
             return False
-        for event in self.conn.receive_data(data):
+        for event in self._events(data):
             self.events.append(event)
             r = self.responses.get(getattr(event, "stream_id", None))
             if isinstance(event, h2.events.ResponseReceived):
@@ -128,6 +135,30 @@ class H2Client:
                 self.goaway = event
         self.send()
         return True
+
+    def _events(self, data: bytes) -> list:
+        if not self.past_goaway:
+            return self.conn.receive_data(data)
+        buf, events = self.unparsed + data, []
+        while len(buf) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buf[:9]))
+            if len(buf) < 9 + length:
+                break
+            chunk, buf = buf[:9 + length], buf[9 + length:]
+            if isinstance(frame, GoAwayFrame):
+                frame.parse_body(memoryview(chunk[9:]))
+                self.goaway = frame
+            else:
+                events += self.conn.receive_data(chunk)
+        self.unparsed = buf
+        return events
+
+    def refused(self, sid: int) -> bool:
+        """Never processed by the server, so safe to retry on a new connection: above the last
+        stream a GOAWAY named, or reset with REFUSED_STREAM."""
+        r = self.responses[sid]
+        return (r.reset == h2.errors.ErrorCodes.REFUSED_STREAM
+                or (self.goaway is not None and sid > self.goaway.last_stream_id and not r.headers))
 
     def wait(self, predicate, timeout: float = 10) -> bool:
         deadline = time.monotonic() + timeout

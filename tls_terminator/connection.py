@@ -383,8 +383,16 @@ class ClientConnection(ClientSide):
     def close_if_idle(self, now: float) -> None:
         """SIGTERM drain: close (with close_notify) a connection that looks like an idle keep-alive.
         HTTP is not visible here, so: quiet both ways for DRAIN_QUIET, and the router has answered
-        the last bytes the client sent (a request still waiting for its answer is kept)."""
-        if is_drain_idle(self.last_activity, self.awaiting_router, now):
+        the last bytes the client sent (a request still waiting for its answer is kept).
+
+        An HTTP/2 connection is never closed here: a close races the client's next request, which
+        it cannot tell from a lost one. It is half-closed toward the router at once instead (its
+        client is done as far as the router is concerned): the router answers with a GOAWAY naming
+        the last stream it took, finishes those and closes, and the client retries the rest on a
+        new connection (RFC 9113 6.8)."""
+        if self.established and self.tls.get_alpn_proto_negotiated() == b"h2":
+            self._client_finished()
+        elif is_drain_idle(self.last_activity, self.awaiting_router, now):
             self._close_with_notify()
 
     # ---- the PROXY header

@@ -64,10 +64,13 @@ http {{
 """
 
 
-def haproxy_cfg(port: int, backends: Backends, nbthread: int) -> str:
+def haproxy_cfg(port: int, backends: Backends, nbthread: int, tls_pem: Path | None = None) -> str:
     """HAProxy in HTTP mode doing the same routing as mux-router (seed 004's frontend/backends,
     reduced to what the benchmark exercises). Not logging: seed 004 sends its httplog to a syslog
-    at 127.0.0.1 that nobody runs here; leaving it out can only make the reference faster."""
+    at 127.0.0.1 that nobody runs here; leaving it out can only make the reference faster.
+    `tls_pem`: HAProxy terminates TLS itself with that certificate and offers HTTP/2 by ALPN
+    (scenario 7's reference), instead of taking plain HTTP from stunnel."""
+    tls = f" ssl crt {tls_pem} alpn h2,http/1.1" if tls_pem else ""
     sleepy = "\n".join(f"    server sleepy{i} 127.0.0.1:{p}" for i, p in enumerate(backends.sleepy, 1))
     sleepy_backend = f"""
 backend sleepy
@@ -76,7 +79,7 @@ backend sleepy
 """ if backends.sleepy else ""
     sleepy_route = "    use_backend sleepy if host_sleepy\n" if backends.sleepy else ""
     return f"""\
-# frontgate bench: the reference router (seed 004's HAProxy, HTTP mode)
+# frontgate bench: the reference router (seed 004's HAProxy, HTTP mode{", TLS and h2 itself" if tls_pem else ""})
 global
     maxconn 9000
     nbthread {nbthread}
@@ -92,7 +95,7 @@ defaults
     timeout tunnel 3600s
 
 frontend all
-    bind 127.0.0.1:{port} backlog 4096
+    bind 127.0.0.1:{port}{tls} backlog 4096
     acl host_static req.hdr(host),field(1,:) -i {HOST_STATIC}
     acl host_ws     req.hdr(host),field(1,:) -i {HOST_WS}
     acl host_sleepy req.hdr(host),field(1,:) -i {HOST_SLEEPY}

@@ -52,6 +52,9 @@ ROUTER = System("router", "mux-router alone as shipped (plain HTTP, access log o
 ROUTER_NOLOG = System("router_nolog", "mux-router alone, access log off (plain HTTP)", "mux-router (log off)",
                       tls=False, frontgate=True)
 HAPROXY = System("haproxy", "HAProxy alone (plain HTTP)", "HAProxy", tls=False, frontgate=False)
+# Scenario 7's reference: HAProxy terminating TLS itself, HTTP/2 offered by ALPN (issue 25).
+HAPROXY_TLS = System("haproxy_tls", "HAProxy terminating TLS itself (alpn h2,http/1.1)", "HAProxy (TLS, h2)",
+                     tls=True, frontgate=False)
 DIRECT = System("direct", "direct to one backend (plain HTTP)", "one backend direct", tls=False, frontgate=False,
                 secondary=True)
 # Scenario 4's floors (scripts/bench/floor.py): what Python, uvloop and the sockets cost without
@@ -66,7 +69,8 @@ ROUTER_ROUTES = System("router_routes", "mux-router alone as shipped + 10,000 dy
                        tls=False, frontgate=True, access_log=True, dynamic_routes=10_000)
 ROUTER_STATIC = System("router_static", "mux-router alone as shipped, static apps only", "router, static apps",
                        tls=False, frontgate=False, access_log=True, own_router=True)
-SYSTEMS = {s.key: s for s in (FRONTGATE, FRONTGATE_NOLOG, REF_TUNED, REF_SEED, ROUTER, ROUTER_NOLOG, HAPROXY, DIRECT,
+SYSTEMS = {s.key: s for s in (FRONTGATE, FRONTGATE_NOLOG, REF_TUNED, REF_SEED, ROUTER, ROUTER_NOLOG, HAPROXY,
+                              HAPROXY_TLS, DIRECT,
                               FLOOR, FLOOR_PARSERS, ROUTER_ROUTES, ROUTER_STATIC)}
 RUN_WIDE = 0                      # the notes key of facts about the whole run (not one scenario)
 
@@ -181,7 +185,7 @@ class Run:
                 yield Endpoint(self.backends.sleepy[0], ())
             elif system.frontgate or system.own_router:
                 yield self._start_frontgate(procs, tag, system, cert=cert)
-            elif system in (REF_TUNED, REF_SEED, HAPROXY):
+            elif system in (REF_TUNED, REF_SEED, HAPROXY, HAPROXY_TLS):
                 yield self._start_reference(procs, tag, system, cert=cert)
             elif system in (FLOOR, FLOOR_PARSERS):
                 yield self._start_floor(procs, tag, parsers=system is FLOOR_PARSERS)
@@ -249,13 +253,16 @@ class Run:
     def _start_reference(self, procs: Processes, tag: str, system: System, cert: str) -> Endpoint:
         threads = self.settings.haproxy_threads
         haproxy_port = free_port()
-        hcfg = self.write(f"{tag}-haproxy.cfg", configs.haproxy_cfg(haproxy_port, self.backends, threads))
+        tls_pem = self.pems[cert] if system is HAPROXY_TLS else None
+        hcfg = self.write(f"{tag}-haproxy.cfg", configs.haproxy_cfg(haproxy_port, self.backends, threads, tls_pem))
         # -db: foreground, no daemon, no master process: one process whose memory we read.
         haproxy = procs.start(f"{tag}-haproxy", ["haproxy", "-db", "-f", str(hcfg)], ports=(haproxy_port,))
         running = thread_count(haproxy.pid)
         self.note(RUN_WIDE, f"HAProxy: `nbthread {threads}`, {running} threads running")
         if system is HAPROXY:
             return Endpoint(haproxy_port, (haproxy.pid,), {"http": (haproxy.pid,)})
+        if system is HAPROXY_TLS:       # one process does both stages: its CPU is the stack's only
+            return Endpoint(haproxy_port, (haproxy.pid,), {"stack": (haproxy.pid,)})
         tls_port = free_port()
         scfg = self.write(f"{tag}-stunnel.conf",
                           configs.stunnel_conf(self.workdir, f"{tag}-stunnel", self.pems[cert], tls_port,

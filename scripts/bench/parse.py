@@ -1,4 +1,4 @@
-"""Pure parsing of load-generator output (wrk, ab, openssl s_client) and the statistics we report.
+"""Pure parsing of load-generator output (wrk, ab, h2load, openssl s_client) and the statistics we report.
 
 No processes, no sockets: each function takes text or numbers, so tests/unit covers it. A parse
 error is a `BenchParseError` carrying the tool's output, so a harness failure shows what the tool said.
@@ -107,6 +107,43 @@ def parse_ab(output: str) -> AbResult:
                     latency_ms=latency)
 
 
+@dataclass(frozen=True)
+class H2loadResult:
+    protocol: str                       # "Application protocol:" (h2 when ALPN chose it)
+    requests: int                       # done
+    succeeded: int
+    failed: int
+    errored: int
+    timeout: int
+    requests_per_s: float
+    status: dict[str, int]              # "2xx" .. "5xx" -> responses
+    request_ms: dict[str, float]        # "time for request": min, max, mean, sd
+
+    @property
+    def errors(self) -> int:
+        return self.failed + self.errored + self.timeout + sum(n for k, n in self.status.items() if k != "2xx")
+
+
+def parse_h2load(output: str) -> H2loadResult:
+    """h2load (nghttp2 1.x) summary lines."""
+    tool = "h2load"
+    fin = re.search(r"^finished in ([\d.]+\w+), ([\d.]+) req/s", output, re.M)
+    req = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", output, re.M)
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output, re.M)
+    if not fin or not req or not codes:
+        raise BenchParseError(tool, "no 'finished in', 'requests:' or 'status codes:' line", output)
+    proto = re.search(r"^Application protocol: (\S+)", output, re.M)
+    times: dict[str, float] = {}
+    tm = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", output, re.M)
+    if tm:
+        times = {k: _duration_ms(v, tool, output) for k, v in zip(("min", "max", "mean", "sd"), tm.groups())}
+    _, _, done, ok, failed, errored, timeout = map(int, req.groups())
+    return H2loadResult(protocol=proto.group(1) if proto else "?", requests=done, succeeded=ok, failed=failed,
+                        errored=errored, timeout=timeout, requests_per_s=float(fin.group(2)),
+                        status=dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, codes.groups()))), request_ms=times)
+
+
 def parse_s_client_session(output: str) -> tuple[str, bool]:
     """(protocol, reused) from `openssl s_client -brief`-less output: 'New, TLSv1.3, Cipher is X'
     or 'Reused, TLSv1.3, Cipher is X'. The cipher is part of the protocol string we return."""
@@ -155,9 +192,9 @@ def cpu_us_per_request(before_s: float, after_s: float, requests: int) -> float:
 
 
 # The request line httplog quotes at the end of an entry (an optional " (note)" follows).
-_LOGGED_TARGET = re.compile(r'"[A-Z]+ (\S+) HTTP/\d\.\d"(?: \(.*\))?$', re.M)
+_LOGGED_TARGET = re.compile(r'"[A-Z]+ (\S+) HTTP/\d(?:\.\d)?"(?: \(.*\))?$', re.M)
 # An entry's `backend/server` (the app's name, and the server), after `client [date] frontend`.
-_LOGGED_APP_AND_TARGET = re.compile(r'^\S+ \[[^\]]*\] \S+ ([^/\s]+)/\S+ .*"[A-Z]+ (\S+) HTTP/\d\.\d"(?: \(.*\))?$', re.M)
+_LOGGED_APP_AND_TARGET = re.compile(r'^\S+ \[[^\]]*\] \S+ ([^/\s]+)/\S+ .*"[A-Z]+ (\S+) HTTP/\d(?:\.\d)?"(?: \(.*\))?$', re.M)
 _THREAD_ID = re.compile(r"[?&]t=(\d+)(?:&|$)")
 
 

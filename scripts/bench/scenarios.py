@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from scripts.bench import configs
-from scripts.bench.harness import (DIRECT, FLOOR, FLOOR_PARSERS, FRONTGATE, FRONTGATE_NOLOG, HAPROXY, REF_SEED,
-                                   REF_TUNED, ROUTER, ROUTER_NOLOG, ROUTER_ROUTES, ROUTER_STATIC, Endpoint, Run,
+from scripts.bench.harness import (DIRECT, FLOOR, FLOOR_PARSERS, FRONTGATE, FRONTGATE_NOLOG, HAPROXY, HAPROXY_TLS,
+                                   REF_SEED, REF_TUNED, ROUTER, ROUTER_NOLOG, ROUTER_ROUTES, ROUTER_STATIC, Endpoint, Run,
                                    System)
-from scripts.bench.parse import (AbResult, WrkResult, cpu_us_per_request, logged_apps, logged_variety, parse_ab,
-                                 parse_s_client_session, parse_wrk)
+from scripts.bench.parse import (AbResult, H2loadResult, WrkResult, cpu_us_per_request, logged_apps, logged_variety,
+                                 parse_ab, parse_h2load, parse_s_client_session, parse_wrk)
 from scripts.bench.procs import cpu_seconds, run_tool
 
 TLS_SYSTEMS = (FRONTGATE, FRONTGATE_NOLOG, REF_TUNED, REF_SEED)
@@ -286,6 +286,59 @@ def _s8(run: Run, system: System) -> dict[str, float]:
             "rps_hosts": many.varied.requests_per_s, "hosts_cpu": many.cpu_us["cpu_http"]}
 
 
+H2LOAD_CONNECTIONS, H2LOAD_STREAMS = 4, 32
+H2LOAD_URIS = 100_000      # more than one connection completes in a 10 s run: none comes round again
+
+
+def h2load_uris(port: int, count: int, path: str = "/1k.bin") -> str:
+    """Scenario 7's URI list, every URI with its own query (`t=1` marks them as varied for the
+    access-log check, as a wrk thread id does)."""
+    return "".join(f"https://{configs.HOST_STATIC}:{port}{path}?t=1&n={n}\n" for n in range(1, count + 1))
+
+
+def h2load(run: Run, port: int, path: str) -> H2loadResult:
+    """`h2load -c 4 -m 32 -i URIS -D T`: 4 connections of 32 concurrent streams each. h2load walks
+    the URI list from its top on each connection, so a URI comes once per connection (4 times in
+    all); its -H is the same for every request, so the cookie cannot vary."""
+    s = run.settings
+    duration = 1 if s.smoke else max(1, round(s.duration))
+    uris = run.workdir / "h2load-uris.txt"
+    uris.write_text(h2load_uris(port, 2000 if s.smoke else H2LOAD_URIS, path))
+    argv = ["h2load", "-c", str(H2LOAD_CONNECTIONS), "-m", str(H2LOAD_STREAMS), "-D", str(duration),
+            f"--connect-to=127.0.0.1:{port}", "-i", str(uris)]
+    result = parse_h2load(run_tool(argv, timeout=duration + 60))
+    if result.protocol != "h2":
+        raise MeasurementError(f"h2load spoke {result.protocol}, not h2, to port {port}")
+    if result.requests == 0:
+        raise MeasurementError(f"h2load completed no request against port {port}")
+    if result.errors:
+        raise MeasurementError(f"h2load saw errors: {result.failed} failed, {result.errored} errored, "
+                               f"{result.timeout} timed out, status codes {result.status}")
+    return result
+
+
+def _s7(run: Run, system: System) -> dict[str, float]:
+    with run.stack(system) as ep:
+        h2load(run, ep.port, "/1k.bin")           # warms the pools, as the same-request wrk run does
+        log_from = _log_size(ep)
+        before = {stage: cpu_seconds(pids) for stage, pids in ep.stages.items()}
+        r = h2load(run, ep.port, "/1k.bin")
+        after = {stage: cpu_seconds(pids) for stage, pids in ep.stages.items()}
+        if ep.access_log:
+            time.sleep(0.2)
+            with open(ep.access_log, "rb") as f:
+                f.seek(log_from)
+                distinct, logged, _ = logged_variety(f.read().decode(errors="replace"))
+            run.count(7, "distinct request targets among those the shipped router logged (all rounds; h2load sends "
+                         f"each URI once per connection, {H2LOAD_CONNECTIONS} connections)", distinct, logged)
+            if not logged or distinct * H2LOAD_CONNECTIONS < logged:
+                raise MeasurementError(f"the h2load requests were not varied: {distinct} distinct of {logged} logged")
+    cpu = {stage: cpu_us_per_request(before[stage], after[stage], r.requests) for stage in ep.stages}
+    return {"rps": r.requests_per_s, "mean_ms": r.request_ms.get("mean", math.nan),
+            "tls_cpu_us": cpu.get("tls", math.nan), "http_cpu_us": cpu.get("http", math.nan),
+            "stack_cpu": sum(cpu.values())}
+
+
 def _ws_client(run: Run, *args: str, timeout: float) -> dict:
     argv = [str(run.bin / "python"), "-m", "scripts.bench.wsload", *args]
     return json.loads(run_tool(argv, timeout=timeout, cwd=run.processes.cwd).strip().splitlines()[-1])
@@ -370,6 +423,14 @@ SCENARIOS: dict[int, Scenario] = {s.id: s for s in (
         Metric("share", "% of 240/s capacity", True, "{:,.1f}", headline=True, target=NO_WORSE),
         Metric("p50", "p50 ms", False),
         Metric("p99", "p99 ms", False)), _s6),
+    Scenario(7, f"HTTPS HTTP/2, 1 KiB responses, {H2LOAD_CONNECTIONS} connections x {H2LOAD_STREAMS} concurrent "
+                "streams, every request different (h2load); the reference is HAProxy terminating TLS itself",
+             (FRONTGATE, FRONTGATE_NOLOG, HAPROXY_TLS), (
+        Metric("rps", "requests/s", True, headline=True),
+        Metric("mean_ms", "mean ms per request", False, _MS),
+        Metric("stack_cpu", "CPU µs/request, all stages", False, _US, headline=True),
+        Metric("tls_cpu_us", "CPU µs/request, TLS stage (terminator; HAProxy: in the line above)", False, _US),
+        Metric("http_cpu_us", "CPU µs/request, HTTP stage (router)", False, _US)), _s7),
     Scenario(8, "Plain HTTP keep-alive through the router alone (as shipped) with 10,000 dynamic routes in its route "
                 "table, against itself with its static apps only; 1 KiB, 64 connections, every request different "
                 "(wrk)", (ROUTER_ROUTES, ROUTER_STATIC), (

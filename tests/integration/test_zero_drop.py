@@ -1,12 +1,14 @@
 """The zero-drop proof: a bounded load through the whole pipeline under the real supervisord (two
 terminator and two router workers) while the operator runs `frontgate reload` with changed routes,
-a rolling restart of the router and one of the terminator. Every request must succeed."""
+a rolling restart of the router and one of the terminator. Every request must succeed, from
+HTTP/1.1 clients (tests/load.py) and from HTTP/2 clients (tests/h2_load.py) alike."""
 from __future__ import annotations
 
 import time
 
 import pytest
 
+from tests.h2_load import H2Load
 from tests.load import Load
 from tests.supervised import Supervised, supervised_pipeline
 
@@ -20,7 +22,8 @@ def fg(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_reload_and_rolling_restarts_drop_no_request(fg: Supervised):
+@pytest.mark.parametrize("load_kind", [Load, H2Load], ids=["http1", "h2"])
+def test_reload_and_rolling_restarts_drop_no_request(fg: Supervised, load_kind):
     timeline = []
     started = time.monotonic()
 
@@ -31,7 +34,7 @@ def test_reload_and_rolling_restarts_drop_no_request(fg: Supervised):
         assert r.returncode == 0, f"{what}: {r.stdout}{r.stderr}"
 
     pids = {g: fg.pids(g) for g in ("mux-router", "tls-terminator")}
-    with Load(fg) as load:
+    with load_kind(fg) as load:
         time.sleep(2)
         fg.extra_hosts = ["karten.localhost"]
         (fg.configs / "mux-router.toml").write_text(fg.router_toml())
@@ -45,7 +48,7 @@ def test_reload_and_rolling_restarts_drop_no_request(fg: Supervised):
     elapsed = time.monotonic() - started
     total = load.ok + sum(load.errors.values())
     print(f"\nzero-drop load: {elapsed:.1f}s, {total} requests ({total / elapsed:.0f}/s), {load.ok} ok, "
-          f"{sum(load.errors.values())} failed, {load.retried} idle keep-alive closes retried")
+          f"{sum(load.errors.values())} failed, {load.retried} retried (HTTP/1.1: idle keep-alive closes; h2: streams a GOAWAY refused)")
     for line in timeline:
         print("  " + line)
     for error, n in load.errors.most_common():

@@ -9,7 +9,7 @@ import pytest
 from frontgate.config import load_router_config, load_terminator_config
 from scripts.bench import configs
 from scripts.bench.parse import (BenchParseError, cpu_us_per_request, logged_apps, logged_variety, parse_ab,
-                                 parse_s_client_session, parse_wrk, percentile, ratio, summarize)
+                                 parse_h2load, parse_s_client_session, parse_wrk, percentile, ratio, summarize)
 
 FIXTURES = Path(__file__).parent / "bench_fixtures"
 
@@ -100,6 +100,25 @@ def test_s_client_without_handshake():
 
 # --------------------------------------------------------------------------- statistics
 
+def test_h2load_numbers():
+    r = parse_h2load(fixture("h2load_ok.txt"))
+    assert (r.protocol, r.requests, r.succeeded, r.errors) == ("h2", 80633, 80633, 0)
+    assert r.requests_per_s == pytest.approx(16126.60)
+    assert r.request_ms == {"min": pytest.approx(0.412), "max": pytest.approx(53.44), "mean": pytest.approx(7.89),
+                            "sd": pytest.approx(3.12)}
+
+
+def test_h2load_counts_failed_requests_and_non_2xx_as_errors():
+    r = parse_h2load(fixture("h2load_5xx.txt"))
+    assert (r.requests, r.failed, r.status["5xx"]) == (100, 100, 100)
+    assert r.errors == 200
+
+
+def test_h2load_without_its_summary_is_a_clear_error():
+    with pytest.raises(BenchParseError, match="finished in"):
+        parse_h2load("starting benchmark...\nNo protocol negotiated. Aborted.\n")
+
+
 def test_percentile_nearest_rank():
     values = sorted(float(i) for i in range(1, 101))
     assert percentile(values, 50) == 50
@@ -140,6 +159,22 @@ def test_router_config_is_valid_and_routes_like_haproxy(tmp_path):
     for port in (18080, 18081, 18091, 18092, 18093):
         assert f"127.0.0.1:{port}" in haproxy
     assert "nbthread 2" in haproxy
+
+
+def test_haproxy_terminating_tls_offers_h2_and_routes_the_same(tmp_path):
+    pem = tmp_path / "ecdsa.pem"
+    haproxy = configs.haproxy_cfg(17000, BACKENDS, nbthread=2, tls_pem=pem)
+    assert f"bind 127.0.0.1:17000 ssl crt {pem} alpn h2,http/1.1 backlog 4096" in haproxy
+    assert haproxy.replace(f" ssl crt {pem} alpn h2,http/1.1", "").replace(", TLS and h2 itself", "") == \
+        configs.haproxy_cfg(17000, BACKENDS, nbthread=2)
+    assert " ssl " not in configs.haproxy_cfg(17000, BACKENDS, nbthread=2)
+
+
+def test_h2load_uri_list_every_uri_its_own_query_marked_varied():
+    from scripts.bench.scenarios import h2load_uris
+    uris = h2load_uris(17000, 50).splitlines()
+    assert len(set(uris)) == 50 and uris[0] == f"https://{configs.HOST_STATIC}:17000/1k.bin?t=1&n=1"
+    assert logged_variety("\n".join(_httplog(u.split(":17000", 1)[1]) for u in uris) + "\n")[:2] == (50, 50)
 
 
 def test_router_config_for_one_listener_and_no_sleepy_backends(tmp_path):
@@ -295,6 +330,11 @@ def test_logged_variety(targets, expected):
 def test_logged_apps(lines, expected):
     text = "\n".join(_httplog(target).replace(" static/", f" {app}/") for app, target in lines)
     assert logged_apps(text + "\n") == expected
+
+
+def test_logged_variety_reads_http2_lines():
+    line = _httplog("/1k.bin?t=1&n=7").replace("HTTP/1.1", "HTTP/2.0")
+    assert logged_variety(line + "\n") == (1, 1, {"1"})
 
 
 def test_logged_variety_reads_lines_with_a_note_and_skips_other_lines():
