@@ -16,7 +16,11 @@ from mux_router import backend_proxy
 
 log = logging.getLogger("mux-router")
 
-POOL_MAX_IDLE = 64             # idle kept-alive connections per backend server
+# Idle kept-alive connections per backend server. Above the requests one server has in flight at
+# once (an HTTP/2 client alone runs 100 streams per connection), or each burst's released
+# connections beyond it are closed and opened again for the next one; the idle timeout (sweep)
+# is what bounds an idle pool.
+POOL_MAX_IDLE = 1024
 
 
 class BackendConnection(asyncio.Protocol):

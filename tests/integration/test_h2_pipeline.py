@@ -3,13 +3,14 @@ real tls-terminator (ALPN h2, passed on in the PROXY header), the real mux-route
 to them and HTTP/1.1 to the demo backends."""
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
 
 import pytest
 
-from tests.pipeline import running_pipeline
+from tests.pipeline import ThreadServer, running_pipeline
 
 pytestmark = pytest.mark.skipif(not (shutil.which("nghttp") and shutil.which("h2load")),
                                 reason="nghttp2-client (nghttp, h2load) is not installed: make test installs it")
@@ -59,3 +60,44 @@ def test_h2load_many_streams_every_request_answered(pipeline):
     assert "Application protocol: h2" in r.stdout, r.stdout
     assert re.search(r"requests: 400 total, 400 started, 400 done, 400 succeeded, 0 failed", r.stdout), r.stdout
     assert "status codes: 400 2xx" in r.stdout, r.stdout
+
+
+class CountingBackend(ThreadServer):
+    """Answers every request head with a kept-alive 200 and counts the connections that carried
+    a request for /pooled (not the health checker's)."""
+
+    def __init__(self):
+        super().__init__(self._handle)
+        self.connections = 0
+
+    async def _handle(self, reader, writer) -> None:
+        counted = False
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not counted and head.split(b" ", 2)[1].startswith(b"/pooled"):
+                    counted = True
+                    self.connections += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_many_concurrent_streams_reuse_backend_connections(tmp_path):
+    """200 streams at once need at most 200 backend connections: each released one waits in the
+    pool for the next stream (an idle pool capped below the concurrency churned connections)."""
+    backend = CountingBackend().start()
+    apps = f'[[app]]\nname = "pool"\nhosts = ["pool.localhost"]\nservers = ["127.0.0.1:{backend.port}"]\n'
+    try:
+        for p in running_pipeline(tmp_path, extra_names=("pool.localhost",), apps_first=apps):
+            port = p.tls_port
+            uris = tmp_path / "uris.txt"
+            uris.write_text("".join(f"https://pool.localhost:{port}/pooled?n={n}\n" for n in range(3000)))
+            r = subprocess.run(["h2load", "-n", "3000", "-c", "2", "-m", "100", f"--connect-to=127.0.0.1:{port}",
+                                "-i", str(uris)], capture_output=True, text=True, timeout=120)
+            assert "status codes: 3000 2xx" in r.stdout, r.stdout + r.stderr
+            assert 0 < backend.connections <= 200, backend.connections
+    finally:
+        backend.stop()
