@@ -51,7 +51,7 @@ class H2Connection(asyncio.Protocol):
         self.streams: dict[int, StreamIO] = {}
         self.h2 = h2.connection.H2Connection(config=_CONFIG)
         self.limits = h2_limits.ConnectionLimits(0.0)
-        self.transport_paused = self.lost = self.closing = False
+        self.transport_paused = self.lost = self.closing = self.flush_due = False
         self.last_stream = MAX_STREAM_ID        # after a final GOAWAY: the last stream served
         self.served = 0                         # streams taken
 
@@ -213,8 +213,17 @@ class H2Connection(asyncio.Protocol):
     # ---- the end
 
     def write(self) -> None:
+        """Frames are queued: they go out once this event-loop turn is over, so one write to the
+        client carries what every stream (and the connection) queued in it."""
+        if not self.flush_due and not self.lost:
+            self.flush_due = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is queued now (before a close or a frame written beside the h2 library)."""
+        self.flush_due = False
         data = self.h2.data_to_send()
-        if data and not self.lost:
+        if data and not self.lost and not self.transport.is_closing():
             self.transport.write(data)
 
     def goaway(self, code: int, reason: str) -> None:
@@ -230,7 +239,7 @@ class H2Connection(asyncio.Protocol):
         if self.closing:
             return
         log.debug("closing HTTP/2 connection of %s:%s: %s", *self.peer.client, reason)
-        self.write()
+        self.flush()
         self.closing = True
         self.transport.close()          # flushes what is queued; streams end in connection_lost
 
@@ -276,6 +285,6 @@ class H2Connection(asyncio.Protocol):
     def _raw_goaway(self, last: int) -> None:
         # Written beside the h2 library, whose state machine sends nothing after a GOAWAY: a
         # graceful one must let the streams it promised finish.
-        self.write()
+        self.flush()
         if not self.lost:
             self.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=ErrorCodes.NO_ERROR).serialize())
