@@ -33,7 +33,11 @@ DRAIN_PING = b"drain\x00\x00\x00"
 DRAIN_PING_WAIT = 1.0          # the final GOAWAY goes this long after the first, ACK or not
 MAX_STREAM_ID = 2 ** 31 - 1
 
-_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
+# h2's own checks of the fields we send are off: h2_fields.response_fields builds every header
+# list already lower-cased, trimmed, without connection-specific fields, with the sensitive ones
+# never indexed, and those generator chains cost as much as HPACK itself.
+_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
+                                    validate_outbound_headers=False, normalize_outbound_headers=False)
 _SETTINGS = {
     SettingCodes.MAX_CONCURRENT_STREAMS: h2_limits.MAX_CONCURRENT_STREAMS,
     SettingCodes.MAX_HEADER_LIST_SIZE: h2_limits.MAX_HEADER_LIST_SIZE,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from hpack import NeverIndexedHeaderTuple
+
 from mux_router.forwarding import HOP_BY_HOP
 from mux_router.http1 import ResponseHead, field_lines
 
@@ -28,6 +30,7 @@ _VALUE_RE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t \x21-\x7e\x80-\xff]*[\x2
 _METHOD_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Dropped from a response on its way to an HTTP/2 client (the machine wrote them for HTTP/1.1).
 _RESPONSE_DROPPED = HOP_BY_HOP | CONNECTION_SPECIFIC
+_NEVER_INDEXED = frozenset({b"authorization", b"proxy-authorization"})
 
 
 class Malformed(Exception):
@@ -130,10 +133,18 @@ def response_fields(resp: ResponseHead) -> Fields:
     for name, value in field_lines(resp.raw):
         name = name.lower()
         if name not in drop:
-            out.append((name, value))
+            out.append(_secure(name, value))
     return out
 
 
 def trailer_fields(fields) -> Fields:
     """A chunked response's trailer section as HTTP/2 trailers."""
-    return [(n.lower(), v) for n, v in fields if n.lower() not in _RESPONSE_DROPPED]
+    return [_secure(n.lower(), v) for n, v in fields if n.lower() not in _RESPONSE_DROPPED]
+
+
+def _secure(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """Credentials stay out of the HPACK table (never indexed, RFC 7541 7.1.3): the rule the h2
+    library applies when it normalizes outbound fields, which the connection turns off."""
+    if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < 20):
+        return NeverIndexedHeaderTuple(name, value)
+    return name, value

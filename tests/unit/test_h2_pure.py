@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from mux_router.h2_fields import Malformed, chunk, last_chunk, request_head
+from hpack import NeverIndexedHeaderTuple
+
+from mux_router.h2_fields import Malformed, chunk, last_chunk, request_head, response_fields
 from mux_router.h2_limits import Budget, ConnectionLimits, CONTROL_BURST
 from mux_router.h2_response import ResponseReader
-from mux_router.http1 import parse_request_head
+from mux_router.http1 import parse_request_head, parse_response_head
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"/x?y")]
 
@@ -119,3 +121,20 @@ def test_connection_limits_say_which_was_exceeded():
     assert all(limits.control(0.0) for _ in range(CONTROL_BURST)) and not limits.control(0.0)
     assert "SETTINGS or PING" in limits.exceeded
     assert all(limits.control(t / 10) for t in range(1, 10 * 60, 2))        # 5 a second for a minute: fine
+
+
+@pytest.mark.parametrize("field, never_indexed", [
+    ((b"Authorization", b"Basic eDp5"), True),
+    ((b"Proxy-Authorization", b"Basic eDp5"), True),
+    ((b"Cookie", b"a=1"), True),
+    ((b"Cookie", b"session=0123456789abcdef"), False),
+    ((b"Set-Cookie", b"a=1"), False),
+    ((b"X-A", b"1"), False),
+])
+def test_credentials_in_a_response_are_never_indexed(field, never_indexed):
+    """The h2 library's outbound normalization is off (h2_connection): response_fields keeps its
+    rule that credentials stay out of the HPACK table."""
+    resp, _ = parse_response_head(b"HTTP/1.1 200 OK\r\n%b: %b\r\nContent-Length: 0\r\n\r\n" % field, "GET")
+    fields = response_fields(resp)
+    assert fields[1] == (field[0].lower(), field[1])
+    assert isinstance(fields[1], NeverIndexedHeaderTuple) is never_indexed
