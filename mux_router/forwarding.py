@@ -9,7 +9,8 @@ from typing import Mapping
 
 from frontgate.config import CLIENT_CERT_SUBJECT_FIELD, NO_HEADER_RULES, ErrorPage, HeaderRules
 from mux_router.field_names import any_spelling, fold
-from mux_router.http1 import RequestHead, ResponseHead
+from mux_router.http1_request import RequestHead
+from mux_router.http1_response import ResponseHead
 
 # Hop-by-hop fields (RFC 9110 7.6.1) describe one connection, never the next one. Transfer-Encoding
 # is hop-by-hop too, but the router forwards chunked bodies as they are, so it stays.

@@ -1,5 +1,6 @@
-"""mux_router.http1: strict request heads, response heads with their body rules, chunked bodies,
-and the same verdict however the bytes are split."""
+"""mux_router.http1 and its parsers (http1_request, http1_response, chunked): strict request
+heads, response heads with their body rules, chunked bodies, and the same verdict however the
+bytes are split."""
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mux_router import http1
-from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, MAX_FIELDS, MAX_HEAD, MAX_REQUEST_LINE, NO_BODY,
-                              ChunkData, ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser,
-                              Trailers, comma_tokens, parse_field_line, parse_request_head, parse_response_head)
+from mux_router.chunked import ChunkData, ChunkedDecoder, Trailers
+from mux_router.http1 import MAX_FIELDS, MAX_HEAD, MAX_REQUEST_LINE, HttpError, comma_tokens, parse_field_line
+from mux_router.http1_request import RequestHeadParser, parse_request_head
+from mux_router.http1_response import CHUNKED, CLOSE, LENGTH, NO_BODY, ResponseHeadParser, parse_response_head
 
 
 def req(*lines: str) -> bytes:
@@ -569,7 +571,7 @@ def test_memo_is_bounded_and_keeps_no_refusal():
             raise ValueError(x)
         return 2 * x
 
-    memo = http1._Memo(double, size=3)
+    memo = http1.Memo(double, size=3)
     assert [memo[1], memo[1], memo[2]] == [2, 2, 4] and calls == [1, 2]
     for _ in range(2):
         with pytest.raises(ValueError):
