@@ -100,6 +100,9 @@ def _connection_tokens(value: bytes) -> frozenset[bytes]:
 
 
 _CONNECTION_TOKENS = Memo(_connection_tokens)
+# Hop-by-hop fields (RFC 9110 7.6.1) describe one connection, never the next one. Transfer-Encoding
+# is hop-by-hop too, but the router forwards chunked bodies as they are, so it stays.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade", b"http2-settings"})
 # The text of a supported version: a lookup instead of a decode.
 VERSION_TEXT = {v: v.decode() for v in SUPPORTED_VERSIONS}
 # Lower-cased Connection tokens; also the heads' default.

@@ -7,15 +7,19 @@ import functools
 import re
 from typing import NamedTuple
 
-from mux_router.http1 import (FIELD_BLOCK, NO_TOKENS, SUPPORTED_VERSIONS, VALUE_CHARS, VERSION_TEXT, Headers,
-                              HeadScanner, HttpError, comma_tokens, connection_set, content_length_of, field_lines,
-                              fields_named, keeps_alive)
+from mux_router.http1 import (FIELD_BLOCK, HOP_BY_HOP, NO_TOKENS, OWS, SUPPORTED_VERSIONS, VALUE_CHARS, VERSION_TEXT,
+                              Headers, HeadScanner, HttpError, comma_tokens, connection_set, content_length_of,
+                              field_lines, keeps_alive)
 
 _STATUS_LINE = rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: (" + VALUE_CHARS + rb"*))?"
 _STATUS_LINE_RE = re.compile(_STATUS_LINE)
 _WHOLE_RESPONSE_RE = re.compile(_STATUS_LINE + FIELD_BLOCK)
-_RESPONSE_FIELDS_RE = re.compile(
-    rb"\n((?i:content-length|transfer-encoding|connection)):[\t ]*(" + VALUE_CHARS + rb"*)\r")
+# One pass over a valid head (re.split, in C) finds both the fields the parser reads (framing,
+# Connection) and the hop-by-hop lines the client must not get from the backend: the split's
+# pieces are [text, line, name, value, text, line, name, value, ..., text], the lines whole.
+_READ_OR_HOP_RE = re.compile(rb"(\r\n((?i:content-length|transfer-encoding|" + b"|".join(sorted(HOP_BY_HOP))
+                             + rb")):[\t ]*(" + VALUE_CHARS + rb"*))")
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 NO_BODY, LENGTH, CHUNKED, CLOSE = "none", "length", "chunked", "close"
@@ -30,6 +34,9 @@ class ResponseHead(NamedTuple):
     content_length: int | None  # for LENGTH
     keep_alive: bool            # the server will keep the connection open after this response
     connection_tokens: frozenset[bytes] = NO_TOKENS
+    # `raw` without its hop-by-hop lines and its final empty line: what the client gets of it when
+    # Connection names nothing else (forwarding.client_response_head).
+    end_to_end: bytes = b""
 
     @property
     def informational(self) -> bool:
@@ -71,7 +78,7 @@ class ResponseHeadParser(HeadScanner):
     def _finish(self, raw: bytes) -> ResponseHead:
         version, status, reason = self._parts
         status = int(status)
-        by_name = fields_named(raw, _RESPONSE_FIELDS_RE)
+        by_name, end_to_end = _read_fields(raw)
         connection = connection_set(by_name.get(b"connection"))
         keep_alive = keeps_alive(version, connection)
         content_length = None
@@ -94,7 +101,30 @@ class ResponseHeadParser(HeadScanner):
             else:
                 body, keep_alive = CLOSE, False
         return _new_response_head((VERSION_TEXT[version], status, reason.decode("latin-1"), raw, body,
-                                   content_length, keep_alive, connection))
+                                   content_length, keep_alive, connection, end_to_end))
+
+
+def _read_fields(raw: bytes) -> tuple[dict[bytes, list[bytes]], bytes]:
+    """The values (OWS trimmed) of the fields the parser reads, by lower-case name, and
+    ResponseHead.end_to_end, from one split of a valid head."""
+    pieces = _READ_OR_HOP_RE.split(raw)
+    if len(pieces) == 1:
+        return {}, raw[:-4]
+    by_name: dict[bytes, list[bytes]] = {}
+    kept = [pieces[0]]
+    for i in range(1, len(pieces), 4):
+        lname = pieces[i + 1].lower()
+        if lname in _FRAMING:
+            kept.append(pieces[i])
+        if lname in _FRAMING or lname == b"connection":
+            value = pieces[i + 2].rstrip(OWS)
+            if lname in by_name:
+                by_name[lname].append(value)
+            else:
+                by_name[lname] = [value]
+        kept.append(pieces[i + 3])
+    kept[-1] = kept[-1][:-4]
+    return by_name, b"".join(kept)
 
 
 def parse_response_head(buf: bytes | bytearray | memoryview, request_method: str = "GET",
