@@ -627,3 +627,19 @@ def test_a_head_parsed_again_gives_the_scanners_outcome(data):
     by_bytes = request_outcome(raw, [bytes([b]) for b in raw])
     assert request_outcome(raw, [raw]) == by_bytes
     assert request_outcome(raw, [raw]) == by_bytes
+
+
+@pytest.mark.parametrize("fields,end_to_end", [
+    # (the response's field lines, what is left of its head for the client)
+    ([], b"HTTP/1.1 204 No Content"),
+    (["Connection: keep-alive", "Content-Length: 0"], b"HTTP/1.1 204 No Content\r\nContent-Length: 0"),
+    (["KEEP-ALIVE: timeout=5", "Transfer-Encoding: chunked ", "TE: trailers", "Upgrade: h2c", "X: 1"],
+     b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked \r\nX: 1"),
+    (["Proxy-Connection: close", "connection: close", "Connection: x-y", "HTTP2-Settings: AAA", "Test: te"],
+     b"HTTP/1.1 204 No Content\r\nTest: te"),
+])
+def test_response_end_to_end_is_the_head_without_its_hop_by_hop_lines(fields, end_to_end):
+    head = b"\r\n".join([b"HTTP/1.1 204 No Content", *(f.encode() for f in fields)]) + b"\r\n\r\n"
+    resp = ResponseHeadParser("GET").feed(head)
+    assert resp.end_to_end == end_to_end
+    assert (resp.raw, resp.body) == (head, NO_BODY)
