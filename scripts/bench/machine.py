@@ -94,11 +94,17 @@ def _run(client, conn, first: int, count: int) -> float:
     """CPU seconds for `count` requests, numbered from `first`."""
     requests = [request(n) for n in range(first, first + count)]
     data_received, backend_data = client.data_received, conn.data_received
+    forwarded, answered = conn.transport.written, client.transport.written
     started = time.process_time()
     for r in requests:
         data_received(r)
         backend_data(RESPONSE)
-    return time.process_time() - started
+    spent = time.process_time() - started
+    # Each request went on to the backend and its response back: none was answered by the router.
+    if (conn.transport.written - forwarded < sum(map(len, requests))
+            or client.transport.written - answered < count * len(BODY)):
+        raise RuntimeError("some requests did not go through the backend")
+    return spent
 
 
 def main(argv: list[str] | None = None) -> None:
