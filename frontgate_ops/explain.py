@@ -30,7 +30,8 @@ from frontgate.config import (
 from frontgate.health_state import StateFollower
 from frontgate_ops.cross_check import forwarding_listener
 from mux_router import balancer, forwarding, routing
-from mux_router.http1 import HttpError, RequestHead, RequestHeadParser
+from mux_router.http1 import HttpError
+from mux_router.http1_request import RequestHead, RequestHeadParser
 
 # An outside client (TEST-NET-1, RFC 5737) unless --from says otherwise: what the world sees.
 DEFAULT_CLIENT = "192.0.2.1"

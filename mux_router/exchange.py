@@ -5,7 +5,7 @@ An `Exchange` is fed what happens (client bytes, EOF, a backend attached, backen
 timeout) and answers by calling its `io`, the transport that owns the sockets (client.py; in
 tests an in-memory peer): bytes for the client or the backend, a backend wanted or released,
 deadlines to arm, the connection to close, a tunnel to start, a request to log. It owns the PROXY
-header intake, request heads (http1), the one decision (routing.decide), the heads written
+header intake, request heads (http1_request), the one decision (routing.decide), the heads written
 (forwarding), request and response body framing, 1xx, keep-alive on both sides, upgrades,
 pipelining, the router's own answers, termination states and the access-log record. Two bases
 hold a side each: request_body.RequestBodySide (the body on its way) and response.ResponseSide
@@ -33,7 +33,10 @@ import time
 
 from frontgate import proxy_protocol
 from mux_router import forwarding
-from mux_router.http1 import ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser
+from mux_router.chunked import ChunkedDecoder
+from mux_router.http1 import HttpError
+from mux_router.http1_request import RequestHeadParser
+from mux_router.http1_response import ResponseHeadParser
 from mux_router.peer import Peer
 from mux_router.request_body import RequestBodySide
 from mux_router.request_trailers import TrailerFilter

@@ -9,11 +9,10 @@ from typing import Mapping
 
 from frontgate.config import CLIENT_CERT_SUBJECT_FIELD, NO_HEADER_RULES, ErrorPage, HeaderRules
 from mux_router.field_names import any_spelling, fold
-from mux_router.http1 import RequestHead, ResponseHead
+from mux_router.http1 import HOP_BY_HOP
+from mux_router.http1_request import RequestHead
+from mux_router.http1_response import ResponseHead
 
-# Hop-by-hop fields (RFC 9110 7.6.1) describe one connection, never the next one. Transfer-Encoding
-# is hop-by-hop too, but the router forwards chunked bodies as they are, so it stays.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade", b"http2-settings"})
 # What a client may not remove by naming it in Connection: the fields that frame the message and
 # pick the host. Dropping one would make the backend see a different message than the router did.
 PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -75,19 +74,13 @@ def is_owned(folded: bytes, owned: frozenset[bytes]) -> bool:
 _UNSAFE_IN_VALUE = frozenset(range(0x20)) | {0x7F, ord("%")}
 
 
-def _field_line_re(names: bytes, rest: bytes = b"") -> re.Pattern[bytes]:
-    """A raw head's field lines whose name (and colon) match the pattern `names` (the parser has
-    checked them: `name:value`, no space before the colon), found with one search instead of a loop over
-    the fields: a head without any (nearly all) goes on as it came, with the router's fields added
-    at its end."""
-    return re.compile(rb"\r\n" + names + rest)
-
-
-_HOP_LINE_RE = _field_line_re(rb"(?i:" + b"|".join(sorted(HOP_BY_HOP)) + rb"):", rb"[^\r]*")
-# Connection is among them, so a head whose Connection names other fields matches too; the owned
-# fields in every spelling a backend may fold to theirs.
-_REQUEST_REWRITE_RE = _field_line_re(rb"(?:" + any_spelling(HOP_BY_HOP | ROUTER_OWNED | FRAMING) + rb":|"
-                                     + any_spelling((FORWARDED_PREFIX,)) + rb")")
+# A request head's field lines that the router drops or rewrites (the parser has checked them:
+# `name:value`, no space before the colon), found with one search instead of a loop over the
+# fields: a head without any (nearly all) goes on as it came, with the router's fields added at its
+# end. Connection is among them, so a head whose Connection names other fields matches too; the
+# owned fields in every spelling a backend may fold to theirs.
+_REQUEST_REWRITE_RE = re.compile(rb"\r\n(?:" + any_spelling(HOP_BY_HOP | ROUTER_OWNED | FRAMING) + rb":|"
+                                 + any_spelling((FORWARDED_PREFIX,)) + rb")")
 
 
 def client_cert_subject_line(subject: str) -> bytes:
@@ -199,22 +192,24 @@ def client_response_head(resp: ResponseHead, *, keep_alive: bool, client_version
     switching = resp.status == 101
     skip, extra = _NO_RULES_COMPILED if rules is NO_HEADER_RULES or resp.informational else _compiled(rules)
     if not (switching or skip) and resp.connection_tokens <= HOP_BY_HOP:
-        # Only the hop-by-hop lines go (nginx's "Connection: keep-alive"): one substitution.
-        lines = [_HOP_LINE_RE.sub(b"", resp.raw[:-4])]
+        # Only the hop-by-hop lines go (nginx's "Connection: keep-alive"): the parser has cut them.
+        out = resp.end_to_end
+        if extra:
+            out = CRLF.join([out, *extra])
     else:
         keep = frozenset({b"upgrade"}) if switching else frozenset()
         lines = [_start_line(resp.raw)]
         lines += [name + b": " + value for name, value in _end_to_end(resp.headers, resp.connection_tokens, keep)
                   if fold(name) not in skip]
-    lines += extra
+        out = CRLF.join(lines + extra)
     if switching:
-        lines.append(b"Connection: Upgrade")
-    elif not resp.informational:
+        return out + b"\r\nConnection: Upgrade\r\n\r\n"
+    if not resp.informational:
         if not keep_alive:
-            lines.append(b"Connection: close")
-        elif client_version == "HTTP/1.0":
-            lines.append(b"Connection: keep-alive")
-    return CRLF.join(lines) + CRLF + CRLF
+            return out + b"\r\nConnection: close\r\n\r\n"
+        if client_version == "HTTP/1.0":
+            return out + b"\r\nConnection: keep-alive\r\n\r\n"
+    return out + b"\r\n\r\n"
 
 
 def error_page(status: int, app_pages: Mapping[int, ErrorPage], router_pages: Mapping[int, ErrorPage]) -> ErrorPage | None:

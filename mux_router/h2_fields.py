@@ -14,7 +14,8 @@ import re
 from hpack import NeverIndexedHeaderTuple
 
 from mux_router.forwarding import HOP_BY_HOP
-from mux_router.http1 import ResponseHead, field_lines
+from mux_router.http1 import field_lines
+from mux_router.http1_response import ResponseHead
 
 Fields = list[tuple[bytes, bytes]]
 

@@ -9,7 +9,8 @@ its own answer), so what is parsed here again is only where each part ends.
 from __future__ import annotations
 
 from mux_router.h2_fields import response_fields, trailer_fields
-from mux_router.http1 import CHUNKED, CLOSE, LENGTH, ChunkData, ChunkedDecoder, ResponseHeadParser, Trailers
+from mux_router.chunked import ChunkData, ChunkedDecoder, Trailers
+from mux_router.http1_response import CHUNKED, CLOSE, LENGTH, ResponseHeadParser
 
 HEAD, BODY, DONE = "head", "body", "done"
 

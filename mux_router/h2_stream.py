@@ -23,7 +23,7 @@ from mux_router.deadline import Deadline, ExchangeDeadlines
 from mux_router.exchange import Exchange
 from mux_router.h2_fields import Malformed, chunk, last_chunk, request_head
 from mux_router.h2_response import ResponseReader
-from mux_router.http1 import RequestHead
+from mux_router.http1_request import RequestHead
 
 log = logging.getLogger("mux-router")
 

@@ -8,7 +8,7 @@ from frontgate import proxy_protocol
 from frontgate.addresses import parse_ip
 from frontgate.config import App, Listener, RouterConfig
 from mux_router import forwarding
-from mux_router.http1 import RequestHead
+from mux_router.http1_request import RequestHead
 from mux_router.routing import ip_in, sni_host
 
 

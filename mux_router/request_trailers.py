@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from mux_router.field_names import fold
 from mux_router.forwarding import is_owned
-from mux_router.http1 import ChunkedDecoder, Headers, Trailers
+from mux_router.chunked import ChunkedDecoder, Trailers
+from mux_router.http1 import Headers
 
 CRLF = b"\r\n"
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 
 from mux_router import forwarding
-from mux_router.http1 import CHUNKED, CLOSE, LENGTH, NO_TOKENS, ChunkedDecoder, HttpError, ResponseHeadParser
+from mux_router.chunked import ChunkedDecoder
+from mux_router.http1 import NO_TOKENS, HttpError
+from mux_router.http1_response import CHUNKED, CLOSE, LENGTH, ResponseHeadParser
 
 log = logging.getLogger("mux-router")
 

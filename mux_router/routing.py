@@ -11,7 +11,7 @@ from frontgate.config import App, ErrorPage, Network, RedirectRule, RouterConfig
 from mux_router import acme_challenge
 
 if TYPE_CHECKING:
-    from mux_router.http1 import RequestHead
+    from mux_router.http1_request import RequestHead
 
 Headers = tuple[tuple[bytes, bytes], ...]
 

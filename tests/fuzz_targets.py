@@ -14,7 +14,10 @@ import tempfile
 from pathlib import Path
 
 from frontgate import config, proxy_protocol
-from mux_router.http1 import ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser
+from mux_router.chunked import ChunkedDecoder
+from mux_router.http1 import HttpError
+from mux_router.http1_request import RequestHeadParser
+from mux_router.http1_response import ResponseHeadParser
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_for_port, wait_until
+from tests.helpers import free_port, wait_for_port
 
 
 def need(binary: str) -> str:

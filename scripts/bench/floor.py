@@ -8,8 +8,8 @@ requests go through one at a time: find the end of the head and send it on as it
 end of the response head and relay Content-Length bytes of body. Nothing else: no checks, routing,
 added fields, access log, counters or timeouts, no request bodies or chunked responses (the
 benchmark's GETs of static files need none). With `--parsers`, frontgate's own head parsers
-(`mux_router.http1`) take both heads apart and the response parser's Content-Length frames the
-body: the relay plus exactly the parsing the router does. Not a proxy to deploy: a measuring stick.
+(`mux_router.http1_request`, `http1_response`) take both heads apart and the response parser's
+Content-Length frames the body: the relay plus exactly the parsing the router does. Not a proxy to deploy: a measuring stick.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import asyncio
 import re
 import socket
 
-from mux_router.http1 import HttpError, RequestHeadParser, ResponseHeadParser
+from mux_router.http1 import HttpError
+from mux_router.http1_request import RequestHeadParser
+from mux_router.http1_response import ResponseHeadParser
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 

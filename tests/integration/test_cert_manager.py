@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.acme_stack import NAME, Stack, metric
+from tests.acme_stack import Stack, metric
 from tests.helpers import daemon_output, free_port, wait_until
 from tests.pebble import Pebble, require_pebble
 

@@ -11,7 +11,7 @@ import pytest
 from frontgate import client_auth
 from frontgate.client_auth import ClientCert
 from frontgate.config import Address, App, ConfigError, Server, load_router_config
-from mux_router.http1 import parse_request_head
+from mux_router.http1_request import parse_request_head
 from mux_router.routing import Refusal, decide
 
 SERVERS = (Server(Address.parse("127.0.0.1:1")),)

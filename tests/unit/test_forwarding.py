@@ -4,7 +4,8 @@ from __future__ import annotations
 from frontgate.config import ErrorPage, HeaderRules
 from mux_router.forwarding import (backend_request_head, client_cert_subject_line, client_response_head,
                                    simple_response)
-from mux_router.http1 import parse_request_head, parse_response_head
+from mux_router.http1_request import parse_request_head
+from mux_router.http1_response import parse_response_head
 
 
 def head(*lines):

@@ -9,7 +9,8 @@ from hpack import NeverIndexedHeaderTuple
 from mux_router.h2_fields import Malformed, chunk, last_chunk, request_head, response_fields
 from mux_router.h2_limits import Budget, ConnectionLimits, CONTROL_BURST
 from mux_router.h2_response import ResponseReader
-from mux_router.http1 import parse_request_head, parse_response_head
+from mux_router.http1_request import parse_request_head
+from mux_router.http1_response import parse_response_head
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"/x?y")]
 

@@ -1,5 +1,6 @@
-"""mux_router.http1: strict request heads, response heads with their body rules, chunked bodies,
-and the same verdict however the bytes are split."""
+"""mux_router.http1 and its parsers (http1_request, http1_response, chunked): strict request
+heads, response heads with their body rules, chunked bodies, and the same verdict however the
+bytes are split."""
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mux_router import http1
-from mux_router.http1 import (CHUNKED, CLOSE, LENGTH, MAX_FIELDS, MAX_HEAD, MAX_REQUEST_LINE, NO_BODY,
-                              ChunkData, ChunkedDecoder, HttpError, RequestHeadParser, ResponseHeadParser,
-                              Trailers, comma_tokens, parse_field_line, parse_request_head, parse_response_head)
+from mux_router.chunked import ChunkData, ChunkedDecoder, Trailers
+from mux_router.http1 import MAX_FIELDS, MAX_HEAD, MAX_REQUEST_LINE, HttpError, comma_tokens, parse_field_line
+from mux_router.http1_request import RequestHeadParser, parse_request_head
+from mux_router.http1_response import CHUNKED, CLOSE, LENGTH, NO_BODY, ResponseHeadParser, parse_response_head
 
 
 def req(*lines: str) -> bytes:
@@ -569,7 +571,7 @@ def test_memo_is_bounded_and_keeps_no_refusal():
             raise ValueError(x)
         return 2 * x
 
-    memo = http1._Memo(double, size=3)
+    memo = http1.Memo(double, size=3)
     assert [memo[1], memo[1], memo[2]] == [2, 2, 4] and calls == [1, 2]
     for _ in range(2):
         with pytest.raises(ValueError):
@@ -625,3 +627,19 @@ def test_a_head_parsed_again_gives_the_scanners_outcome(data):
     by_bytes = request_outcome(raw, [bytes([b]) for b in raw])
     assert request_outcome(raw, [raw]) == by_bytes
     assert request_outcome(raw, [raw]) == by_bytes
+
+
+@pytest.mark.parametrize("fields,end_to_end", [
+    # (the response's field lines, what is left of its head for the client)
+    ([], b"HTTP/1.1 204 No Content"),
+    (["Connection: keep-alive", "Content-Length: 0"], b"HTTP/1.1 204 No Content\r\nContent-Length: 0"),
+    (["KEEP-ALIVE: timeout=5", "Transfer-Encoding: chunked ", "TE: trailers", "Upgrade: h2c", "X: 1"],
+     b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked \r\nX: 1"),
+    (["Proxy-Connection: close", "connection: close", "Connection: x-y", "HTTP2-Settings: AAA", "Test: te"],
+     b"HTTP/1.1 204 No Content\r\nTest: te"),
+])
+def test_response_end_to_end_is_the_head_without_its_hop_by_hop_lines(fields, end_to_end):
+    head = b"\r\n".join([b"HTTP/1.1 204 No Content", *(f.encode() for f in fields)]) + b"\r\n\r\n"
+    resp = ResponseHeadParser("GET").feed(head)
+    assert resp.end_to_end == end_to_end
+    assert (resp.raw, resp.body) == (head, NO_BODY)

@@ -10,7 +10,9 @@ import pytest
 from frontgate.config import HeaderRules
 from mux_router.field_names import any_spelling, fold
 from mux_router.forwarding import ROUTER_OWNED, backend_request_head, owned_fields
-from mux_router.http1 import ChunkedDecoder, HttpError, parse_request_head
+from mux_router.chunked import ChunkedDecoder
+from mux_router.http1 import HttpError
+from mux_router.http1_request import parse_request_head
 from mux_router.request_trailers import TrailerFilter
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from frontgate import routes
 from frontgate.config import App, Address, Server
-from frontgate.routes import Route, RouteError
+from frontgate.routes import RouteError
 from mux_router.routing import select_app
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from frontgate.config import Address, App, RedirectRule, Server, load_router_config
 from frontgate.addresses import parse_ip
-from mux_router.http1 import parse_request_head
+from mux_router.http1_request import parse_request_head
 from mux_router.routing import (Refusal, any_host_matches, decide, find_redirect, ip_in, misdirected, select_app,
                                 sni_host)
 
@@ -194,7 +194,7 @@ def test_misdirected(sni, host, expected):
 
 
 def test_misdirected_with_hosts_as_the_parser_gives_them():
-    from mux_router.http1 import parse_request_head
+    from mux_router.http1_request import parse_request_head
     sni = sni_host("A.Localhost")
     for host_field in ("a.localhost", "A.LOCALHOST:8443", "a.localhost.", "a.localhost.:443"):
         h = parse_request_head(f"GET / HTTP/1.1\r\nHost: {host_field}\r\n\r\n".encode())[0]
