@@ -16,7 +16,6 @@ entries by own time instead.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import pstats
 import tempfile
