@@ -147,7 +147,7 @@ def write_outputs(record: dict, out_dir: Path | None) -> None:
     md = out_dir / "results.md"
     md.write_text(history.with_history(text, md.read_text() if md.exists() else None))
     (out_dir / "results.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"bench: wrote results.md, results.json" + (f" and {png_name}" if png_name else "") + f" in {out_dir}")
+    print("bench: wrote results.md, results.json" + (f" and {png_name}" if png_name else "") + f" in {out_dir}")
 
 
 def run_rounds(run: Run, scenarios: list, results: Results) -> None:
