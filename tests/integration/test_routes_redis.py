@@ -61,12 +61,14 @@ def redis_server(tmp_path):
 @pytest.fixture
 def fleet(tmp_path, redis_server, backends):
     f = Fleet(tmp_path, redis_server.url, backends)
-    for node in f.nodes:
-        f.start(node)
-    yield f
-    for node in list(f.nodes):
-        if node.ip in f.syncers:
-            f.stop(node)
+    try:
+        for node in f.nodes:
+            f.start(node)
+        yield f
+    finally:        # a node that failed to start must not leave the others' programs running
+        for node in list(f.nodes):
+            if node.ip in f.syncers:
+                f.stop(node)
 
 
 def test_a_route_added_on_one_node_serves_on_all_three_and_rm_stops_it(fleet, backends):
