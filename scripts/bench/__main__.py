@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="every scenario for about a second with tiny counts: checks the harness, not the speed")
     p.add_argument("--rounds", type=int, default=None, help="rounds of every scenario (default 3, smoke 1)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per timed load run (default 10)")
-    p.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated scenario numbers (default all)")
+    p.add_argument("--scenarios", default=",".join(map(str, SCENARIOS)), help="comma-separated scenario numbers (default all)")
     p.add_argument("--systems", default="",
                    help=f"only these systems, comma-separated, of: {', '.join(SYSTEMS)} (default: all)")
     p.add_argument("--workers", type=int, default=None,
