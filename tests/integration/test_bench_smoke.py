@@ -16,6 +16,7 @@ missing = [f"{tool} (apt-get install {pkg})" for tool, pkg in TOOLS.items() if s
 
 
 @pytest.mark.skipif(bool(missing), reason="benchmark tools not installed: " + ", ".join(missing))
+@pytest.mark.slow          # the harness end to end (26 s); make bench BENCH_ARGS="--smoke" runs it too
 @pytest.mark.timeout(180)
 def test_bench_smoke_runs_scenarios_1_and_4(tmp_path):
     done = subprocess.run([str(REPO / "scripts/bench/run"), "--smoke", "--scenarios", "1,4", "--out", str(tmp_path)],

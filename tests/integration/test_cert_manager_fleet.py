@@ -124,6 +124,7 @@ def test_one_node_orders_every_node_answers_and_serves(tmp_path):
         assert "Traceback" not in log["cert-manager"], (ip, log["cert-manager"])
 
 
+@pytest.mark.slow          # 30 s of 40-second certificates; the first order in a fleet is in make test
 @pytest.mark.timeout(180)
 def test_renewal_in_a_fleet_is_one_order_installed_everywhere(tmp_path):
     """40-second certificates, two nodes listing the name from the start: each order (the first,
