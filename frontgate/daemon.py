@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NamedTuple
 
 from frontgate.config import ConfigError
 from frontgate.logfields import escape_message
@@ -44,10 +44,6 @@ def parse_args(name: str, description: str) -> argparse.Namespace:
     return p.parse_args()
 
 
-def process_status(name: str, args: argparse.Namespace) -> ProcessStatus:
-    return ProcessStatus(args.status_dir, name, args.config)
-
-
 def load_or_exit(loader: Callable[[Path], Any], path: Path) -> Any:
     """Load a config at start; on error print the one-line reason and exit with status 2."""
     try:
@@ -55,6 +51,24 @@ def load_or_exit(loader: Callable[[Path], Any], path: Path) -> Any:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+class Start(NamedTuple):
+    args: argparse.Namespace
+    log: logging.Logger
+    status: ProcessStatus
+    fingerprint: str             # of the config on disk before it was read: a change meanwhile shows as OLD
+    config: Any
+
+
+def start(name: str, description: str, loader: Callable[[Path], Any]) -> Start:
+    """What every daemon does first, in this order: its arguments, its log, its status record,
+    the fingerprint of its config on disk, then the config itself (or the one-line error, exit 2)."""
+    args = parse_args(name, description)
+    log = setup_logging(name)
+    status = ProcessStatus(args.status_dir, name, args.config)
+    fingerprint = status.config_on_disk()
+    return Start(args, log, status, fingerprint, load_or_exit(loader, args.config))
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:

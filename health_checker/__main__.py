@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 from frontgate.config import load_checker_config
-from frontgate.daemon import load_or_exit, parse_args, process_status, run, setup_logging
+from frontgate.daemon import run, start
 from health_checker.checker import serve
 
 
 def main() -> None:
-    args = parse_args("health-checker", "Probe every backend server of the router config and write the "
-                                        "health state file the router follows.")
-    setup_logging("health-checker")
-    status = process_status("health-checker", args)
-    fingerprint = status.config_on_disk()
-    config = load_or_exit(load_checker_config, args.config)
-    run(lambda: serve(config, args.config, status, fingerprint))
+    s = start("health-checker", "Probe every backend server of the router config and write the health "
+                                "state file the router follows.", load_checker_config)
+    run(lambda: serve(s.config, s.args.config, s.status, s.fingerprint))
 
 
 if __name__ == "__main__":

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 from frontgate.config import load_router_config
-from frontgate.daemon import load_or_exit, parse_args, process_status, run, setup_logging
+from frontgate.daemon import run, start
 from mux_router.router import Router
 
 NAME = "mux-router"
 
 
 def main() -> None:
-    args = parse_args(NAME, "HTTP/1.1 router: Host/path routing, redirects, balancing, WebSocket tunnels")
-    log = setup_logging(NAME)
-    status = process_status(NAME, args)
-    fingerprint = status.config_on_disk()
-    config = load_or_exit(load_router_config, args.config)
+    _, log, status, fingerprint, config = start(
+        NAME, "HTTP/1.1 and HTTP/2 router: Host/path routing, redirects, balancing, WebSocket tunnels",
+        load_router_config)
 
     async def serve() -> None:
         router = Router(config, status)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from frontgate.config import ConfigError, load_terminator_config
-from frontgate.daemon import EXIT_CONFIG_ERROR, load_or_exit, parse_args, process_status, run, setup_logging
+from frontgate.daemon import EXIT_CONFIG_ERROR, run, start
 from tls_terminator.certs import CertStore
 from tls_terminator.terminator import serve
 
@@ -12,11 +12,8 @@ NAME = "tls-terminator"
 
 
 def main() -> None:
-    args = parse_args(NAME, "Terminate TLS (SNI certificate choice) and relay to the router with PROXY v2.")
-    setup_logging(NAME)
-    status = process_status(NAME, args)
-    fingerprint = status.config_on_disk()
-    cfg = load_or_exit(load_terminator_config, args.config)
+    _, _, status, fingerprint, cfg = start(
+        NAME, "Terminate TLS (SNI certificate choice) and relay to the router with PROXY v2.", load_terminator_config)
     try:
         store = CertStore.from_config(cfg)
     except ConfigError as e:
